@@ -1,0 +1,159 @@
+"""Which URLs the agent may load: scheme rules plus allowed / blocked domain lists.
+
+By default any http(s) (and ws(s)) URL is allowed and everything that reaches the local
+machine or the browser itself is refused: `file:`, `data:`, `javascript:`, `chrome:`,
+`about:` (except `about:blank`), `view-source:`, extension and devtools schemes. A `blob:`
+URL is judged by the origin it embeds.
+
+A domain rule matches the host and all its subdomains ("example.com" covers
+"www.example.com", not "badexample.com"); a leading "*." or "." is accepted and means the
+same. A rule may carry a port ("127.0.0.1:8000"), then only that port matches. IP addresses
+match exactly. Blocked rules win over allowed ones. Hosts and rules are compared in their
+IDNA (punycode) form, so a Unicode rule also matches its encoded host.
+
+The same object is used by every environment and the agent loop; `BlockedURL` is the one
+error they raise for a refused URL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+NETWORK_SCHEMES = frozenset({"http", "https", "ws", "wss"})
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+class BlockedURL(Exception):
+    """A URL refused by `DomainRules`; `url` is the URL, `rule` says which rule refused it."""
+
+    def __init__(self, url: str, rule: str) -> None:
+        super().__init__(f"blocked URL {url!r}: {rule}")
+        self.url = url
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class _Rule:
+    host: str  # IDNA, lower case, no trailing dot
+    port: int | None  # None: any port
+    is_ip: bool
+
+    def matches(self, host: str, port: int | None) -> bool:
+        if self.port is not None and port != self.port:
+            return False
+        if self.is_ip or _is_ip(host):  # addresses have no subdomains
+            return host == self.host
+        return host == self.host or host.endswith("." + self.host)
+
+    def __str__(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+
+def _normalise_host(host: str) -> str:
+    host = host.strip().rstrip(".").lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return host  # not encodable (e.g. an IPv6 literal): compare as written
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_rule(rule: str) -> _Rule:
+    if not isinstance(rule, str) or not rule.strip():
+        raise ValueError(f"domain rule {rule!r} is not a non-empty string like 'example.com'")
+    text = rule.strip()
+    if "/" in text or "@" in text or "?" in text or "#" in text:
+        raise ValueError(
+            f"domain rule {rule!r} looks like a URL; expected a domain such as 'example.com' "
+            "or 'example.com:8080'")
+    if text.startswith("*."):
+        text = text[2:]
+    elif text.startswith("."):
+        text = text[1:]
+    host, port = text, None
+    if text.startswith("["):  # [v6]:port
+        close = text.find("]")
+        host, rest = text[1:close], text[close + 1:]
+        if rest:
+            port = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if port is not None:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"domain rule {rule!r} has port {port!r}; expected 1..65535")
+        port = int(port)
+    host = _normalise_host(host)
+    if not host or "*" in host:
+        raise ValueError(f"domain rule {rule!r} has no usable host; expected 'example.com' or '*.example.com'")
+    return _Rule(host, port, _is_ip(host))
+
+
+class DomainRules:
+    """URL policy: `check(url)` raises `BlockedURL`, `allows(url)` answers with a bool.
+
+    `allowed_domains=None` allows every domain; an empty list allows none. `blocked_domains`
+    always wins.
+    """
+
+    def __init__(self, allowed_domains: Iterable[str] | None = None,
+                 blocked_domains: Iterable[str] = ()) -> None:
+        if isinstance(allowed_domains, str) or isinstance(blocked_domains, str):
+            raise TypeError("allowed_domains / blocked_domains take a list of domains, not one string")
+        self.allowed = None if allowed_domains is None else tuple(_parse_rule(r) for r in allowed_domains)
+        self.blocked = tuple(_parse_rule(r) for r in blocked_domains)
+
+    def __repr__(self) -> str:
+        allowed = None if self.allowed is None else [str(r) for r in self.allowed]
+        return f"DomainRules(allowed_domains={allowed!r}, blocked_domains={[str(r) for r in self.blocked]!r})"
+
+    def check(self, url: str) -> None:
+        """Raise `BlockedURL` naming the URL and the rule when `url` may not be loaded."""
+        reason = self._refusal(url)
+        if reason is not None:
+            raise BlockedURL(url, reason)
+
+    def allows(self, url: str) -> bool:
+        return self._refusal(url) is None
+
+    def _refusal(self, url: str) -> str | None:
+        if not isinstance(url, str):
+            return f"not a URL string ({type(url).__name__})"
+        text = url.strip()
+        if text.lower() == "about:blank":
+            return None
+        try:
+            parts = urlsplit(text)
+        except ValueError as error:
+            return f"unparsable URL ({error})"
+        scheme = parts.scheme.lower()
+        if scheme == "blob":  # blob:https://origin/uuid belongs to that origin
+            return self._refusal(text[len("blob:"):])
+        if scheme not in NETWORK_SCHEMES:
+            return f"scheme {scheme + ':' if scheme else '(none)'} is not allowed; only http(s) and ws(s) are"
+        try:
+            host, port = parts.hostname, parts.port
+        except ValueError as error:  # e.g. a port out of range
+            return f"unparsable URL ({error})"
+        if not host:
+            return "URL has no host"
+        host = _normalise_host(host)
+        port = port if port is not None else DEFAULT_PORTS[scheme]
+        for rule in self.blocked:
+            if rule.matches(host, port):
+                return f"host {host} matches blocked domain {rule}"
+        if self.allowed is not None and not any(rule.matches(host, port) for rule in self.allowed):
+            listed = ", ".join(str(r) for r in self.allowed) or "(none)"
+            return f"host {host} is not in allowed domains [{listed}]"
+        return None

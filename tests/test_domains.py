@@ -1,0 +1,88 @@
+"""URL policy: the default scheme rules, domain and subdomain matching, ports, precedence."""
+
+import pytest
+
+from agent.domains import BlockedURL, DomainRules
+
+
+@pytest.mark.parametrize("url", [
+    "http://example.com/", "https://sub.example.org/path?q=1#x", "wss://socket.example.com/ws",
+    "about:blank", "https://127.0.0.1:8443/", "blob:https://example.com/3f1c-uuid",
+])
+def test_default_allows_network_urls(url):
+    assert DomainRules().allows(url)
+    DomainRules().check(url)
+
+
+@pytest.mark.parametrize("url", [
+    "file:///etc/passwd", "data:text/html,<script>alert(1)</script>", "javascript:alert(1)",
+    "chrome://settings", "about:config", "about:srcdoc", "view-source:https://example.com/",
+    "chrome-extension://abc/page.html", "devtools://devtools/bundled/inspector.html",
+    "ftp://example.com/file", "example.com", "", "blob:null/1234", "http:///nohost",
+])
+def test_default_refuses_local_and_internal_urls(url):
+    rules = DomainRules()
+    assert not rules.allows(url)
+    with pytest.raises(BlockedURL) as info:
+        rules.check(url)
+    assert info.value.url == url and repr(url) in str(info.value)
+
+
+def test_subdomains_match_their_domain_but_lookalikes_do_not():
+    rules = DomainRules(allowed_domains=["example.com"])
+    assert rules.allows("https://example.com/")
+    assert rules.allows("https://deep.www.EXAMPLE.com./x")
+    assert not rules.allows("https://badexample.com/")
+    assert not rules.allows("https://example.com.evil.net/")
+    # userinfo is not the host: this URL goes to evil.net
+    assert not rules.allows("https://example.com@evil.net/")
+
+
+def test_wildcard_and_dot_prefixes_mean_the_same_as_the_bare_domain():
+    for rule in ("*.example.com", ".example.com", "example.com"):
+        rules = DomainRules(blocked_domains=[rule])
+        assert not rules.allows("http://example.com/") and not rules.allows("http://a.example.com/")
+        assert rules.allows("http://example.co/")
+
+
+def test_blocked_wins_over_allowed_and_the_error_names_the_rule():
+    rules = DomainRules(allowed_domains=["example.com"], blocked_domains=["ads.example.com"])
+    assert rules.allows("https://www.example.com/")
+    with pytest.raises(BlockedURL, match=r"ads\.example\.com"):
+        rules.check("https://x.ads.example.com/banner.js")
+    with pytest.raises(BlockedURL, match=r"not in allowed domains \[example\.com\]"):
+        rules.check("https://other.org/")
+
+
+def test_empty_allow_list_allows_no_domain_but_about_blank():
+    rules = DomainRules(allowed_domains=[])
+    assert not rules.allows("https://example.com/")
+    assert rules.allows("about:blank")
+
+
+def test_ports_and_ip_addresses():
+    rules = DomainRules(allowed_domains=["127.0.0.1:8000"])
+    assert rules.allows("http://127.0.0.1:8000/a")
+    assert not rules.allows("http://127.0.0.1:8001/a")
+    assert not rules.allows("http://localhost:8000/a")  # a different host name, even if it resolves here
+    assert DomainRules(allowed_domains=["example.com:443"]).allows("https://example.com/")
+    # IPs match exactly, never as a "subdomain"
+    assert DomainRules(blocked_domains=["0.0.1"]).allows("http://127.0.0.1/")
+    assert not DomainRules(blocked_domains=["[::1]"]).allows("http://[::1]:9000/")
+
+
+def test_unicode_rules_match_punycode_hosts():
+    rules = DomainRules(blocked_domains=["bücher.example"])
+    assert not rules.allows("https://xn--bcher-kva.example/")
+    assert not rules.allows("https://www.bücher.example/")
+
+
+@pytest.mark.parametrize("rule", ["https://example.com", "example.com/path", "", "*", "example.com:99999"])
+def test_bad_rules_are_refused_with_the_rule_named(rule):
+    with pytest.raises(ValueError, match="domain rule"):
+        DomainRules(blocked_domains=[rule])
+
+
+def test_a_single_string_is_not_taken_as_a_list_of_characters():
+    with pytest.raises(TypeError):
+        DomainRules(allowed_domains="example.com")
