@@ -102,6 +102,7 @@ class Hover:
 class Drag:
     start: Target
     end: Target
+    element_info: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class Scroll:
     direction: Direction
     target: Target | None = None  # None: the whole window
     steps: int = 5  # wheel notches (desktop `step`), one notch ~ 100 CSS px in a browser
+    element_info: str | None = None
 
 
 # --- touch ------------------------------------------------------------------------------
