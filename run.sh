@@ -21,6 +21,10 @@ system_setup() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+pip_install() {  # pip, minus the mirror's "Location ... is ignored" warnings; keeps pip's exit code
+    .venv/bin/pip install -q "$@" 2> >(grep -v "is ignored: it is neither" >&2)
+}
+
 python_setup() {
     local stamp=.venv/.installed want
     want=$(cat pyproject.toml | sha1sum | cut -d' ' -f1)
@@ -29,9 +33,10 @@ python_setup() {
     echo "run.sh: installing Python packages into .venv" >&2
     # The torch/torchvision pair first and by exact version, so the resolver cannot pick
     # the CPU-only local torch wheel that PyPI's torchvision does not load with.
-    .venv/bin/pip install -q "$(grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')" \
+    pip_install "$(grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')" \
         "$(grep -o '"torchvision==[^"]*"' pyproject.toml | tr -d '"')"
-    .venv/bin/pip install -q -e ".[dev]"
+    pip_install -e ".[dev]"
+    .venv/bin/python -c "import torch, torchvision, vlm" # fail here, not in the first test
     echo "$want" > "$stamp"
 }
 
