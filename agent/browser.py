@@ -1,0 +1,460 @@
+"""`BrowserEnv`: the agent's environment in a Chromium page (Playwright, sync API).
+
+Units. Screenshots are taken at the viewport's CSS size (`scale="css"`), whatever the device
+pixel ratio, so the model sees the page the size the page lays itself out, and a 0-999
+coordinate maps to CSS pixels once (`Point.to_pixels(css_width, css_height)`). Playwright's
+mouse and touch APIs take CSS pixels and Chromium applies the device pixel ratio itself:
+scaling by the ratio here as well would be the double conversion the protocol forbids.
+
+URL rules (`DomainRules`) are enforced in one context-level route, so they cover navigations,
+popups, iframes and sub-resource requests alike; service workers are blocked because their
+requests bypass routing. Playwright does not route redirect hops, so a document request is
+fetched with redirects off and its `Location` is checked before the browser may follow it.
+A blocked target at the second or later hop of a redirect chain is only seen after the
+browser has sent it; it is still recorded and stops the agent. A blocked main-frame
+navigation is raised as `BlockedURL` from `execute` / `goto`, or from the next `observe`
+when it happened between actions (a timer, a meta refresh).
+
+Touch devices (`device="Pixel 7"` or any descriptor with `has_touch`) tap instead of
+clicking; long press and swipe are raw touch sequences sent over CDP, because Playwright's
+touchscreen only taps. Without touch, a long press holds the mouse button and a swipe is a
+wheel scroll in the direction the content would move.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from io import BytesIO
+from typing import Any, Literal
+from urllib.parse import urljoin
+
+from PIL import Image
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import sync_playwright
+
+from agent import set_of_marks
+from agent.actions import (
+    Action, Answer, Back, Box, Click, Done, Drag, Fail, Home, Hover, Key, LongPress, Mark,
+    Navigate, OpenApp, Point, Scroll, Swipe, Target, Type, Wait)
+from agent.chromium import launch_chromium
+from agent.domains import BlockedURL, DomainRules
+from agent.environment import ElementInfo, Observation
+
+logger = logging.getLogger(__name__)
+
+WHEEL_PX_PER_STEP = 100  # one wheel notch in Chromium on Linux
+SWIPE_FRACTION = 0.4  # a swipe moves the finger this fraction of the viewport
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+# Desktop-format key names (lower case) -> Playwright key names.
+KEY_NAMES = {
+    "ctrl": "Control", "control": "Control", "alt": "Alt", "option": "Alt", "shift": "Shift",
+    "cmd": "Meta", "command": "Meta", "meta": "Meta", "super": "Meta", "win": "Meta", "windows": "Meta",
+    "enter": "Enter", "return": "Enter", "esc": "Escape", "escape": "Escape", "tab": "Tab",
+    "backspace": "Backspace", "delete": "Delete", "del": "Delete", "insert": "Insert", "space": "Space",
+    "up": "ArrowUp", "down": "ArrowDown", "left": "ArrowLeft", "right": "ArrowRight",
+    "arrowup": "ArrowUp", "arrowdown": "ArrowDown", "arrowleft": "ArrowLeft", "arrowright": "ArrowRight",
+    "pageup": "PageUp", "pagedown": "PageDown", "page_up": "PageUp", "page_down": "PageDown",
+    "home": "Home", "end": "End", "capslock": "CapsLock", "plus": "+",
+    **{f"f{i}": f"F{i}" for i in range(1, 13)},
+}
+
+_DESCRIBE_JS = """([x, y]) => {
+  let el = (x === null) ? document.activeElement : document.elementFromPoint(x, y);
+  while (el && el.shadowRoot && x !== null) {
+    const inner = el.shadowRoot.elementFromPoint(x, y);
+    if (!inner || inner === el) break;
+    el = inner;
+  }
+  if (!el || el === document.body || el === document.documentElement) return null;
+  const control = el.closest('a, button, input, select, textarea, [role], [contenteditable]') || el;
+  const form = control.form || control.closest('form');
+  const text = (control.getAttribute('aria-label') || control.innerText || control.getAttribute('placeholder')
+                || control.getAttribute('title') || (control.type === 'submit' ? control.value : '') || '').trim();
+  return {tag: control.tagName.toLowerCase(), input_type: control.tagName === 'INPUT' ? (control.type || 'text') : null,
+          text: text.slice(0, 200) || null, form_action: form ? form.action : null};
+}"""
+
+
+def key_name(key: str) -> str:
+    """A desktop-format key name ('ctrl', 'pagedown', 'a') as a Playwright key name."""
+    return KEY_NAMES.get(key.lower(), key if len(key) == 1 else key[:1].upper() + key[1:])
+
+
+class BrowserEnv:
+    """A Chromium page the agent observes and acts on.
+
+    `viewport` is (width, height) in CSS pixels (default 1280x720, or the device's);
+    `device` is a Playwright device name ("Pixel 7", "iPhone 13") or a descriptor dict, which
+    brings its own viewport, pixel ratio, user agent and touch; `device_scale_factor`
+    overrides the pixel ratio (default: the device's, else 1). `rules` restricts URLs (default:
+    `DomainRules()`: http(s) only). `set_of_marks` draws numbered labels for the web format.
+    `settle_ms` is how long after an action to wait for what it triggers to start (a
+    navigation, a popup) before waiting for the page to load; `timeout_ms` bounds that wait.
+    """
+
+    platform = "web"
+
+    def __init__(self, viewport: tuple[int, int] | None = None, *, device: str | dict | None = None,
+                 headless: bool = True, device_scale_factor: float | None = None,
+                 rules: DomainRules | None = None, set_of_marks: bool = False,
+                 screenshot_format: Literal["png", "jpeg"] = "png", settle_ms: int = 30,
+                 timeout_ms: int = 15_000) -> None:
+        if viewport is not None and (len(viewport) != 2 or min(viewport) < 1):
+            raise ValueError(f"viewport={viewport!r}; expected (width, height) in CSS pixels, both >= 1")
+        self.rules = rules if rules is not None else DomainRules()
+        self.set_of_marks = set_of_marks
+        self.screenshot_format = screenshot_format
+        self.settle_ms = settle_ms
+        self.timeout_ms = timeout_ms
+        self.blocked: list[BlockedURL] = []  # every refused request, in order
+        self.home_url: str | None = None  # `Home` returns here; the first URL `goto` loaded
+        self._pending_block: BlockedURL | None = None  # a refused main-frame navigation not yet raised
+        self._navigations: set[Any] = set()  # main-frame document requests in flight
+        self._cdp: dict[Any, Any] = {}
+
+        self._playwright = sync_playwright().start()
+        try:
+            self._browser = launch_chromium(self._playwright, headless=headless)
+            options = self._context_options(viewport, device, device_scale_factor)
+            self.has_touch = bool(options.get("has_touch"))
+            self._context = self._browser.new_context(service_workers="block", **options)
+            self._context.set_default_timeout(timeout_ms)
+            self._context.route("**/*", self._route)
+            self._context.on("request", self._on_request)
+            self._context.on("requestfinished", self._on_request_done)
+            self._context.on("requestfailed", self._on_request_done)
+            self._context.on("page", self._adopt)
+            self._pages: list[Any] = []
+            self._adopt(self._context.new_page())
+        except BaseException:
+            self._playwright.stop()
+            raise
+
+    def _context_options(self, viewport, device, device_scale_factor) -> dict[str, Any]:
+        if isinstance(device, str):
+            if device not in self._playwright.devices:
+                raise ValueError(f"device={device!r} is not a Playwright device name (e.g. 'Pixel 7', 'iPhone 13')")
+            options = dict(self._playwright.devices[device])
+        elif isinstance(device, dict):
+            options = dict(device)
+        elif device is None:
+            options = {"viewport": {"width": 1280, "height": 720}}
+        else:
+            raise TypeError(f"device={device!r}; expected a Playwright device name or a descriptor dict")
+        options.pop("default_browser_type", None)
+        if viewport is not None:
+            options["viewport"] = {"width": int(viewport[0]), "height": int(viewport[1])}
+        if device_scale_factor is not None:
+            options["device_scale_factor"] = device_scale_factor
+        return options
+
+    # --- pages ------------------------------------------------------------------------------
+
+    @property
+    def page(self) -> Any:
+        """The current Playwright `Page`: the newest open tab or popup."""
+        open_pages = [p for p in self._pages if not p.is_closed()]
+        if not open_pages:
+            raise RuntimeError("every page of this BrowserEnv is closed")
+        return open_pages[-1]
+
+    def _adopt(self, page: Any) -> None:
+        if page not in self._pages:
+            self._pages.append(page)
+            page.on("framenavigated", self._on_framenavigated)
+
+    @property
+    def viewport(self) -> tuple[int, int]:
+        size = self.page.viewport_size
+        return size["width"], size["height"]
+
+    def goto(self, url: str) -> None:
+        """Load `url` in the current page (raises `BlockedURL` if it or a redirect is refused)."""
+        self.rules.check(url)
+        try:
+            self.page.goto(url, wait_until="domcontentloaded")
+        except PlaywrightError:
+            self._raise_pending()
+            raise
+        if self.home_url is None:
+            self.home_url = self.page.url
+        self._raise_pending()
+
+    # --- URL rules --------------------------------------------------------------------------
+
+    def _route(self, route: Any, request: Any) -> None:
+        url = request.url
+        if not self.rules.allows(url):
+            self._refuse(request, url)
+            route.abort("blockedbyclient")
+            return
+        if request.resource_type != "document":
+            route.continue_()
+            return
+        try:
+            response = route.fetch(max_redirects=0)
+        except PlaywrightError as error:  # the server is unreachable: let the browser show it
+            logger.debug("fetch of %s failed (%s); continuing in the browser", url, error)
+            route.continue_()
+            return
+        location = response.headers.get("location")
+        if response.status in REDIRECT_STATUSES and location:
+            target = urljoin(url, location)
+            if not self.rules.allows(target):
+                self._refuse(request, target)
+                route.abort("blockedbyclient")
+                return
+        route.fulfill(response=response)
+
+    def _refuse(self, request: Any, url: str) -> None:
+        try:
+            self.rules.check(url)
+        except BlockedURL as error:
+            blocked = error
+        else:  # allowed by the rules: refused only because a later check would fail; keep it honest
+            blocked = BlockedURL(url, "refused")
+        self.blocked.append(blocked)
+        logger.info("%s", blocked)
+        if self._is_main_navigation(request):
+            self._pending_block = blocked
+
+    def _is_main_navigation(self, request: Any) -> bool:
+        try:
+            return request.is_navigation_request() and request.frame.parent_frame is None
+        except PlaywrightError:  # a popup's frame may not exist yet
+            return request.is_navigation_request()
+
+    def _on_request(self, request: Any) -> None:
+        if self._is_main_navigation(request):
+            self._navigations.add(request)
+            # redirect hops after the first are not routed: catch a refused one here
+            if request.redirected_from is not None and not self.rules.allows(request.url):
+                self._refuse(request, request.url)
+
+    def _on_request_done(self, request: Any) -> None:
+        self._navigations.discard(request)
+
+    def _on_framenavigated(self, frame: Any) -> None:
+        if frame.parent_frame is None and not frame.url.startswith("chrome-error:") \
+                and not self.rules.allows(frame.url):
+            self._refuse_committed(frame)
+
+    def _refuse_committed(self, frame: Any) -> None:
+        try:
+            self.rules.check(frame.url)
+        except BlockedURL as error:
+            self.blocked.append(error)
+            self._pending_block = error
+
+    def _raise_pending(self) -> None:
+        if self._pending_block is not None:
+            blocked, self._pending_block = self._pending_block, None
+            try:  # leave nothing of the refused page on screen
+                self.page.goto("about:blank")
+            except PlaywrightError:
+                pass
+            raise blocked
+
+    # --- observe --------------------------------------------------------------------------
+
+    def observe(self) -> Observation:
+        """Screenshot at CSS size, URL, title, and set-of-marks boxes when the overlay is on."""
+        self._raise_pending()
+        page = self.page
+        width, height = self.viewport
+        marks: dict[int, Box] = {}
+        if self.set_of_marks:
+            boxes = set_of_marks.draw(page)
+            marks = {i: set_of_marks.to_model_space(b, width, height) for i, b in enumerate(boxes)}
+        try:
+            data = page.screenshot(scale="css", type=self.screenshot_format, caret="hide")
+        finally:
+            if self.set_of_marks:
+                set_of_marks.erase(page)
+        screenshot = Image.open(BytesIO(data))
+        screenshot.load()
+        title = page.title()
+        return Observation(screenshot=screenshot, url=page.url, title=title, marks=marks)
+
+    # --- execute --------------------------------------------------------------------------
+
+    def execute(self, action: Action, observation: Observation) -> None:
+        """Perform `action` (coordinates relative to `observation.screenshot`), then wait for
+        what it triggered to load. Raises `BlockedURL` for a refused navigation and
+        `ValueError` for an action a browser cannot perform."""
+        if isinstance(action, (Answer, Done, Fail)):
+            return
+        handler = getattr(self, "_do_" + type(action).__name__.lower(), None)
+        if handler is None:
+            raise ValueError(f"{type(action).__name__} cannot be executed in a browser")
+        try:
+            handler(action, observation)
+        except PlaywrightError:
+            self._raise_pending()  # a navigation error caused by the rules says so
+            raise
+        self._settle()
+        self._raise_pending()
+
+    def _settle(self) -> None:
+        page = self.page
+        page.wait_for_timeout(self.settle_ms)  # also lets Playwright deliver pending events
+        deadline = time.monotonic() + self.timeout_ms / 1000
+        while self._navigations and time.monotonic() < deadline:
+            page.wait_for_timeout(10)
+        page = self.page  # a popup may have opened
+        try:
+            page.wait_for_load_state("domcontentloaded", timeout=max(1, (deadline - time.monotonic()) * 1000))
+        except PlaywrightError as error:
+            logger.warning("page did not finish loading after the action: %s", error)
+
+    def _pixels(self, target: Target, observation: Observation) -> tuple[float, float]:
+        """CSS pixels of `target`'s centre in the current page."""
+        width, height = observation.screenshot.size
+        if isinstance(target, Mark):
+            if target.id not in observation.marks:
+                raise ValueError(f"mark [{target.id}] is not on the page; marks are {sorted(observation.marks)}")
+            target = observation.marks[target.id]
+        point = target.center if isinstance(target, Box) else target
+        if not isinstance(point, Point):
+            raise TypeError(f"target {target!r} is not a Point, Box or Mark")
+        # the screenshot is at CSS size; if the viewport changed since, follow the viewport
+        vw, vh = self.viewport
+        x, y = point.to_pixels(width, height)
+        return x * vw / width, y * vh / height
+
+    def _do_click(self, action: Click, observation: Observation) -> None:
+        x, y = self._pixels(action.target, observation)
+        if self.has_touch and action.button == "left" and action.count == 1:
+            self.page.touchscreen.tap(x, y)
+        else:
+            self.page.mouse.click(x, y, button=action.button, click_count=action.count)
+
+    def _do_hover(self, action: Hover, observation: Observation) -> None:
+        self.page.mouse.move(*self._pixels(action.target, observation))
+
+    def _do_drag(self, action: Drag, observation: Observation) -> None:
+        (x1, y1), (x2, y2) = self._pixels(action.start, observation), self._pixels(action.end, observation)
+        if self.has_touch:
+            self._touch_path([(x1, y1), (x2, y2)], hold_ms=300)
+            return
+        mouse = self.page.mouse
+        mouse.move(x1, y1)
+        mouse.down()
+        mouse.move(x2, y2, steps=10)  # intermediate moves: drag handlers and HTML5 drag need them
+        mouse.up()
+
+    def _do_scroll(self, action: Scroll, observation: Observation) -> None:
+        if action.target is not None:
+            x, y = self._pixels(action.target, observation)
+        else:
+            width, height = self.viewport
+            x, y = width / 2, height / 2
+        distance = action.steps * WHEEL_PX_PER_STEP
+        dx, dy = {"up": (0, -distance), "down": (0, distance),
+                  "left": (-distance, 0), "right": (distance, 0)}[action.direction]
+        self.page.mouse.move(x, y)
+        self.page.mouse.wheel(dx, dy)
+
+    def _do_longpress(self, action: LongPress, observation: Observation) -> None:
+        x, y = self._pixels(action.target, observation)
+        if self.has_touch:
+            self._touch_path([(x, y)], hold_ms=action.duration_ms)
+            return
+        self.page.mouse.move(x, y)
+        self.page.mouse.down()
+        self.page.wait_for_timeout(action.duration_ms)
+        self.page.mouse.up()
+
+    def _do_swipe(self, action: Swipe, observation: Observation) -> None:
+        width, height = self.viewport
+        if action.target is not None:
+            x, y = self._pixels(action.target, observation)
+        else:
+            x, y = width / 2, height / 2
+        if not self.has_touch:  # finger up == content moves up == wheel down
+            steps = max(1, round(SWIPE_FRACTION * height / WHEEL_PX_PER_STEP))
+            opposite = {"up": "down", "down": "up", "left": "right", "right": "left"}[action.direction]
+            self._do_scroll(Scroll(opposite, None, steps), observation)
+            return
+        dx, dy = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}[action.direction]
+        end = (min(width - 1, max(0, x + dx * SWIPE_FRACTION * width)),
+               min(height - 1, max(0, y + dy * SWIPE_FRACTION * height)))
+        path = [(x + (end[0] - x) * i / 10, y + (end[1] - y) * i / 10) for i in range(11)]
+        self._touch_path(path, hold_ms=0)
+
+    def _touch_path(self, path: list[tuple[float, float]], *, hold_ms: int) -> None:
+        """One finger down at path[0], held `hold_ms`, moved along the path, lifted."""
+        cdp = self._cdp_session()
+        point = lambda xy: [{"x": xy[0], "y": xy[1], "id": 0}]  # noqa: E731
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": point(path[0])})
+        if hold_ms:
+            self.page.wait_for_timeout(hold_ms)
+        for xy in path[1:]:
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": point(xy)})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+
+    def _cdp_session(self) -> Any:
+        page = self.page
+        if page not in self._cdp:
+            self._cdp[page] = self._context.new_cdp_session(page)
+        return self._cdp[page]
+
+    def _do_type(self, action: Type, observation: Observation) -> None:
+        if action.target is not None:
+            self._do_click(Click(action.target), observation)
+        keyboard = self.page.keyboard
+        if action.clear:
+            keyboard.press("ControlOrMeta+A")
+            keyboard.press("Backspace")
+        keyboard.type(action.text)
+        if action.press_enter:
+            keyboard.press("Enter")
+
+    def _do_key(self, action: Key, observation: Observation) -> None:
+        self.page.keyboard.press("+".join(key_name(k) for k in action.keys))
+
+    def _do_navigate(self, action: Navigate, observation: Observation) -> None:
+        url = action.url.strip()
+        if "://" not in url and not url.startswith("about:"):
+            url = "https://" + url  # models often write bare domains
+        self.goto(url)
+
+    def _do_back(self, action: Back, observation: Observation) -> None:
+        self.page.go_back(wait_until="domcontentloaded")
+
+    def _do_home(self, action: Home, observation: Observation) -> None:
+        if self.home_url is None:
+            raise ValueError("Home in a browser returns to the first URL loaded, and none was loaded yet")
+        self.goto(self.home_url)
+
+    def _do_wait(self, action: Wait, observation: Observation) -> None:
+        self.page.wait_for_timeout(action.seconds * 1000)
+
+    def _do_openapp(self, action: OpenApp, observation: Observation) -> None:
+        raise ValueError(f"OpenApp({action.name!r}) cannot be executed in a browser; use Navigate")
+
+    # --- describe / close -----------------------------------------------------------------
+
+    def describe(self, target: Target | None, observation: Observation) -> ElementInfo | None:
+        """The element under `target` (None: the focused element), for the safety checks."""
+        point = [None, None] if target is None else list(self._pixels(target, observation))
+        info = self.page.evaluate(_DESCRIBE_JS, point)
+        return None if info is None else ElementInfo(**info)
+
+    def close(self) -> None:
+        """Close the browser and stop Playwright; safe to call twice."""
+        if self._playwright is None:
+            return
+        try:
+            self._browser.close()
+        finally:
+            self._playwright.stop()
+            self._playwright = None
+
+    def __enter__(self) -> BrowserEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
