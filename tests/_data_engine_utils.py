@@ -1,4 +1,4 @@
-"""Shared fixtures for the data-engine tests: one Chromium for the whole test session."""
+"""Shared fixtures for the data-engine tests: one Chromium per test module (Playwright allows one sync instance per thread)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from train.render import Renderer
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def renderer():
     with Renderer() as r:
         yield r
