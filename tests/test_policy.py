@@ -1,0 +1,135 @@
+"""Policies: OpenAIPolicy against a local server speaking the OpenAI chat API, the VLM adapter,
+the scripted policy and the image-part conversions."""
+
+import json
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from agent.policy import OpenAIPolicy, PolicyError, ScriptedPolicy, VLMPolicy, as_policy, to_data_urls, to_pil
+from agent.prompts import build_messages
+
+
+class FakeOpenAI:
+    """A chat-completions server on 127.0.0.1 that records requests and answers `reply`."""
+
+    def __init__(self, reply="Thought: ok\nAction: Click [1]\nMemory_Updated: {}", status=200):
+        self.requests: list[tuple[str, dict, dict]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append((self.path, dict(self.headers), body))
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": fake.reply}}]}
+                                     if fake.status == 200 else {"error": {"message": "model not found"}}).encode()
+                self.send_response(fake.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.reply, self.status = reply, status
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def close(self):
+        self._httpd.shutdown()
+
+
+@pytest.fixture
+def server():
+    fake = FakeOpenAI()
+    yield fake
+    fake.close()
+
+
+def _messages(images="pil"):
+    return build_messages("web", "find it", Image.new("RGB", (64, 32), "blue"), url="http://x/", images=images)
+
+
+def test_openai_policy_posts_the_chat_request_and_returns_the_text(server):
+    policy = OpenAIPolicy(server.base_url, "glm-4.5v", api_key="sk-test")
+    assert policy(_messages()) == server.reply
+    path, headers, body = server.requests[0]
+    assert path == "/v1/chat/completions"
+    assert headers["Authorization"] == "Bearer sk-test"
+    assert body["model"] == "glm-4.5v" and body["skip_special_tokens"] is False
+    content = body["messages"][0]["content"]
+    image = next(p for p in content if p["type"] == "image_url")
+    assert image["image_url"]["url"].startswith("data:image/png;base64,")  # PIL parts were encoded
+    decoded = to_pil([{"role": "user", "content": [image]}])[0]["content"][0]["image"]
+    assert decoded.size == (64, 32) and decoded.getpixel((0, 0)) == (0, 0, 255)
+    assert "sk-test" not in repr(policy)
+
+
+def test_openai_policy_without_key_sends_no_authorization(server):
+    OpenAIPolicy(server.base_url + "/chat/completions", "m")(_messages("data_url"))
+    assert server.requests[0][0] == "/v1/chat/completions"
+    assert "Authorization" not in server.requests[0][1]
+
+
+def test_openai_policy_errors_are_clear():
+    failing = FakeOpenAI(status=404)
+    try:
+        with pytest.raises(PolicyError, match="HTTP 404.*model not found"):
+            OpenAIPolicy(failing.base_url, "m")(_messages())
+    finally:
+        failing.close()
+    with pytest.raises(PolicyError, match="could not reach"):
+        OpenAIPolicy("http://127.0.0.1:9/v1", "m", timeout_s=2)(_messages())
+    with pytest.raises(ValueError, match="not an http"):
+        OpenAIPolicy("127.0.0.1:8000", "m")
+
+
+@dataclass
+class _Generated:
+    text: str
+
+
+class FakeVLM:
+    """Stands in for `VLM`: records what generate() received."""
+
+    def __init__(self):
+        self.seen = None
+
+    def generate(self, messages, *, max_new_tokens, temperature):
+        self.seen = (messages, max_new_tokens, temperature)
+        return _Generated("DONE()")
+
+    def __call__(self, *args):  # like an nn.Module: callable, but not a policy
+        raise AssertionError("the VLM must be driven through generate()")
+
+
+def test_vlm_adapter_passes_pil_images_and_options():
+    vlm = FakeVLM()
+    policy = as_policy(vlm)
+    assert isinstance(policy, VLMPolicy)
+    assert policy(_messages("data_url")) == "DONE()"
+    messages, max_new_tokens, temperature = vlm.seen
+    images = [p for p in messages[0]["content"] if p["type"] == "image"]
+    assert isinstance(images[0]["image"], Image.Image) and max_new_tokens == 2048 and temperature == 0.0
+
+
+def test_scripted_policy_answers_in_order_and_runs_out_loudly():
+    policy = ScriptedPolicy(["a", lambda messages: f"saw {len(messages)}"])
+    assert policy([]) == "a" and policy([{}]) == "saw 1"
+    with pytest.raises(PolicyError, match="ran out of answers after 2"):
+        policy([])
+
+
+def test_image_part_conversions_round_trip():
+    pil = _messages("pil")
+    back = to_pil(to_data_urls(pil))
+    original = next(p for p in pil[0]["content"] if p["type"] == "image")["image"]
+    restored = next(p for p in back[0]["content"] if p["type"] == "image")["image"]
+    assert original.tobytes() == restored.tobytes()
+    with pytest.raises(TypeError, match="is not a policy"):
+        as_policy(42)
