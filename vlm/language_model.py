@@ -1,0 +1,144 @@
+"""The language model: GQA attention with q/k/v bias and partial 3-axis M-RoPE, dense then MoE layers.
+
+What is unusual:
+- Positions are (3, B, T) M-RoPE ids (see positions.py); only the first `rotary_dim` dims of each
+  head rotate; the frequency table's sections follow the T, H and W axes in turn.
+- GLM-4.1V (`sandwich_norms`) normalises the attention and MLP outputs again before each residual
+  add and uses the interleaved rotary layout; otherwise those norms are `nn.Identity`.
+- One boolean mask covers causality, left padding (`attention_mask`), packed training rows
+  (`segment_ids`: attend only within equal ids) and the KV cache offset. A query may always see
+  itself, so fully padded rows stay finite instead of NaN.
+Reference: transformers' `Glm4vMoeTextModel` / `Glm4vTextModel`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .cache import KVCache
+from .config import TextConfig
+from .layers import FusedSwiGLU, RMSNorm, SwiGLU
+from .moe import MoE
+from .rotary import apply_rotary, mrope_cos_sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TextConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.layout = cfg.rotary_layout
+        D, H, Hkv, hd = cfg.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
+        self.q_proj = nn.Linear(D, H * hd, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(D, Hkv * hd, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(D, Hkv * hd, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(H * hd, D, bias=False)
+
+    def forward(
+        self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None
+    ) -> torch.Tensor:
+        B, T, _ = x_BTD.shape
+        q = self.q_proj(x_BTD).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x_BTD).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = self.v_proj(x_BTD).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = cos[:, None].to(q.dtype), sin[:, None].to(q.dtype)
+        q, k = apply_rotary(q, cos, sin, self.layout), apply_rotary(k, cos, sin, self.layout)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, enable_gqa=self.num_kv_heads != self.num_heads
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig, layer: int) -> None:
+        super().__init__()
+        D = cfg.hidden_size
+        self.input_layernorm = RMSNorm(D, eps=cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(D, eps=cfg.rms_norm_eps)
+        if cfg.is_moe_layer(layer):
+            self.mlp: nn.Module = MoE(cfg)
+        elif cfg.fused_gate_up:
+            self.mlp = FusedSwiGLU(D, cfg.intermediate_size)
+        else:
+            self.mlp = SwiGLU(D, cfg.intermediate_size)
+        sandwich = (lambda: RMSNorm(D, eps=cfg.rms_norm_eps)) if cfg.sandwich_norms else nn.Identity
+        self.post_self_attn_layernorm = sandwich()
+        self.post_mlp_layernorm = sandwich()
+
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.post_self_attn_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache))
+        return x + self.post_mlp_layernorm(self.mlp(self.post_attention_layernorm(x)))
+
+
+class TextModel(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList([DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        x_BTD: torch.Tensor,
+        positions_3BT: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Embedded inputs -> final-normed hidden states (B, T, D)."""
+        cfg = self.cfg
+        cos, sin = mrope_cos_sin(
+            positions_3BT, rotary_dim=cfg.rotary_dim, theta=cfg.rope_theta, mrope_section=cfg.mrope_section,
+            layout=cfg.rotary_layout,
+        )
+        past = cache.length if cache is not None else 0
+        mask = attention_mask_4d(x_BTD.shape[1], past, attention_mask=attention_mask, segment_ids=segment_ids, device=x_BTD.device)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                x_BTD = checkpoint(layer, x_BTD, cos, sin, mask, cache, use_reentrant=False)
+            else:
+                x_BTD = layer(x_BTD, cos, sin, mask, cache)
+        if cache is not None:
+            cache.advance(x_BTD.shape[1])
+        return self.norm(x_BTD)
+
+
+def attention_mask_4d(
+    T: int,
+    past: int,
+    *,
+    attention_mask: torch.Tensor | None,
+    segment_ids: torch.Tensor | None,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Boolean (B, 1, T, past+T) mask (True = may attend), or None when plain causal suffices.
+
+    attention_mask: (B, past+T) 1 for real tokens, 0 for padding. segment_ids: (B, T) with 0 for
+    padding and 1..k for the packed sample a token belongs to (no cache with packed rows).
+    """
+    if segment_ids is not None and past:
+        raise ValueError("segment_ids (packed rows) cannot be combined with a non-empty KV cache")
+    plain = attention_mask is None or bool(attention_mask.all())
+    if segment_ids is None and plain and (past == 0 or T == 1):
+        return None  # SDPA's own causal flag (or no mask at all for one new token)
+    S = past + T
+    q_pos = torch.arange(past, S, device=device)[:, None]
+    k_pos = torch.arange(S, device=device)[None, :]
+    allowed = (k_pos <= q_pos)[None]  # (1, T, S)
+    if attention_mask is not None:
+        if attention_mask.shape[-1] != S:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected past + new = {S}")
+        allowed = allowed & attention_mask.bool()[:, None, :]
+    if segment_ids is not None:
+        allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
+    allowed = allowed | (k_pos == q_pos)[None]  # a query always sees itself: no all-masked (NaN) rows
+    return allowed[:, None]

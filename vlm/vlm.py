@@ -1,0 +1,111 @@
+"""`VLM`: the user-facing handle: a config, the network (`.model`), an optional processor.
+
+`VLM.from_pretrained(dir)` reads `config.json`, builds the network on the meta device and fills
+it from the safetensors in place (see weights.py). A directory without tokenizer files still
+loads; `processor` is then None and methods that need text raise a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from .config import VLMConfig
+from .generation import generate_ids
+from .model import VisionLanguageModel
+from .weights import checkpoint_dtype, load_weights, save_weights
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+class VLM:
+    def __init__(self, model: VisionLanguageModel, *, processor: object | None = None) -> None:
+        self.model = model
+        self.config: VLMConfig = model.cfg
+        self.processor = processor
+
+    @classmethod
+    def from_config(cls, config: VLMConfig, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int | None = None) -> VLM:
+        """A randomly initialised model (for tests and training from scratch)."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.device(device):
+            model = VisionLanguageModel(config)
+        init_weights(model)
+        return cls(model.to(dtype=dtype) if dtype != torch.float32 else model)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> VLM:
+        path = Path(path)
+        config = VLMConfig.load(path)
+        dtype = dtype or checkpoint_dtype(path)
+        with torch.device("meta"):
+            model = VisionLanguageModel(config).to(dtype)
+        for module in model.modules():  # the routing bias stays float32 whatever the dtype
+            if hasattr(module, "e_score_correction_bias"):
+                module.e_score_correction_bias = module.e_score_correction_bias.float()
+        load_weights(model, path, device=device, cfg=config)
+        model.eval()
+        return cls(model, processor=_load_processor(path))
+
+    def save_pretrained(self, path: str | os.PathLike, *, max_shard_bytes: int = 5 * 1024**3) -> None:
+        path = Path(path)
+        self.config.save(path)
+        save_weights(self.model, path, max_shard_bytes=max_shard_bytes)
+        if self.processor is not None and hasattr(self.processor, "save_pretrained"):
+            self.processor.save_pretrained(path)
+
+    def generate_ids(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        *,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+    ) -> torch.Tensor:
+        """New token ids (B, new) for model inputs (input_ids, attention_mask, pixel values, grids)."""
+        text = self.config.text
+        return generate_ids(
+            self.model, inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+            top_p=top_p, top_k=top_k, eos_token_ids=text.eos_token_ids, pad_token_id=text.pad_token_id,
+        )
+
+    def require_processor(self) -> object:
+        """The processor, or a clear error when the checkpoint has no tokenizer files."""
+        if self.processor is None:
+            raise RuntimeError(
+                "this VLM has no processor: the checkpoint directory has no tokenizer files "
+                f"({', '.join(TOKENIZER_FILES)}); use generate_ids with token ids instead"
+            )
+        return self.processor
+
+
+def init_weights(model: torch.nn.Module, *, std: float = 0.02) -> None:
+    """Normal(0, std) matrices, ones for norm weights, zeros for biases and the routing bias."""
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if name.endswith(("norm.weight", "norm1.weight", "norm2.weight", "layernorm.weight")):
+                tensor.fill_(1.0)
+            elif tensor.ndim >= 2:
+                tensor.normal_(0.0, std)
+            else:
+                tensor.zero_()
+
+
+def _load_processor(path: Path) -> object | None:
+    if not any((path / name).exists() for name in TOKENIZER_FILES):
+        return None
+    try:
+        from .processor import Processor  # another part of the project; absent until it lands
+    except ImportError:
+        logger.info("tokenizer files found in %s but vlm.processor is not available", path)
+        return None
+    return Processor.from_pretrained(path)

@@ -1,0 +1,212 @@
+"""The ONLY file that knows checkpoint key names: load and save the released safetensors layout.
+
+Layout (what transformers' `save_pretrained` writes for GLM-4.5V / GLM-4.1V): our module names
+with a `model.` prefix (except `lm_head`), experts ONE BY ONE
+(`mlp.experts.{e}.{gate,up,down}_proj.weight`) while in memory they are stacked
+(`experts.gate_up_proj` (E, 2F, D) = [gate; up], `experts.down_proj` (E, D, F)).
+
+Loading: the model is built on the meta device, materialised once with `to_empty`, and every
+tensor is copied in place from the memory-mapped files (one tensor in flight at a time, no second
+copy of the model). A missing, unexpected or mis-shaped tensor is an error naming the key and the
+file. Extra multi-token-prediction layers (index >= num_hidden_layers) are skipped.
+Saving: one `model.safetensors`, or shards plus `model.safetensors.index.json` when larger than
+`max_shard_bytes`; each file is written to a temporary name and renamed (atomic).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import VLMConfig
+
+logger = logging.getLogger(__name__)
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+_EXPERTS = re.compile(r"^(?P<prefix>.*\.mlp\.experts)\.(?P<proj>gate_up_proj|down_proj)$")
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Where one checkpoint tensor lives in the model: a named tensor and an index into it."""
+
+    name: str  # parameter / buffer name in the model
+    index: tuple  # () for the whole tensor, else (expert, row slice)
+    shape: tuple[int, ...]
+
+
+def checkpoint_key(name: str) -> str:
+    return name if name.startswith("lm_head.") else f"model.{name}"
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters (tied ones once) and persistent buffers, by name."""
+    tensors = dict(model.named_parameters())
+    for module_name, module in model.named_modules():
+        for buffer_name, buffer in module.named_buffers(recurse=False):
+            if buffer_name not in module._non_persistent_buffers_set:
+                tensors[f"{module_name}.{buffer_name}" if module_name else buffer_name] = buffer
+    return tensors
+
+
+def bindings(model: nn.Module) -> dict[str, Binding]:
+    """Checkpoint key -> Binding, in checkpoint order, for every tensor the checkpoint holds."""
+    out: dict[str, Binding] = {}
+    for name, tensor in model_tensors(model).items():
+        match = _EXPERTS.match(name)
+        if match is None:
+            out[checkpoint_key(name)] = Binding(name, (), tuple(tensor.shape))
+            continue
+        prefix = checkpoint_key(match["prefix"])
+        E, rows, cols = tensor.shape
+        for e in range(E):
+            if match["proj"] == "gate_up_proj":
+                F_ = rows // 2
+                out[f"{prefix}.{e}.gate_proj.weight"] = Binding(name, (e, slice(0, F_)), (F_, cols))
+                out[f"{prefix}.{e}.up_proj.weight"] = Binding(name, (e, slice(F_, rows)), (F_, cols))
+            else:
+                out[f"{prefix}.{e}.down_proj.weight"] = Binding(name, (e,), (rows, cols))
+    return out
+
+
+def checkpoint_files(directory: str | os.PathLike) -> list[Path]:
+    directory = Path(directory)
+    index = directory / INDEX_FILE
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [directory / name for name in sorted(set(weight_map.values()))]
+    single = directory / SINGLE_FILE
+    if single.exists():
+        return [single]
+    raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory}")
+
+
+def checkpoint_dtype(directory: str | os.PathLike) -> torch.dtype:
+    """The dtype of the first floating tensor stored (what `dtype=None` loads as)."""
+    for file in checkpoint_files(directory):
+        with _open(file) as f:
+            for key in f.keys():
+                dtype = DTYPES.get(f.get_slice(key).get_dtype())
+                if dtype is not None and "e_score_correction_bias" not in key:
+                    return dtype
+    return torch.float32
+
+
+def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torch.device | str, cfg: VLMConfig) -> None:
+    """Materialise a meta-built `model` on `device` and fill every tensor from the checkpoint."""
+    model.to_empty(device=device)
+    for module in model.modules():  # non-persistent buffers are state, not weights: start at zero
+        for name in module._non_persistent_buffers_set:
+            getattr(module, name).zero_()
+    expected = bindings(model)
+    tensors = model_tensors(model)
+    seen: set[str] = set()
+    num_layers = cfg.text.num_hidden_layers
+    with torch.no_grad():
+        for file in checkpoint_files(directory):
+            with _open(file) as f:
+                for key in f.keys():
+                    binding = expected.get(key)
+                    if binding is None:
+                        if _is_extra_layer(key, num_layers):
+                            continue
+                        raise ValueError(f"unexpected tensor {key!r} in {file} (not part of a {cfg.model_type} model)")
+                    shape = tuple(f.get_slice(key).get_shape())
+                    if shape != binding.shape:
+                        raise ValueError(f"tensor {key!r} in {file} has shape {list(shape)}, expected {list(binding.shape)}")
+                    target = tensors[binding.name]
+                    target = target[binding.index] if binding.index else target
+                    target.copy_(_read(f, key, file))
+                    seen.add(key)
+    missing = [key for key in expected if key not in seen]
+    if missing:
+        where = ", ".join(str(p) for p in checkpoint_files(directory))
+        raise ValueError(f"missing tensor {missing[0]!r} ({len(missing)} missing in all) in {where}")
+
+
+def save_weights(model: nn.Module, directory: str | os.PathLike, *, max_shard_bytes: int = 5 * 1024**3) -> list[Path]:
+    """Write the released layout; returns the files written."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shards = list(_shard(_checkpoint_tensors(model), max_shard_bytes))
+    names = [SINGLE_FILE] if len(shards) == 1 else [
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
+    ]
+    for stale in [*directory.glob("model*.safetensors"), directory / INDEX_FILE]:
+        if stale.exists() and stale.name not in names:
+            stale.unlink()
+    written = []
+    for name, shard in zip(names, shards):
+        written.append(_atomic(directory / name, lambda tmp, shard=shard: save_file(shard, str(tmp), metadata={"format": "pt"})))
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())},
+            "weight_map": {key: name for name, shard in zip(names, shards) for key in shard},
+        }
+        written.append(_atomic(directory / INDEX_FILE, lambda tmp: tmp.write_text(json.dumps(index, indent=2) + "\n")))
+    logger.info("saved %d tensors in %d file(s) to %s", sum(len(s) for s in shards), len(shards), directory)
+    return written
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+
+
+def _checkpoint_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    tensors = model_tensors(model)
+    for key, binding in bindings(model).items():
+        tensor = tensors[binding.name].detach()
+        yield key, (tensor[binding.index] if binding.index else tensor).contiguous()
+
+
+def _shard(items: Iterator[tuple[str, torch.Tensor]], max_bytes: int) -> Iterator[dict[str, torch.Tensor]]:
+    shard: dict[str, torch.Tensor] = {}
+    size = 0
+    for key, tensor in items:
+        nbytes = tensor.numel() * tensor.element_size()
+        if shard and size + nbytes > max_bytes:
+            yield shard
+            shard, size = {}, 0
+        shard[key] = tensor
+        size += nbytes
+    yield shard
+
+
+def _atomic(path: Path, write) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _open(file: Path):
+    if not file.exists():
+        raise FileNotFoundError(f"checkpoint file {file} does not exist")
+    try:
+        return safe_open(str(file), framework="pt", device="cpu")
+    except Exception as error:  # safetensors raises its own error type for bad headers
+        raise ValueError(f"cannot read safetensors file {file}: {error}") from error
+
+
+def _read(f, key: str, file: Path) -> torch.Tensor:
+    try:
+        return f.get_tensor(key)
+    except Exception as error:
+        raise ValueError(f"cannot read tensor {key!r} from {file}: {error}") from error
+
+
+def _is_extra_layer(key: str, num_layers: int) -> bool:
+    """Multi-token-prediction layers sit at indices >= num_hidden_layers; we do not run them."""
+    match = re.match(r"^model\.(?:language_model\.)?layers\.(\d+)\.", key)
+    return match is not None and int(match[1]) >= num_layers
