@@ -1,0 +1,138 @@
+"""Checkpoint load/save: transformers loads what we save, shards round-trip, bad files fail loudly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from _model_utils import image_tokens, patches, reference_checkpoint
+from vlm import VLM
+
+
+@pytest.fixture(scope="module", params=["moe", "dense"])
+def kind(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def checkpoint(kind, tmp_path_factory):
+    return reference_checkpoint(tmp_path_factory, kind)
+
+
+def _inputs():
+    grid = [1, 4, 6]
+    return {
+        "input_ids": torch.tensor([[5, 6] + image_tokens(grid) + [7, 8]]),
+        "pixel_values": patches([grid]),
+        "image_grid_thw": torch.tensor([grid]),
+    }
+
+
+def _keys_and_shapes(directory):
+    out = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            out.update({k: f.get_slice(k).get_shape() for k in f.keys()})
+    return out
+
+
+def test_transformers_loads_what_we_save(kind, checkpoint, tmp_path):
+    from transformers import Glm4vForConditionalGeneration, Glm4vMoeForConditionalGeneration
+
+    from _model_utils import mm_token_type_ids
+
+    ours = VLM.from_pretrained(checkpoint)
+    ours.save_pretrained(tmp_path)
+    assert _keys_and_shapes(tmp_path) == _keys_and_shapes(checkpoint)  # same layout, experts one by one
+    cls = Glm4vMoeForConditionalGeneration if kind == "moe" else Glm4vForConditionalGeneration
+    theirs = cls.from_pretrained(tmp_path).eval()
+    inputs = _inputs()
+    with torch.no_grad():
+        expected = ours.model(**inputs).logits
+        got = theirs(**inputs, mm_token_type_ids=mm_token_type_ids(inputs["input_ids"])).logits
+    assert (got - expected).abs().max().item() < 2e-4
+
+
+def test_sharded_save_round_trips_with_an_index(checkpoint, tmp_path):
+    ours = VLM.from_pretrained(checkpoint)
+    ours.save_pretrained(tmp_path, max_shard_bytes=64 * 1024)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    shards = sorted(p.name for p in tmp_path.glob("model-*.safetensors"))
+    assert len(shards) > 1 and sorted(set(index["weight_map"].values())) == shards
+    assert not (tmp_path / "model.safetensors").exists()
+    again = VLM.from_pretrained(tmp_path)
+    for (name, a), (_, b) in zip(ours.model.state_dict().items(), again.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_bfloat16_load_keeps_the_routing_bias_in_float32(kind, checkpoint):
+    ours = VLM.from_pretrained(checkpoint, dtype=torch.bfloat16)
+    assert ours.model.lm_head.weight.dtype == torch.bfloat16
+    biases = [b for n, b in ours.model.named_buffers() if n.endswith("e_score_correction_bias")]
+    assert all(b.dtype == torch.float32 for b in biases) and (kind == "dense" or biases)
+    if biases:
+        stored = load_file(str(checkpoint / "model.safetensors"))["model.language_model.layers.1.mlp.gate.e_score_correction_bias"]
+        assert torch.equal(biases[0], stored)
+
+
+def test_no_meta_tensors_remain_after_loading(checkpoint):
+    ours = VLM.from_pretrained(checkpoint)
+    assert all(not t.is_meta for t in [*ours.model.parameters(), *ours.model.buffers()])
+    assert ours.processor is None  # no tokenizer files in a bare checkpoint
+    with pytest.raises(RuntimeError, match="no tokenizer files"):
+        ours.require_processor()
+
+
+def _copy_with(checkpoint, tmp_path, edit):
+    tensors = load_file(str(checkpoint / "model.safetensors"))
+    edit(tensors)
+    (tmp_path / "config.json").write_text((checkpoint / "config.json").read_text())
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    return tmp_path
+
+
+def test_extra_multi_token_prediction_layer_is_tolerated(kind, checkpoint, tmp_path):
+    n = json.loads((checkpoint / "config.json").read_text())["text_config"]["num_hidden_layers"]
+    path = _copy_with(checkpoint, tmp_path, lambda t: t.update({
+        f"model.language_model.layers.{n}.eh_proj.weight": torch.zeros(4, 4),
+        f"model.language_model.layers.{n}.enorm.weight": torch.zeros(4),
+    }))
+    VLM.from_pretrained(path)
+
+
+def test_missing_tensor_names_key_and_file(checkpoint, tmp_path):
+    path = _copy_with(checkpoint, tmp_path, lambda t: t.pop("model.visual.post_layernorm.weight"))
+    with pytest.raises(ValueError, match=r"missing tensor 'model.visual.post_layernorm.weight'.*model.safetensors"):
+        VLM.from_pretrained(path)
+
+
+def test_unexpected_tensor_names_key_and_file(checkpoint, tmp_path):
+    path = _copy_with(checkpoint, tmp_path, lambda t: t.update({"model.visual.surprise.weight": torch.zeros(2)}))
+    with pytest.raises(ValueError, match=r"unexpected tensor 'model.visual.surprise.weight' in .*model.safetensors"):
+        VLM.from_pretrained(path)
+
+
+def test_misshaped_tensor_names_key_file_and_shapes(checkpoint, tmp_path):
+    path = _copy_with(checkpoint, tmp_path, lambda t: t.update({"lm_head.weight": torch.zeros(7, 3)}))
+    with pytest.raises(ValueError, match=r"'lm_head.weight' in .*model.safetensors has shape \[7, 3\], expected \[300, 48\]"):
+        VLM.from_pretrained(path)
+
+
+def test_truncated_file_names_the_file(checkpoint, tmp_path):
+    data = (checkpoint / "model.safetensors").read_bytes()
+    (tmp_path / "config.json").write_text((checkpoint / "config.json").read_text())
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"model.safetensors"):
+        VLM.from_pretrained(tmp_path)
+
+
+def test_wrong_model_type_is_named(checkpoint, tmp_path):
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["model_type"] = "qwen2_vl"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="qwen2_vl"):
+        VLM.from_pretrained(tmp_path)
