@@ -90,11 +90,17 @@ class Page:
     seed: int
     html: str
     title: str
+    site: str  # the brand in the header; also names the page's pretend URL
     language: Language
     theme: str
     font: str
     elements: tuple[Element, ...]
     blocks: tuple[Block, ...]
+
+    @property
+    def url(self) -> str:
+        """Where the page pretends to live (it is loaded with `set_content`, at about:blank)."""
+        return f"https://www.{self.site.lower()}.com/p/{self.seed}"
 
     def element(self, element_id: str) -> Element:
         for element in self.elements:
@@ -292,7 +298,8 @@ def generate_page(seed: int, *, cards: tuple[BlockKind, ...] | None = None,
     font = rng.choice(CJK_FONTS.get(language, LATIN_FONTS))
     b = _Builder(rng, language)
     title = word(b.rows(vocab.TITLES, 1)[0], language)
-    header = _header(b, rng.choice(vocab.SITE_NAMES))
+    site = rng.choice(vocab.SITE_NAMES)
+    header = _header(b, site)
     b.block("title", title)
     heading = f'<h1 data-block="{b.blocks[-1].id}" {b.el("heading", title, "the page title", "Nothing happens: it is the page title.")}>{html.escape(title)}</h1>'
     body = "".join(_CARDS[kind](b) for kind in cards)
@@ -303,7 +310,7 @@ def generate_page(seed: int, *, cards: tuple[BlockKind, ...] | None = None,
            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
            f'<title>{html.escape(title)}</title><style>{css}</style></head>'
            f'<body>{header}<main>{heading}{body}</main><script>{_SCRIPT}</script></body></html>')
-    return Page(seed, doc, title, language, theme.name, font, tuple(b.elements), tuple(b.blocks))
+    return Page(seed, doc, title, site, language, theme.name, font, tuple(b.elements), tuple(b.blocks))
 
 
 def _css(t: Theme, font: str, *, font_px: int, radius_px: int, pad_px: int) -> str:

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from agent import set_of_marks
 from agent.actions import MODEL_SPACE, Box
 from agent.chromium import launch_chromium
 from train.pages import Element, Page
@@ -65,6 +66,25 @@ class Rendered:
             if placed.element.id == element_id:
                 return placed
         raise KeyError(f"element {element_id!r} is not visible on page {self.page.seed} ({self.viewport})")
+
+
+@dataclass(frozen=True)
+class Marked:
+    """A screenshot with set-of-marks labels; `marks[n]` is the element id label n sits on."""
+
+    png: bytes
+    marks: tuple[str | None, ...]  # None: a marked element no task refers to
+
+    def mark_of(self, element_id: str) -> int | None:
+        return self.marks.index(element_id) if element_id in self.marks else None
+
+
+def _element_at(box: tuple[float, float, float, float], rendered: Rendered) -> str | None:
+    """The visible element whose DOM box is this mark's box (within a pixel), if any."""
+    for placed in rendered.placed:
+        if all(abs(a - b) <= 1.0 for a, b in zip(box, placed.box_px)):
+            return placed.element.id
+    return None
 
 
 def to_model_box(x1: float, y1: float, x2: float, y2: float, *, width: float, height: float) -> Box:
@@ -143,8 +163,21 @@ class Renderer:
         png = tab.screenshot(type="png", animations="disabled", caret="hide")
         return measure(tab, page, viewport, png)
 
+    def snapshot_marks(self, tab: Any, rendered: Rendered) -> Marked:
+        """The same state with the agent's set-of-marks labels drawn (`agent.set_of_marks`)."""
+        boxes = set_of_marks.draw(tab)
+        try:
+            png = tab.screenshot(type="png", animations="disabled", caret="hide")
+        finally:
+            set_of_marks.erase(tab)
+        return Marked(png, tuple(_element_at(box, rendered) for box in boxes))
+
     def close(self) -> None:
-        self._browser.close()
+        """Close the browser; safe to call twice (a worker's exit finalizer may call it again)."""
+        if self._browser is None:
+            return
+        browser, self._browser, self._tabs = self._browser, None, {}
+        browser.close()
         self._playwright.stop()
 
     def __enter__(self) -> Renderer:

@@ -1,0 +1,226 @@
+"""The synthetic data engine's entry point: `python -m train.synth --out DIR --n N --seed S`.
+
+Work is cut into *units* (one rendered page, one episode or one video, each giving a few
+samples). Unit j is made from its own seed, derived from (split, --seed, j) alone, and
+results are collected in unit order, so the output is the same for any number of workers;
+the train and held-out splits draw from disjoint seed streams. Each worker process keeps one
+Chromium for all its pages. Units are handed out in rounds until N samples exist; media of
+the surplus samples are deleted, so nothing depends on how far the workers ran ahead.
+
+Output: `DIR/data.jsonl` (training conversations with `meta` ground truth), `DIR/images/`,
+`DIR/videos/`. Everything is written into a hidden staging directory next to DIR and renamed
+into place at the end, so DIR is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from multiprocessing import util
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from tqdm import tqdm
+
+from train import agent_steps, tasks, videos
+from train.pages import generate_page
+from train.render import Renderer, Viewport
+from train.tasks import Sample
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["grounding", "action", "qa", "episode", "video"]
+KINDS: tuple[Kind, ...] = ("grounding", "action", "qa", "episode", "video")
+Split = Literal["train", "heldout"]
+ViewportMode = Literal["desktop", "phone", "both"]
+SAMPLES_PER_UNIT = {"grounding": 4, "qa": 3, "action": 2, "video": 3}  # actions: per format
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What to generate; `kinds` are cycled unit by unit, so they come in equal shares of units."""
+
+    n: int
+    seed: int = 0
+    kinds: tuple[Kind, ...] = KINDS
+    viewport: ViewportMode = "both"
+    split: Split = "train"
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n={self.n} must be at least 1")
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad or not self.kinds:
+            raise ValueError(f"kinds {list(self.kinds)} must be a non-empty subset of {list(KINDS)}")
+        if self.viewport not in ("desktop", "phone", "both"):
+            raise ValueError(f"viewport {self.viewport!r} is not 'desktop', 'phone' or 'both'")
+        if self.split not in ("train", "heldout"):
+            raise ValueError(f"split {self.split!r} is not 'train' or 'heldout'")
+
+
+def unit_seed(split: Split, seed: int, index: int) -> int:
+    """The seed of unit `index`: a hash, so the two splits' streams never meet."""
+    digest = hashlib.sha256(f"{split}/{seed}/{index}".encode()).digest()
+    return int.from_bytes(digest[:6], "big")
+
+
+_renderer: Renderer | None = None
+
+
+def _worker_renderer() -> Renderer:
+    """This process's browser, started on first use and closed when the process exits."""
+    global _renderer
+    if _renderer is None:
+        _renderer = Renderer()
+        util.Finalize(None, _renderer.close, exitpriority=10)
+    return _renderer
+
+
+def _close_renderer() -> None:
+    global _renderer
+    if _renderer is not None:
+        _renderer.close()
+        _renderer = None
+
+
+def make_unit(config: SynthConfig, index: int, out: Path) -> list[dict[str, Any]]:
+    """The samples of unit `index`, its media written under `out`."""
+    seed = unit_seed(config.split, config.seed, index)
+    rng = random.Random(seed)
+    kind = config.kinds[index % len(config.kinds)]
+    viewport: Viewport = rng.choice(("desktop", "phone")) if config.viewport == "both" else config.viewport
+    prefix = f"{index:07d}"
+    media = agent_steps.Media(prefix)
+    if kind == "video":
+        script = videos.make_script(seed)
+        path = f"videos/{prefix}.mp4"
+        videos.write_video(script, out / path)
+        samples = videos.video_samples(script, path, rng, n=SAMPLES_PER_UNIT["video"])
+    elif kind == "episode":
+        from train import episodes
+
+        samples = episodes.episode_samples(_worker_renderer(), seed, viewport, rng, media)
+    else:
+        samples = _page_unit(kind, seed, viewport, rng, media)
+    for path, data in media.files.items():
+        (out / path).write_bytes(data)
+    return [s.to_json() for s in samples]
+
+
+def _page_unit(kind: Kind, seed: int, viewport: Viewport, rng: random.Random, media: agent_steps.Media) -> list[Sample]:
+    renderer = _worker_renderer()
+    page = generate_page(seed)
+    tab = renderer.load(page, viewport)
+    rendered = renderer.snapshot(tab, page, viewport)
+    image = media.add_png(rendered.png)
+    if kind == "grounding":
+        return tasks.grounding_samples(rendered, image, rng, n=SAMPLES_PER_UNIT["grounding"])
+    if kind == "qa":
+        return tasks.qa_samples(rendered, image, rng, n=SAMPLES_PER_UNIT["qa"])
+    screen = agent_steps.Screen(agent_steps.decode(rendered.png), image)
+    marked = renderer.snapshot_marks(tab, rendered)
+    marked_screen = agent_steps.Screen(agent_steps.decode(marked.png), media.add_png(marked.png))
+    native = "desktop" if viewport == "desktop" else "mobile"
+    return [*agent_steps.action_samples(rendered, screen, rng, media, fmt=native, n=SAMPLES_PER_UNIT["action"]),
+            *agent_steps.action_samples(rendered, marked_screen, rng, media, fmt="web", marks=marked.marks,
+                                        n=SAMPLES_PER_UNIT["action"])]
+
+
+def _run(job: tuple[SynthConfig, int, str]) -> list[dict[str, Any]]:
+    config, index, out = job
+    return make_unit(config, index, Path(out))
+
+
+def _units(config: SynthConfig, out: Path, workers: int) -> Iterator[list[dict[str, Any]]]:
+    """Unit results in index order, produced in rounds of a few units per worker."""
+    if workers == 1:
+        try:
+            index = 0
+            while True:
+                yield make_unit(config, index, out)
+                index += 1
+        finally:
+            _close_renderer()  # the caller's thread may want its own Playwright afterwards
+    # spawn, not fork: Playwright's driver threads do not survive a fork. The pool is closed,
+    # not terminated, so each worker's exit finalizer closes its Chromium.
+    pool = multiprocessing.get_context("spawn").Pool(workers)
+    try:
+        round_size, start = 4 * workers, 0
+        while True:
+            jobs = [(config, i, str(out)) for i in range(start, start + round_size)]
+            yield from pool.imap(_run, jobs)
+            start += round_size
+    finally:
+        pool.close()
+        pool.join()
+
+
+def _media(sample: dict[str, Any]) -> set[str]:
+    return {part.get("image") or part.get("video") for m in sample["messages"] if isinstance(m["content"], list)
+            for part in m["content"] if part["type"] in ("image", "video")}
+
+
+def synthesize(config: SynthConfig, out: str | os.PathLike[str], *, workers: int = 1,
+               progress: bool = True, overwrite: bool = False) -> Path:
+    """Generate `config.n` samples into directory `out`; returns its path."""
+    out = Path(out)
+    if workers < 1:
+        raise ValueError(f"workers={workers} must be at least 1")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "images").mkdir(parents=True)
+    (staging / "videos").mkdir()
+    samples: list[dict[str, Any]] = []
+    try:
+        with tqdm(total=config.n, unit="sample", disable=not progress, desc="synth") as bar:
+            for unit in _units(config, staging, workers):
+                take = unit[: config.n - len(samples)]
+                samples += take
+                bar.update(len(take))
+                if len(samples) >= config.n:
+                    break
+        kept = set().union(*(_media(s) for s in samples))
+        for folder in ("images", "videos"):
+            for path in (staging / folder).iterdir():
+                if f"{folder}/{path.name}" not in kept:
+                    path.unlink()
+        with open(staging / "data.jsonl", "w", encoding="utf-8") as f:
+            for sample in samples:
+                f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote %d samples to %s", len(samples), out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.synth", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output directory (data.jsonl, images/, videos/)")
+    parser.add_argument("--n", type=int, required=True, help="number of samples (conversations)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
+    parser.add_argument("--viewport", default="both", choices=("desktop", "phone", "both"))
+    parser.add_argument("--split", default="train", choices=("train", "heldout"))
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    config = SynthConfig(n=args.n, seed=args.seed, kinds=kinds, viewport=args.viewport, split=args.split)  # type: ignore[arg-type]
+    synthesize(config, args.out, workers=args.workers, overwrite=args.overwrite)
+
+
+if __name__ == "__main__":
+    main()
