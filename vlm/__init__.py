@@ -3,6 +3,7 @@ Mixture-of-Experts language model with 3-axis M-RoPE; loads and saves the releas
 GLM-4.5V / GLM-4.1V checkpoint layout unchanged."""
 
 from .config import VLMConfig
+from .processor import Processor
 from .vlm import VLM
 
 __all__ = ["VLM", "VLMConfig"]

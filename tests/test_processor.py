@@ -1,0 +1,195 @@
+"""The processor: same tensors as transformers' Glm4vProcessor on our shipped tokenizer and
+settings, and the chat template rendering the GLM-4.5V format string for string."""
+
+import subprocess
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from transformers import AutoProcessor, PreTrainedTokenizerBase
+from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+from transformers.video_utils import load_video as reference_load_video
+
+from vlm import Processor
+from vlm.processor import ASSETS, media_of
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return Processor.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """transformers' own processor on the same directory, with the PIL image backend the
+    released model's preprocessing is defined by."""
+    ref = AutoProcessor.from_pretrained(ASSETS)
+    ref.image_processor = Glm4vImageProcessorPil.from_pretrained(ASSETS)
+    return ref
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=duration=2.6:size=112x84:rate=10",
+                    "-pix_fmt", "yuv420p", str(path)], check=True)
+    return str(path)
+
+
+def images(*sizes):
+    rng = np.random.default_rng(0)
+    return [PIL.Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+
+
+def assert_same(ours, expected):
+    assert sorted(ours.keys()) == sorted(expected.keys())
+    for key in expected:
+        if expected[key].is_floating_point():
+            assert torch.allclose(ours[key], expected[key], atol=1e-4, rtol=0), key
+        else:
+            assert torch.equal(ours[key], expected[key]), key
+
+
+def test_loads_offline_with_a_transformers_tokenizer(processor):
+    assert isinstance(processor.tokenizer, PreTrainedTokenizerBase)
+    assert processor.image_config.min_pixels == 12_544 and processor.image_config.max_pixels == 9_633_792
+    assert len(set(processor.stop_token_ids)) == 3
+
+
+def test_image_batch_equals_transformers(processor, reference):
+    pictures = images((300, 200), (64, 500), (20, 20))
+    texts = [
+        "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>Describe it.<|assistant|>\n",
+        "[gMASK]<sop><|user|>\nCompare <|begin_of_image|><|image|><|end_of_image|> with "
+        "<|begin_of_image|><|image|><|end_of_image|>, please: which is 512 px wide?<|assistant|>\n",
+    ]
+    ours = processor(text=texts, images=pictures, return_tensors="pt")
+    assert_same(ours, reference(text=texts, images=pictures, padding=True, return_tensors="pt"))
+    # Left padding: the shorter row starts with padding, every row ends with the prompt's end.
+    mask = ours["attention_mask"]
+    shorter = mask.sum(-1).argmin()
+    assert mask.sum(-1).min() < mask.shape[1] and mask[shorter, 0] == 0 and mask[:, -1].all()
+    image_id = processor.tokenizer.convert_tokens_to_ids("<|image|>")
+    assert (ours["input_ids"] == image_id).sum() == ours["image_grid_thw"].prod(-1).sum() // 4
+
+
+def test_video_equals_transformers(processor, reference, clip):
+    text = "[gMASK]<sop><|user|>\n<|begin_of_video|><|video|><|end_of_video|>What happens?<|assistant|>\n"
+    frames, metadata = reference_load_video(clip, backend="decord", sample_indices_fn=reference.video_processor.sample_frames)
+    expected = reference(text=text, videos=[frames], video_metadata=[metadata], do_sample_frames=False,
+                         return_tensors="pt")
+    ours = processor(text=text, videos=[clip])
+    assert_same(ours, expected)
+    prompt = processor.decode(ours["input_ids"][0])
+    pairs = ours["video_grid_thw"][0, 0].item()
+    per_pair = ours["video_grid_thw"][0, 1:].prod().item() // 4
+    frame = "<|begin_of_image|>" + "<|image|>" * per_pair + "<|end_of_image|>"
+    expected_video = "".join(f"{frame}{second}" for second in [0, 1, 2][:pairs])
+    assert f"<|begin_of_video|>{expected_video}<|end_of_video|>" in prompt
+
+
+def test_frame_list_video_with_timestamps(processor):
+    frames = [np.full((56, 56, 3), 30 * i, dtype=np.uint8) for i in range(4)]
+    text = "<|begin_of_video|><|video|><|end_of_video|>"
+    ours = processor(text=text, videos=frames, timestamps=[[0.0, 4.5, 9.2, 12.0]])
+    prompt = processor.decode(ours["input_ids"][0])
+    assert prompt.count("<|end_of_image|>0<|begin_of_image|>") == 1 and prompt.endswith("<|end_of_image|>9<|end_of_video|>")
+    assert ours["mm_token_type_ids"].max() == 2  # frames are video tokens although their placeholder is <|image|>
+    with pytest.raises(ValueError, match="neither timestamps nor fps"):
+        processor(text=text, videos=frames)
+
+
+def test_placeholder_count_must_match_media(processor):
+    with pytest.raises(ValueError, match=r"1 <\|image\|> and 0 <\|video\|> placeholders but 2 images"):
+        processor(text="<|image|>", images=images((40, 40), (40, 40)))
+
+
+def test_chat_messages_end_to_end(processor, reference):
+    pictures = images((200, 120), (90, 90))
+    messages = [
+        {"role": "user", "content": [
+            {"type": "text", "text": "Where is the cat in"},
+            {"type": "image", "image": pictures[0]},
+            {"type": "text", "text": "and in"},
+            {"type": "image", "image": pictures[1]},
+            {"type": "text", "text": "?"},
+        ]},
+    ]
+    prompt = processor.apply_chat_template(messages)
+    found_images, found_videos = media_of(messages)
+    assert found_images == pictures and found_videos == []
+    ours = processor(text=prompt, images=found_images)
+    assert_same(ours, reference(text=prompt, images=found_images, return_tensors="pt"))
+
+
+# --- the chat template, string for string ---------------------------------------------------
+
+IMG = "<|begin_of_image|><|image|><|end_of_image|>"
+VID = "<|begin_of_video|><|video|><|end_of_video|>"
+
+
+def test_template_single_turn(processor):
+    messages = [{"role": "user", "content": "Hello"}]
+    assert processor.apply_chat_template(messages) == "[gMASK]<sop><|user|>\nHello<|assistant|>\n"
+
+
+def test_template_system_and_media_anywhere(processor):
+    messages = [
+        {"role": "system", "content": "You are a GUI agent."},
+        {"role": "user", "content": [
+            {"type": "text", "text": "First"},
+            {"type": "image", "image": "a.png"},
+            {"type": "text", "text": "then"},
+            {"type": "video", "video": "b.mp4"},
+            {"type": "image", "url": "c.png"},
+        ]},
+    ]
+    assert processor.apply_chat_template(messages) == (
+        "[gMASK]<sop><|system|>\nYou are a GUI agent.<|user|>\nFirst" + IMG + "then" + VID + IMG + "<|assistant|>\n"
+    )
+
+
+def test_template_history_drops_earlier_reasoning(processor):
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": "a.png"}, {"type": "text", "text": "Where is OK?"}]},
+        {"role": "assistant", "content": "<think>The button is bottom right.</think>\n"
+                                         "<|begin_of_box|>[812,903,901,950]<|end_of_box|>"},
+        {"role": "user", "content": "And Cancel?"},
+    ]
+    assert processor.apply_chat_template(messages) == (
+        "[gMASK]<sop><|user|>\n" + IMG + "Where is OK?"
+        "<|assistant|>\n<think></think>\n<|begin_of_box|>[812,903,901,950]<|end_of_box|>"
+        "<|user|>\nAnd Cancel?<|assistant|>\n"
+    )
+
+
+def test_template_thinking_off(processor):
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Count to 3"},
+    ]
+    assert processor.apply_chat_template(messages, thinking=False) == (
+        "[gMASK]<sop><|user|>\nHi/nothink<|assistant|>\n<think></think>\nHello."
+        "<|user|>\nCount to 3/nothink<|assistant|>\n<think></think>\n"
+    )
+    already = [{"role": "user", "content": "Count to 3/nothink"}]
+    assert processor.apply_chat_template(already, thinking=False) == (
+        "[gMASK]<sop><|user|>\nCount to 3/nothink<|assistant|>\n<think></think>\n"
+    )
+
+
+def test_template_keeps_reasoning_after_the_last_user_turn(processor):
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "reasoning_content": "I should call the tool.", "content": "",
+         "tool_calls": [{"function": {"name": "weather", "arguments": {"city": "Paris", "days": 2}}}]},
+        {"role": "tool", "content": "sunny"},
+    ]
+    assert processor.apply_chat_template(messages) == (
+        "[gMASK]<sop><|user|>\nWeather in Paris?<|assistant|>\n<think>I should call the tool.</think>"
+        "\n<tool_call>weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n"
+        "<arg_key>days</arg_key>\n<arg_value>2</arg_value>\n</tool_call>"
+        "<|observation|>\n<tool_response>\nsunny\n</tool_response><|assistant|>\n"
+    )
