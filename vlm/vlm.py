@@ -41,7 +41,11 @@ class VLM:
         return cls(model.to(dtype=dtype) if dtype != torch.float32 else model)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> VLM:
+    def from_pretrained(
+        cls, path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+        adapter: str | os.PathLike | None = None,
+    ) -> VLM:
+        """`adapter`: a LoRA adapter directory (peft format, `python -m train lora`) merged in at load."""
         path = Path(path)
         config = VLMConfig.load(path)
         dtype = dtype or checkpoint_dtype(path)
@@ -51,6 +55,10 @@ class VLM:
             if hasattr(module, "e_score_correction_bias"):
                 module.e_score_correction_bias = module.e_score_correction_bias.float()
         load_weights(model, path, device=device, cfg=config)
+        if adapter is not None:
+            from train.lora import load_adapter, merge  # peft and the key mapping live with the trainer
+
+            model = merge(load_adapter(model, adapter))
         model.eval()
         return cls(model, processor=_load_processor(path))
 

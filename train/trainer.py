@@ -1,0 +1,384 @@
+"""The one trainer, on `accelerate`: pretrain / full fine-tune (sft) / LoRA.
+
+What is unusual here, and why:
+
+* **Token-mean loss over the global batch.** Each micro-batch's summed cross-entropy is divided
+  by the number of target tokens of the *whole* optimiser step (all micro-batches, all
+  processes), so gradient accumulation and the process count change nothing: a 2-process run
+  computes the same loss and update as a 1-process run with the same global batch.
+  (DDP averages gradients over processes, hence the `* num_processes`.)
+* **Data order independent of the process count.** `collate.epoch_order` depends only on the
+  seed and epoch; each step takes the next `global_batch` samples and process r takes its slice.
+  The data position (epoch, index) is part of every checkpoint.
+* **The scheduler is not passed to `accelerator.prepare`**: accelerate's wrapper steps it once
+  per process, which would make the learning rate depend on the process count.
+* **MoE balance** is applied after each optimiser step from the expert loads summed over the
+  step's micro-batches and all processes (see balance.py), so biases stay identical everywhere.
+
+Precision: float32 on CPU; bf16 autocast (`mixed_precision="bf16"`) with float32 master weights
+on GPU. Multi-GPU / multi-node: see `train/configs/` (FSDP2 and DeepSpeed accelerate configs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from . import balance, checkpoint, lora
+from .collate import IGNORE, Encoder, Sample, epoch_order, pack
+from .config import TrainConfig
+from .data import BadRecords, Conversation, read_conversations
+from .model import (apply_freeze, copy_processor_files, load_model, load_processor, processor_dir,
+                    set_gradient_checkpointing, set_record_routing)
+from .optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    losses: dict[int, float]  # step -> training loss (token mean over the global batch)
+    eval_losses: dict[int, float]
+    bad_records: BadRecords
+    output: Path
+
+
+class Dataset:
+    """Validated conversations with their encoded lengths; bad records skipped and counted."""
+
+    def __init__(self, path: str, encoder: Encoder, *, bad: BadRecords) -> None:
+        self.encoder = encoder
+        self.conversations: list[Conversation] = []
+        self.lengths: list[int] = []
+        # One encoding pass up front: finds unreadable media and over-long samples before
+        # training starts, and gives the lengths that batches are grouped by.
+        for conv in read_conversations(path, bad=bad):
+            try:
+                sample = encoder.encode(conv.messages)
+            except ValueError as e:
+                bad.add(path, conv.line, str(e))
+                continue
+            self.conversations.append(conv)
+            self.lengths.append(len(sample))
+        if not self.conversations:
+            raise ValueError(f"dataset {path!r}: every record is bad ({len(bad)})")
+
+    def __len__(self) -> int:
+        return len(self.conversations)
+
+    def sample(self, i: int) -> Sample:
+        return self.encoder.encode(self.conversations[i].messages)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        cpu = not torch.cuda.is_available()
+        self.accelerator = Accelerator(
+            cpu=cpu, mixed_precision="no" if cpu else "bf16",
+            # Unused parameters happen legitimately (a text-only micro-batch never reaches the
+            # vision encoder); biases are kept in sync by identical updates, not broadcasts.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)],
+        )
+        set_seed(cfg.seed)
+        self.output = Path(cfg.output)
+        self.processor = load_processor(cfg.model)
+        self.vlm = load_model(cfg, self.processor)
+        model = self.vlm.model
+        self.trainable_by_part = apply_freeze(model, cfg)
+        set_gradient_checkpointing(model, cfg.gradient_checkpointing)
+        set_record_routing(model, cfg.seq_aux_loss_coef > 0)
+        self.moe_layers = balance.find_moe_layers(model)
+        if cfg.mode == "lora":
+            model = lora.wrap(model, cfg.lora, base_path=cfg.model)
+            self._main_log(lora.describe(model))
+        model.train()
+        optimizer = build_optimizer(model.named_parameters(), name=cfg.optimizer, lr=cfg.lr,
+                                    weight_decay=cfg.weight_decay)
+        self.scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                                         min_lr_ratio=cfg.min_lr_ratio)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+
+        self.bad = BadRecords(strict=cfg.strict)
+        encoder = Encoder(self.processor, max_length=cfg.max_length, thinking=cfg.thinking)
+        self.train_data = Dataset(cfg.data, encoder, bad=self.bad)
+        self.eval_data = Dataset(cfg.eval_data, encoder, bad=self.bad) if cfg.eval_data else None
+        if len(self.bad):
+            self._main_log(self.bad.summary(), level=logging.WARNING)
+        world = self.accelerator.num_processes
+        self.global_batch = cfg.batch_size * cfg.grad_accum * world
+        if len(self.train_data) < self.global_batch:
+            raise ValueError(f"{len(self.train_data)} usable samples < one global batch of {self.global_batch} "
+                             f"(batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x {world} processes)")
+        self.state = checkpoint.TrainerState(step=0, epoch=0, index=0, tokens=0)
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def train(self, *, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+        """Run to `max_steps` (resuming first when `cfg.resume`). `on_step(step, loss)` is
+        called after each optimiser step on every process."""
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.resume:
+            self._resume()
+        elif checkpoint.latest(self.output) is not None:
+            raise FileExistsError(f"{self.output} already holds checkpoints of a run: pass --resume to "
+                                  "continue it, or choose another --output")
+        metrics = _Metrics(self.output / "metrics.jsonl", enabled=acc.is_main_process, after_step=self.state.step)
+        bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=not (cfg.progress and acc.is_main_process),
+                   desc=cfg.mode, dynamic_ncols=True)
+        losses, eval_losses = {}, {}
+        while self.state.step < cfg.max_steps:
+            started = time.perf_counter()
+            loss, tokens, loads = self._step(self._next_batches())
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or math.inf)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.moe_layers and cfg.bias_update_rate > 0:
+                balance.update_biases(self.moe_layers, loads, rate=cfg.bias_update_rate)
+            self.state = checkpoint.TrainerState(step=self.state.step + 1, epoch=self.state.epoch,
+                                                 index=self.state.index, tokens=self.state.tokens + tokens)
+            step, elapsed = self.state.step, time.perf_counter() - started
+            losses[step] = loss
+            lr = self.optimizer.param_groups[0]["lr"]
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                record = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": tokens / elapsed,
+                          "tokens": self.state.tokens, "grad_norm": float(grad_norm), "epoch": self.state.epoch}
+                record.update(balance.load_stats(self.moe_layers, loads))
+                metrics.write(record)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / elapsed:.0f}")
+            bar.update(1)
+            if self.eval_data is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
+                eval_losses[step] = self.evaluate()
+                metrics.write({"step": step, "eval_loss": eval_losses[step]})
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
+                self.save_checkpoint()
+            if on_step is not None:
+                on_step(step, loss)
+        bar.close()
+        metrics.close()
+        self.save_final()
+        if len(self.bad):
+            self._main_log(self.bad.summary(), level=logging.WARNING)
+        return TrainResult(losses, eval_losses, self.bad, self.output)
+
+    def _next_batches(self) -> list[list[Sample]]:
+        """This process's micro-batches (lists of samples) for the next optimiser step."""
+        cfg, acc = self.cfg, self.accelerator
+        epoch, index = self.state.epoch, self.state.index
+        order = self._order(epoch)
+        if index + self.global_batch > len(order):  # drop the ragged tail: every step is full
+            epoch, index = epoch + 1, 0
+            order = self._order(epoch)
+        chosen = order[index:index + self.global_batch]
+        self.state = checkpoint.TrainerState(step=self.state.step, epoch=epoch,
+                                             index=index + self.global_batch, tokens=self.state.tokens)
+        per_process = cfg.batch_size * cfg.grad_accum
+        mine = chosen[acc.process_index * per_process:(acc.process_index + 1) * per_process]
+        return [[self.train_data.sample(i) for i in mine[k:k + cfg.batch_size]]
+                for k in range(0, per_process, cfg.batch_size)]
+
+    def _order(self, epoch: int) -> list[int]:
+        return epoch_order(self.train_data.lengths, global_batch=self.global_batch, seed=self.cfg.seed,
+                           epoch=epoch, group_by_length=self.cfg.group_by_length)
+
+    def _step(self, micro: list[list[Sample]]) -> tuple[float, int, torch.Tensor]:
+        """Forward/backward over the micro-batches; returns the global token-mean loss, the
+        global token count and the (layers, experts) loads summed over the step."""
+        acc, cfg = self.accelerator, self.cfg
+        batches = [pack(samples, row_length=cfg.row_length, pad_id=self._pad_id) for samples in micro]
+        local = torch.tensor([float(sum(b.num_target_tokens for b in batches)),
+                              float(sum(b.num_tokens for b in batches))], device=acc.device)
+        global_targets, global_tokens = acc.reduce(local, reduction="sum").tolist()
+        scale = acc.num_processes / max(global_targets, 1.0)
+        ce_total = torch.zeros((), device=acc.device)
+        loads = torch.zeros(len(self.moe_layers), self._num_experts(), dtype=torch.float64)
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+                ce_sum = self._loss_sum(batch)
+                loss = ce_sum * scale
+                if cfg.seq_aux_loss_coef > 0 and self.moe_layers:
+                    loss = loss + cfg.seq_aux_loss_coef * self._aux_loss(batch) / len(batches)
+                acc.backward(loss)
+            ce_total += ce_sum.detach()
+            loads += balance.current_loads(self.moe_layers)
+        ce_global = acc.reduce(ce_total, reduction="sum").item()
+        loads = acc.reduce(loads.to(acc.device), reduction="sum").cpu() if acc.num_processes > 1 else loads
+        return ce_global / max(global_targets, 1.0), int(global_tokens), loads
+
+    def _loss_sum(self, batch) -> torch.Tensor:
+        """Summed next-token cross-entropy over the batch's target tokens (float32)."""
+        out = self.model(**batch.model_inputs(self.accelerator.device))
+        targets = batch.targets.to(self.accelerator.device)
+        return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
+                               reduction="sum")
+
+    def _aux_loss(self, batch) -> torch.Tensor:
+        B, T = batch.segment_ids.shape
+        # Sequences unique across rows: row b's segment k becomes b*(T+1)+k.
+        rows = torch.arange(B)[:, None] * (T + 1)
+        seq_N = torch.where(batch.segment_ids > 0, batch.segment_ids + rows, 0).flatten().to(self.accelerator.device)
+        terms = [balance.sequence_balance_loss(layer.module.last_scores, layer.module.last_topk_ids, seq_N)
+                 for layer in self.moe_layers]
+        return torch.stack(terms).mean()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Token-mean loss over the whole eval set (samples sharded over processes)."""
+        acc, cfg = self.accelerator, self.cfg
+        self.model.eval()
+        mine = list(range(acc.process_index, len(self.eval_data), acc.num_processes))
+        totals = torch.zeros(2, device=acc.device)
+        for k in range(0, len(mine), cfg.batch_size):
+            batch = pack([self.eval_data.sample(i) for i in mine[k:k + cfg.batch_size]],
+                         row_length=cfg.row_length, pad_id=self._pad_id)
+            totals += torch.stack([self._loss_sum(batch), torch.tensor(float(batch.num_target_tokens), device=acc.device)])
+        self.model.train()
+        ce, n = acc.reduce(totals, reduction="sum").tolist()
+        return ce / max(n, 1.0)
+
+    # ---- saving and resuming ----------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        acc, step = self.accelerator, self.state.step
+        if acc.is_main_process:
+            staging = checkpoint.begin(self.output, step)
+        acc.wait_for_everyone()
+        staging = checkpoint.staging_dir(self.output, step)
+        checkpoint.save_rng(staging, acc.process_index)
+        if acc.is_main_process:
+            save_file(self._resume_tensors(), str(staging / "trainable.safetensors"))
+            torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
+            self.state.save(staging / "trainer_state.json")
+            self.cfg.save(staging / "train_config.json")
+            (staging / "world_size").write_text(f"{acc.num_processes}\n")
+            if self.cfg.mode == "lora":
+                lora.save_adapter(acc.unwrap_model(self.model), staging / "adapter")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            checkpoint.commit(self.output, step, keep_last=self.cfg.keep_last)
+        acc.wait_for_everyone()
+
+    def _resume_tensors(self) -> dict[str, torch.Tensor]:
+        """Trainable parameters and every correction bias, by name in the unwrapped model."""
+        model = self.accelerator.unwrap_model(self.model)
+        tensors = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        tensors.update({n: b for n, b in model.named_buffers() if n.endswith("e_score_correction_bias")})
+        return {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()}
+
+    def _resume(self) -> None:
+        directory = checkpoint.latest(self.output)
+        if directory is None:
+            self._main_log(f"--resume: no checkpoint in {self.output / 'checkpoints'}; starting fresh")
+            return
+        saved = TrainConfig.load(directory / "train_config.json")
+        if saved.data != self.cfg.data or saved.mode != self.cfg.mode or saved.seed != self.cfg.seed:
+            raise ValueError(f"{directory} belongs to another run (mode/data/seed differ): "
+                             f"saved {saved.mode}, {saved.data!r}, seed {saved.seed}")
+        world = int((directory / "world_size").read_text())
+        if world != self.accelerator.num_processes:
+            raise ValueError(f"{directory} was written by {world} processes; resume with the same count "
+                             f"(now {self.accelerator.num_processes})")
+        model = self.accelerator.unwrap_model(self.model)
+        tensors = load_file(str(directory / "trainable.safetensors"))
+        current = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        missing = set(self._resume_tensors()) - set(tensors)
+        if missing or set(tensors) - set(current):
+            raise ValueError(f"{directory}: checkpoint tensors do not match the model "
+                             f"(missing {sorted(missing)[:3]}, unknown {sorted(set(tensors) - set(current))[:3]})")
+        with torch.no_grad():
+            for name, value in tensors.items():
+                current[name].copy_(value)
+        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=False))
+        self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=False))
+        checkpoint.load_rng(directory, self.accelerator.process_index)
+        self.state = checkpoint.TrainerState.load(directory / "trainer_state.json")
+        self._main_log(f"resumed from {directory} at step {self.state.step}")
+
+    def save_final(self) -> None:
+        """The run's product in OUTPUT/: a peft adapter (lora) or a checkpoint in the released
+        layout with the processor files (pretrain / sft)."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            model = acc.unwrap_model(self.model)
+            if self.cfg.mode == "lora":
+                lora.save_adapter(model, self.output)
+            else:
+                type(self.vlm)(model).save_pretrained(self.output)
+                copy_processor_files(processor_dir(self.cfg.model), self.output)
+            self.cfg.save(self.output / "train_config.json")
+        acc.wait_for_everyone()
+
+    # ---- small helpers ----------------------------------------------------------------------
+
+    @property
+    def _pad_id(self) -> int:
+        pad = self.processor.tokenizer.pad_token_id
+        return int(pad) if pad is not None else 0
+
+    def _num_experts(self) -> int:
+        return self.moe_layers[0].bias_E.numel() if self.moe_layers else 0
+
+    def _main_log(self, message: str, level: int = logging.INFO) -> None:
+        if self.accelerator.is_main_process:
+            log.log(level, message)
+
+
+class _Metrics:
+    """metrics.jsonl (one JSON object per line) and TensorBoard when installed. On resume, lines
+    after the checkpoint's step (written by the killed run) are dropped so the file shows one
+    continuous curve."""
+
+    def __init__(self, path: Path, *, enabled: bool, after_step: int) -> None:
+        self.enabled = enabled
+        self.file = None
+        self.tb = None
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= after_step]
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
+        self.file = path.open("a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+        except ImportError:
+            self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
