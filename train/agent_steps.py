@@ -146,9 +146,8 @@ def instruction(placed: Placed, rng: random.Random, *, verb: str) -> str:
     return rng.choice(options)
 
 
-def _english_label(placed: Placed) -> str:
-    """The English name of a field from its description (`the "E-Mail" input field` -> row's en)."""
-    text = placed.element.text
+def english_label(text: str) -> str:
+    """The English name of a field from its visible label ("E-Mail" -> "Email")."""
     for row in (*vocab.FIELDS, vocab.COMMON["username"], vocab.COMMON["password"]):
         if text in row:
             return row[0]
@@ -166,7 +165,7 @@ def action_samples(rendered: Rendered, screen: Screen, rng: random.Random, media
     for placed in rng.sample(candidates, min(n, len(candidates))):
         mark = marks.index(placed.element.id) if placed.element.id in marks else None
         if placed.element.role == "textbox":
-            value = field_value(_english_label(placed), rng)
+            value = field_value(english_label(placed.element.text), rng)
             task = f'Type "{value}" into {placed.element.description}.'
             # desktop: the field has no focus yet, so the first step is the click
             action = click(fmt, placed, mark) if fmt == "desktop" else type_into(fmt, placed, mark, value)
