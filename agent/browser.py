@@ -4,16 +4,23 @@ Units. Screenshots are taken at the viewport's CSS size (`scale="css"`), whateve
 pixel ratio, so the model sees the page the size the page lays itself out, and a 0-999
 coordinate maps to CSS pixels once (`Point.to_pixels(css_width, css_height)`). Playwright's
 mouse and touch APIs take CSS pixels and Chromium applies the device pixel ratio itself:
-scaling by the ratio here as well would be the double conversion the protocol forbids.
+scaling by the ratio here as well would be the double conversion the protocol forbids. One
+more step is needed on phones: a page without a `<meta name=viewport>` is laid out wider
+than the screen and zoomed out, and input takes layout (client) coordinates, so a screenshot
+point is divided by `visualViewport.scale` and offset by the visual viewport's position.
 
-URL rules (`DomainRules`) are enforced in one context-level route, so they cover navigations,
-popups, iframes and sub-resource requests alike; service workers are blocked because their
-requests bypass routing. Playwright does not route redirect hops, so a document request is
-fetched with redirects off and its `Location` is checked before the browser may follow it.
-A blocked target at the second or later hop of a redirect chain is only seen after the
-browser has sent it; it is still recorded and stops the agent. A blocked main-frame
-navigation is raised as `BlockedURL` from `execute` / `goto`, or from the next `observe`
-when it happened between actions (a timer, a meta refresh).
+URL rules (`DomainRules`) are enforced in two layers. A context-level route refuses every
+request whose URL is refused (navigations, popups, iframes, sub-resources) before it is sent;
+service workers are blocked because their requests bypass routing. Playwright does not route
+redirect hops, and fetching documents ourselves to inspect their `Location` would change the
+document's security context (Chromium then treats it as public and refuses its requests to
+local addresses), so hops are handled a layer lower: Chromium's `--host-resolver-rules` make
+blocked host names (and, with an allow-list, every other name) fail to resolve, so no request
+reaches them at any redirect depth. The route still sees each hop as a `request` event and
+records it; only a hop to an IP address outside the rules can be sent before it is refused.
+The rules are fixed when the browser starts. A blocked main-frame navigation is raised as
+`BlockedURL` from `execute` / `goto`, or from the next `observe` when it happened between
+actions (a timer, a meta refresh).
 
 Touch devices (`device="Pixel 7"` or any descriptor with `has_touch`) tap instead of
 clicking; long press and swipe are raw touch sequences sent over CDP, because Playwright's
@@ -24,10 +31,10 @@ wheel scroll in the direction the content would move.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from io import BytesIO
 from typing import Any, Literal
-from urllib.parse import urljoin
 
 from PIL import Image
 from playwright.sync_api import Error as PlaywrightError
@@ -45,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 WHEEL_PX_PER_STEP = 100  # one wheel notch in Chromium on Linux
 SWIPE_FRACTION = 0.4  # a swipe moves the finger this fraction of the viewport
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 # Desktop-format key names (lower case) -> Playwright key names.
 KEY_NAMES = {
@@ -59,6 +65,9 @@ KEY_NAMES = {
     "home": "Home", "end": "End", "capslock": "CapsLock", "plus": "+",
     **{f"f{i}": f"F{i}" for i in range(1, 13)},
 }
+
+_VISUAL_VIEWPORT_JS = """() => { const v = window.visualViewport;
+  return v ? [v.scale, v.offsetLeft, v.offsetTop] : [1, 0, 0]; }"""
 
 _DESCRIBE_JS = """([x, y]) => {
   let el = (x === null) ? document.activeElement : document.elementFromPoint(x, y);
@@ -77,6 +86,54 @@ _DESCRIBE_JS = """([x, y]) => {
 }"""
 
 
+# Playwright's sync API allows one running instance per thread, so every BrowserEnv of a
+# thread shares one; it stops when the last env closes.
+_local = threading.local()
+
+
+def _acquire_playwright() -> Any:
+    if getattr(_local, "users", 0) == 0:
+        _local.playwright = sync_playwright().start()
+    _local.users = getattr(_local, "users", 0) + 1
+    return _local.playwright
+
+
+def _release_playwright() -> None:
+    _local.users -= 1
+    if _local.users == 0:
+        _local.playwright.stop()
+        _local.playwright = None
+
+
+def resolver_rules(rules: DomainRules) -> str:
+    """Chromium `--host-resolver-rules` that make refused host names unresolvable.
+
+    Ports are not part of host rules; IP addresses are never resolved, so an allow-list
+    excludes its IPs from the catch-all and blocked IPs rely on the route alone.
+    Chromium checks EXCLUDE before MAP, so a blocked subdomain of an allowed domain also
+    relies on the route.
+    """
+    entries = []
+    for rule in rules.blocked:
+        if not rule.is_ip:
+            entries += [f"MAP {rule.host} ~NOTFOUND", f"MAP *.{rule.host} ~NOTFOUND"]
+    if rules.allowed is not None:
+        for rule in rules.allowed:
+            entries += [f"EXCLUDE {rule.host}"] + ([] if rule.is_ip else [f"EXCLUDE *.{rule.host}"])
+        entries.append("MAP * ~NOTFOUND")
+    return ", ".join(entries)
+
+
+def _with_resolver_rules(args: tuple[str, ...], rules: DomainRules) -> tuple[str, ...]:
+    """`args` with our resolver rules placed before any the caller passed (first match wins)."""
+    ours = resolver_rules(rules)
+    prefix = "--host-resolver-rules="
+    theirs = [a[len(prefix):] for a in args if a.startswith(prefix)]
+    others = tuple(a for a in args if not a.startswith(prefix))
+    merged = ", ".join(r for r in [ours, *theirs] if r)
+    return others + ((prefix + merged,) if merged else ())
+
+
 def key_name(key: str) -> str:
     """A desktop-format key name ('ctrl', 'pagedown', 'a') as a Playwright key name."""
     return KEY_NAMES.get(key.lower(), key if len(key) == 1 else key[:1].upper() + key[1:])
@@ -92,6 +149,7 @@ class BrowserEnv:
     `DomainRules()`: http(s) only). `set_of_marks` draws numbered labels for the web format.
     `settle_ms` is how long after an action to wait for what it triggers to start (a
     navigation, a popup) before waiting for the page to load; `timeout_ms` bounds that wait.
+    `launch_args` are extra Chromium flags (e.g. `--host-resolver-rules=...`).
     """
 
     platform = "web"
@@ -100,23 +158,27 @@ class BrowserEnv:
                  headless: bool = True, device_scale_factor: float | None = None,
                  rules: DomainRules | None = None, set_of_marks: bool = False,
                  screenshot_format: Literal["png", "jpeg"] = "png", settle_ms: int = 30,
-                 timeout_ms: int = 15_000) -> None:
+                 timeout_ms: int = 15_000, launch_args: tuple[str, ...] = ()) -> None:
         if viewport is not None and (len(viewport) != 2 or min(viewport) < 1):
             raise ValueError(f"viewport={viewport!r}; expected (width, height) in CSS pixels, both >= 1")
-        self.rules = rules if rules is not None else DomainRules()
+        self._rules = rules if rules is not None else DomainRules()
         self.set_of_marks = set_of_marks
         self.screenshot_format = screenshot_format
         self.settle_ms = settle_ms
         self.timeout_ms = timeout_ms
         self.blocked: list[BlockedURL] = []  # every refused request, in order
         self.home_url: str | None = None  # `Home` returns here; the first URL `goto` loaded
-        self._pending_block: BlockedURL | None = None  # a refused main-frame navigation not yet raised
+        # a refused main-frame navigation not yet raised, and whether we aborted it (then
+        # Chromium commits an error page in its place)
+        self._pending_block: tuple[BlockedURL, bool] | None = None
         self._navigations: set[Any] = set()  # main-frame document requests in flight
         self._cdp: dict[Any, Any] = {}
 
-        self._playwright = sync_playwright().start()
+        self._playwright = _acquire_playwright()
+        self._browser = None
         try:
-            self._browser = launch_chromium(self._playwright, headless=headless)
+            args = _with_resolver_rules(tuple(launch_args), self._rules)
+            self._browser = launch_chromium(self._playwright, headless=headless, args=args)
             options = self._context_options(viewport, device, device_scale_factor)
             self.has_touch = bool(options.get("has_touch"))
             self._context = self._browser.new_context(service_workers="block", **options)
@@ -129,7 +191,7 @@ class BrowserEnv:
             self._pages: list[Any] = []
             self._adopt(self._context.new_page())
         except BaseException:
-            self._playwright.stop()
+            self.close()
             raise
 
     def _context_options(self, viewport, device, device_scale_factor) -> dict[str, Any]:
@@ -166,13 +228,18 @@ class BrowserEnv:
             page.on("framenavigated", self._on_framenavigated)
 
     @property
+    def rules(self) -> DomainRules:
+        """The URL rules, fixed at launch (they are also compiled into Chromium's resolver)."""
+        return self._rules
+
+    @property
     def viewport(self) -> tuple[int, int]:
         size = self.page.viewport_size
         return size["width"], size["height"]
 
     def goto(self, url: str) -> None:
         """Load `url` in the current page (raises `BlockedURL` if it or a redirect is refused)."""
-        self.rules.check(url)
+        self._rules.check(url)
         try:
             self.page.goto(url, wait_until="domcontentloaded")
         except PlaywrightError:
@@ -185,40 +252,18 @@ class BrowserEnv:
     # --- URL rules --------------------------------------------------------------------------
 
     def _route(self, route: Any, request: Any) -> None:
-        url = request.url
-        if not self.rules.allows(url):
-            self._refuse(request, url)
-            route.abort("blockedbyclient")
-            return
-        if request.resource_type != "document":
+        blocked = self._rules.refusal(request.url)
+        if blocked is None:
             route.continue_()
             return
-        try:
-            response = route.fetch(max_redirects=0)
-        except PlaywrightError as error:  # the server is unreachable: let the browser show it
-            logger.debug("fetch of %s failed (%s); continuing in the browser", url, error)
-            route.continue_()
-            return
-        location = response.headers.get("location")
-        if response.status in REDIRECT_STATUSES and location:
-            target = urljoin(url, location)
-            if not self.rules.allows(target):
-                self._refuse(request, target)
-                route.abort("blockedbyclient")
-                return
-        route.fulfill(response=response)
+        self._record(blocked, main_navigation=self._is_main_navigation(request), aborted=True)
+        route.abort("blockedbyclient")
 
-    def _refuse(self, request: Any, url: str) -> None:
-        try:
-            self.rules.check(url)
-        except BlockedURL as error:
-            blocked = error
-        else:  # allowed by the rules: refused only because a later check would fail; keep it honest
-            blocked = BlockedURL(url, "refused")
+    def _record(self, blocked: BlockedURL, *, main_navigation: bool, aborted: bool) -> None:
         self.blocked.append(blocked)
         logger.info("%s", blocked)
-        if self._is_main_navigation(request):
-            self._pending_block = blocked
+        if main_navigation:
+            self._pending_block = (blocked, aborted)
 
     def _is_main_navigation(self, request: Any) -> bool:
         try:
@@ -227,35 +272,39 @@ class BrowserEnv:
             return request.is_navigation_request()
 
     def _on_request(self, request: Any) -> None:
-        if self._is_main_navigation(request):
+        main_navigation = self._is_main_navigation(request)
+        if main_navigation:
             self._navigations.add(request)
-            # redirect hops after the first are not routed: catch a refused one here
-            if request.redirected_from is not None and not self.rules.allows(request.url):
-                self._refuse(request, request.url)
+        if request.redirected_from is not None:  # hops are not routed; the resolver stopped it
+            blocked = self._rules.refusal(request.url)
+            if blocked is not None:
+                self._record(blocked, main_navigation=main_navigation, aborted=False)
 
     def _on_request_done(self, request: Any) -> None:
         self._navigations.discard(request)
 
     def _on_framenavigated(self, frame: Any) -> None:
-        if frame.parent_frame is None and not frame.url.startswith("chrome-error:") \
-                and not self.rules.allows(frame.url):
-            self._refuse_committed(frame)
-
-    def _refuse_committed(self, frame: Any) -> None:
-        try:
-            self.rules.check(frame.url)
-        except BlockedURL as error:
-            self.blocked.append(error)
-            self._pending_block = error
+        # the last line of defence: a refused document committed in a tab (e.g. an IP hop)
+        if frame.parent_frame is None and not frame.url.startswith("chrome-error:"):
+            blocked = self._rules.refusal(frame.url)
+            if blocked is not None and self._pending_block is None:
+                self._record(blocked, main_navigation=True, aborted=False)
 
     def _raise_pending(self) -> None:
-        if self._pending_block is not None:
-            blocked, self._pending_block = self._pending_block, None
-            try:  # leave nothing of the refused page on screen
-                self.page.goto("about:blank")
-            except PlaywrightError:
-                pass
-            raise blocked
+        if self._pending_block is None:
+            return
+        (blocked, aborted), self._pending_block = self._pending_block, None
+        page = self.page
+        # let the error page (or the refused page, for a hop the resolver could not stop)
+        # commit now, not in the middle of the next navigation
+        landed = lambda url: url.startswith("chrome-error:") or not self._rules.allows(url)  # noqa: E731
+        try:
+            page.wait_for_url(landed, timeout=2000)
+            if not page.url.startswith("chrome-error:"):
+                page.goto("about:blank")
+        except PlaywrightError as error:
+            logger.debug("after refusing %s: %s", blocked.url, error)
+        raise blocked
 
     # --- observe --------------------------------------------------------------------------
 
@@ -310,7 +359,16 @@ class BrowserEnv:
             logger.warning("page did not finish loading after the action: %s", error)
 
     def _pixels(self, target: Target, observation: Observation) -> tuple[float, float]:
-        """CSS pixels of `target`'s centre in the current page."""
+        """Client (layout-viewport) CSS pixels of `target`'s centre: what Playwright's mouse,
+        touchscreen and the page's `elementFromPoint` take."""
+        x, y = self._screen_pixels(target, observation)
+        # the screenshot shows the visual viewport; input takes layout-viewport coordinates,
+        # which differ when a mobile page is zoomed (no <meta name=viewport>)
+        scale, left, top = self.page.evaluate(_VISUAL_VIEWPORT_JS)
+        return left + x / scale, top + y / scale
+
+    def _screen_pixels(self, target: Target, observation: Observation) -> tuple[float, float]:
+        """Screen CSS pixels of `target`'s centre: what raw CDP touch events take."""
         width, height = observation.screenshot.size
         if isinstance(target, Mark):
             if target.id not in observation.marks:
@@ -319,8 +377,7 @@ class BrowserEnv:
         point = target.center if isinstance(target, Box) else target
         if not isinstance(point, Point):
             raise TypeError(f"target {target!r} is not a Point, Box or Mark")
-        # the screenshot is at CSS size; if the viewport changed since, follow the viewport
-        vw, vh = self.viewport
+        vw, vh = self.viewport  # equal to the screenshot's size unless the viewport changed since
         x, y = point.to_pixels(width, height)
         return x * vw / width, y * vh / height
 
@@ -335,10 +392,11 @@ class BrowserEnv:
         self.page.mouse.move(*self._pixels(action.target, observation))
 
     def _do_drag(self, action: Drag, observation: Observation) -> None:
-        (x1, y1), (x2, y2) = self._pixels(action.start, observation), self._pixels(action.end, observation)
         if self.has_touch:
-            self._touch_path([(x1, y1), (x2, y2)], hold_ms=300)
+            path = [self._screen_pixels(action.start, observation), self._screen_pixels(action.end, observation)]
+            self._touch_path(path, hold_ms=300)
             return
+        (x1, y1), (x2, y2) = self._pixels(action.start, observation), self._pixels(action.end, observation)
         mouse = self.page.mouse
         mouse.move(x1, y1)
         mouse.down()
@@ -358,10 +416,10 @@ class BrowserEnv:
         self.page.mouse.wheel(dx, dy)
 
     def _do_longpress(self, action: LongPress, observation: Observation) -> None:
-        x, y = self._pixels(action.target, observation)
         if self.has_touch:
-            self._touch_path([(x, y)], hold_ms=action.duration_ms)
+            self._touch_path([self._screen_pixels(action.target, observation)], hold_ms=action.duration_ms)
             return
+        x, y = self._pixels(action.target, observation)
         self.page.mouse.move(x, y)
         self.page.mouse.down()
         self.page.wait_for_timeout(action.duration_ms)
@@ -369,15 +427,15 @@ class BrowserEnv:
 
     def _do_swipe(self, action: Swipe, observation: Observation) -> None:
         width, height = self.viewport
-        if action.target is not None:
-            x, y = self._pixels(action.target, observation)
-        else:
-            x, y = width / 2, height / 2
         if not self.has_touch:  # finger up == content moves up == wheel down
             steps = max(1, round(SWIPE_FRACTION * height / WHEEL_PX_PER_STEP))
             opposite = {"up": "down", "down": "up", "left": "right", "right": "left"}[action.direction]
-            self._do_scroll(Scroll(opposite, None, steps), observation)
+            self._do_scroll(Scroll(opposite, action.target, steps), observation)
             return
+        if action.target is not None:
+            x, y = self._screen_pixels(action.target, observation)
+        else:
+            x, y = width / 2, height / 2
         dx, dy = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}[action.direction]
         end = (min(width - 1, max(0, x + dx * SWIPE_FRACTION * width)),
                min(height - 1, max(0, y + dy * SWIPE_FRACTION * height)))
@@ -385,7 +443,8 @@ class BrowserEnv:
         self._touch_path(path, hold_ms=0)
 
     def _touch_path(self, path: list[tuple[float, float]], *, hold_ms: int) -> None:
-        """One finger down at path[0], held `hold_ms`, moved along the path, lifted."""
+        """One finger down at path[0] (screen CSS pixels), held `hold_ms`, moved along the
+        path, lifted. CDP touch events take screen coordinates, unlike Playwright's input."""
         cdp = self._cdp_session()
         point = lambda xy: [{"x": xy[0], "y": xy[1], "id": 0}]  # noqa: E731
         cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": point(path[0])})
@@ -413,7 +472,10 @@ class BrowserEnv:
             keyboard.press("Enter")
 
     def _do_key(self, action: Key, observation: Observation) -> None:
-        self.page.keyboard.press("+".join(key_name(k) for k in action.keys))
+        names = [key_name(k) for k in action.keys]
+        if "Shift" in names[:-1] and len(names[-1]) == 1:
+            names[-1] = names[-1].upper()  # a real keyboard reports 'K' for shift+k; Playwright would say 'k'
+        self.page.keyboard.press("+".join(names))
 
     def _do_navigate(self, action: Navigate, observation: Observation) -> None:
         url = action.url.strip()
@@ -448,10 +510,11 @@ class BrowserEnv:
         if self._playwright is None:
             return
         try:
-            self._browser.close()
+            if self._browser is not None:
+                self._browser.close()
         finally:
-            self._playwright.stop()
             self._playwright = None
+            _release_playwright()
 
     def __enter__(self) -> BrowserEnv:
         return self

@@ -127,6 +127,11 @@ class DomainRules:
     def allows(self, url: str) -> bool:
         return self._refusal(url) is None
 
+    def refusal(self, url: str) -> BlockedURL | None:
+        """The `BlockedURL` error `check(url)` would raise, or None when `url` is allowed."""
+        reason = self._refusal(url)
+        return None if reason is None else BlockedURL(url, reason)
+
     def _refusal(self, url: str) -> str | None:
         if not isinstance(url, str):
             return f"not a URL string ({type(url).__name__})"

@@ -28,7 +28,10 @@ INTERACTIVE = ", ".join([
 
 _DRAW_JS = """([layerId, selector]) => {
   document.getElementById(layerId)?.remove();
-  const vw = window.innerWidth, vh = window.innerHeight;
+  // bounds in layout (client) CSS px of what is on screen; on a zoomed-out phone page the
+  // visual viewport is wider than the screen, and boxes are returned in screen CSS px
+  const vv = window.visualViewport || {offsetLeft: 0, offsetTop: 0, width: innerWidth, height: innerHeight, scale: 1};
+  const left = vv.offsetLeft, top = vv.offsetTop, vw = left + vv.width, vh = top + vv.height;
   const found = [];
   const collect = (root) => {
     for (const el of root.querySelectorAll('*')) {
@@ -38,7 +41,7 @@ _DRAW_JS = """([layerId, selector]) => {
   };
   collect(document);
   const onTop = (el, x, y) => {
-    if (x < 0 || y < 0 || x >= vw || y >= vh) return false;
+    if (x < left || y < top || x >= vw || y >= vh) return false;
     let hit = document.elementFromPoint(x, y);
     while (hit && hit.shadowRoot) {
       const inner = hit.shadowRoot.elementFromPoint(x, y);
@@ -51,10 +54,10 @@ _DRAW_JS = """([layerId, selector]) => {
   for (const el of found) {
     const r = el.getBoundingClientRect();
     if (r.width < 1 || r.height < 1) continue;
-    if (r.right <= 0 || r.bottom <= 0 || r.left >= vw || r.top >= vh) continue;
+    if (r.right <= left || r.bottom <= top || r.left >= vw || r.top >= vh) continue;
     const style = getComputedStyle(el);
     if (style.visibility !== 'visible' || style.display === 'none' || Number(style.opacity) === 0) continue;
-    const x1 = Math.max(0, r.left), y1 = Math.max(0, r.top), x2 = Math.min(vw, r.right), y2 = Math.min(vh, r.bottom);
+    const x1 = Math.max(left, r.left), y1 = Math.max(top, r.top), x2 = Math.min(vw, r.right), y2 = Math.min(vh, r.bottom);
     const points = [[(x1 + x2) / 2, (y1 + y2) / 2], [x1 + 1, y1 + 1], [x2 - 1, y1 + 1], [x1 + 1, y2 - 1], [x2 - 1, y2 - 1]];
     if (!points.some(([x, y]) => onTop(el, x, y))) continue;
     // a label inside an already-marked control (e.g. <button><span role=button>) adds nothing
@@ -72,19 +75,22 @@ _DRAW_JS = """([layerId, selector]) => {
       `outline:2px solid ${colour};outline-offset:-2px;pointer-events:none;box-sizing:border-box;`;
     const label = document.createElement('div');
     label.textContent = String(i);
-    label.style.cssText = `position:fixed;left:${x1}px;top:${Math.max(0, y1 - 14)}px;background:${colour};` +
-      'color:#fff;font:bold 11px/14px monospace;padding:0 3px;pointer-events:none;';
+    const px = 11 / vv.scale;  // readable on screen even when the page is zoomed out
+    label.style.cssText = `position:fixed;left:${x1}px;top:${Math.max(top, y1 - 1.3 * px)}px;` +
+      `background:${colour};color:#fff;font:bold ${px}px/${1.3 * px}px monospace;padding:0 3px;pointer-events:none;`;
     layer.append(outline, label);
   });
   document.documentElement.appendChild(layer);
-  return marks.map(m => m.box);
+  return marks.map(({box: [x1, y1, x2, y2]}) =>
+    [(x1 - left) * vv.scale, (y1 - top) * vv.scale, (x2 - left) * vv.scale, (y2 - top) * vv.scale]);
 }"""
 
 _ERASE_JS = "(layerId) => { document.getElementById(layerId)?.remove(); }"
 
 
 def draw(page: Any) -> list[tuple[float, float, float, float]]:
-    """Draw numbered marks; return each mark's (x1, y1, x2, y2) in CSS pixels, by number."""
+    """Draw numbered marks; return each mark's (x1, y1, x2, y2) in screen CSS pixels (the
+    screenshot's), by number."""
     return [tuple(box) for box in page.evaluate(_DRAW_JS, [LAYER_ID, INTERACTIVE])]
 
 

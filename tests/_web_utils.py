@@ -6,8 +6,10 @@
         env.goto(server.url("/"))
         assert "/" in server.paths
 
-The server also answers as `localhost` (same socket), which tests use as a *different*
-domain for URL rules. `local_server` is a pytest fixture giving a fresh one per test; import it
+Tests of URL rules need other domains served by the same server: `resolve_to_local(...)`
+gives Chromium flags that map test host names (`blocked.test`) to 127.0.0.1, and
+`server.url(path, host="blocked.test")` addresses them. (Not `localhost`: Chromium resolves it
+to ::1 first, where this server does not listen, and gives up.) `local_server` is a pytest fixture giving a fresh one per test; import it
 into a test module (`from _web_utils import local_server  # noqa: F401`).
 """
 
@@ -85,6 +87,11 @@ class LocalServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def resolve_to_local(*hosts: str) -> tuple[str, ...]:
+    """Chromium launch flags resolving `hosts` to 127.0.0.1 (pass as `launch_args`)."""
+    return ("--host-resolver-rules=" + ", ".join(f"MAP {host} 127.0.0.1" for host in hosts),)
 
 
 @pytest.fixture
