@@ -121,3 +121,14 @@ def test_mrope_positions_follow_the_spec():
     assert t[9:11] == [6, 7] and t[11:13] == [8, 8] and w[11:13] == [8, 9] and t[13] == 10
     assert t[14:16] == [11, 11] and w[14:16] == [11, 12] and t[16:] == [13, 14]
     assert pos.rope_deltas_B.tolist() == [14 + 1 - ids.shape[1]]
+
+
+def test_a_generated_placeholder_id_is_plain_text_while_decoding(vlm):
+    model, cfg = vlm.model, vlm.config
+    cache = KVCache(cfg.text.num_hidden_layers, 1, 8, cfg.text.num_key_value_heads, cfg.text.head_dim, "cpu", torch.float32)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([[5, 6, 7]]), cache=cache)
+        step = model(input_ids=torch.tensor([[IMG]]), cache=cache, position_ids=(3 + out.rope_deltas).view(1, 1, 1).expand(3, 1, 1))
+    assert torch.isfinite(step.logits).all()
+    with pytest.raises(ValueError, match="1 image placeholder tokens in input_ids but 0 image features"):
+        model(input_ids=torch.tensor([[5, IMG]]))  # in a prompt it is a missing image

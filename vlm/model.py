@@ -37,6 +37,15 @@ class VisionLanguageModel(nn.Module):
         if cfg.text.tie_word_embeddings:
             self.lm_head.weight = self.language_model.embed_tokens.weight
 
+    def cast(self, dtype: torch.dtype) -> VisionLanguageModel:
+        """`.to(dtype)` that keeps the routing bias in float32 (its ~1e-3 updates vanish in bf16)."""
+        self.to(dtype)
+        for name, buffer in list(self.named_buffers()):
+            if name.endswith("e_score_correction_bias"):
+                module = self.get_submodule(name.rsplit(".", 1)[0])
+                module.e_score_correction_bias = buffer.float()
+        return self
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -55,9 +64,11 @@ class VisionLanguageModel(nn.Module):
         required (`real tokens so far + rope_delta`, see positions.py). `logits_to_keep=n > 0`
         runs the lm_head on the last n positions only."""
         x_BTD = self.language_model.embed_tokens(input_ids)
-        x_BTD = self.place_vision(
-            input_ids, x_BTD, self.encode_vision(pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
-        )
+        decoding = cache is not None and cache.length > 0 and pixel_values is None and pixel_values_videos is None
+        if not decoding:  # a generated placeholder id is plain text, not a missing image
+            x_BTD = self.place_vision(
+                input_ids, x_BTD, self.encode_vision(pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
+            )
         rope_deltas = None
         if position_ids is None:
             if cache is not None and cache.length > 0:

@@ -38,7 +38,7 @@ class VLM:
         with torch.device(device):
             model = VisionLanguageModel(config)
         init_weights(model)
-        return cls(model.to(dtype=dtype) if dtype != torch.float32 else model)
+        return cls(model.cast(dtype))
 
     @classmethod
     def from_pretrained(
@@ -50,10 +50,7 @@ class VLM:
         config = VLMConfig.load(path)
         dtype = dtype or checkpoint_dtype(path)
         with torch.device("meta"):
-            model = VisionLanguageModel(config).to(dtype)
-        for module in model.modules():  # the routing bias stays float32 whatever the dtype
-            if hasattr(module, "e_score_correction_bias"):
-                module.e_score_correction_bias = module.e_score_correction_bias.float()
+            model = VisionLanguageModel(config).cast(dtype)  # the routing bias stays float32
         load_weights(model, path, device=device, cfg=config)
         if adapter is not None:
             from train.lora import load_adapter, merge  # peft and the key mapping live with the trainer
