@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 PARSE_RETRY_PROMPT = ("Your previous answer could not be used: {reason}. Answer again, with exactly one action in the "
                       "required output format.")
 MAX_DESCRIBED_MARKS = 80  # element text for the web prompt; beyond this the screenshot must do
+OBSERVE_RETRY_S = 0.5
 
 
 @dataclass
@@ -141,7 +142,7 @@ class Agent:
             timings[name] = (now - clock) * 1000
             clock = now
 
-        observation = self.env.observe()  # BlockedURL: a navigation since the last step was refused
+        observation = self._observe()
         lap("observe")
         messages = self._prompt(task, observation, state)
         lap("prompt")
@@ -176,14 +177,32 @@ class Agent:
             self._stop(trajectory, "blocked", step.note or "")
         return step
 
+    def _observe(self) -> Observation:
+        """`env.observe()`, once more after a pause if it fails (a page still navigating
+        destroys the script context a screenshot or the marks need). BlockedURL, which says a
+        navigation since the last step was refused, is never retried."""
+        try:
+            return self.env.observe()
+        except BlockedURL:
+            raise
+        except Exception as error:  # noqa: BLE001 - environment-specific transient errors
+            logger.info("observe failed (%s); retrying once", error)
+            time.sleep(OBSERVE_RETRY_S)
+            return self.env.observe()
+
     def _prompt(self, task: str, observation: Observation, state: _State) -> list:
         web_elements = ""
         if self.platform == "web" and observation.marks:
             infos = {}
-            for mark_id in sorted(observation.marks)[:MAX_DESCRIBED_MARKS]:
-                info = self.env.describe(Mark(mark_id), observation)
-                if info is not None:
-                    infos[mark_id] = info
+            try:
+                for mark_id in sorted(observation.marks)[:MAX_DESCRIBED_MARKS]:
+                    info = self.env.describe(Mark(mark_id), observation)
+                    if info is not None:
+                        infos[mark_id] = info
+            except BlockedURL:
+                raise
+            except Exception as error:  # noqa: BLE001 - the page moved on; the screenshot still has the labels
+                logger.info("could not describe the marks (%s); prompting without element text", error)
             web_elements = describe_marks(infos)
         return build_messages(self.platform, task, observation.screenshot, state.history, memory=state.memory,
                               url=observation.url, web_elements=web_elements, images=self._images)

@@ -131,7 +131,8 @@ def test_step_and_time_budgets(env, server):
     started = time.monotonic()
     trajectory = Agent(policy=ScriptedPolicy([slow] * 10), env=env, platform="desktop", loop_after=10).run(
         "x", max_steps=10, timeout_s=0.6)
-    assert trajectory.status == "timeout" and len(trajectory.steps) == 2
+    # the budget is checked between steps: a step that starts in time finishes (0.4 s each here)
+    assert trajectory.status == "timeout" and 2 <= len(trajectory.steps) <= 3
     assert time.monotonic() - started < 3
 
 
@@ -139,11 +140,16 @@ def test_redirect_to_a_blocked_domain_stops_the_run(server):
     server.add("/jump", '<a id=go href="/out" style="position:absolute;left:0;top:0;width:800px;height:600px">go</a>')
     server.add("/out", status=302, headers={"Location": server.url("/welcome", host="localhost")})
     with BrowserEnv((W, H), rules=DomainRules(blocked_domains=["localhost"])) as guarded:
-        policy = ScriptedPolicy([
-            desktop(f"left_click(start_box='[500, 500]')"), desktop("DONE()")])
+        def think_a_while(messages):  # a real model takes seconds; by then the redirect was refused
+            deadline = time.monotonic() + 5
+            while not guarded.blocked and time.monotonic() < deadline:
+                guarded.page.wait_for_timeout(20)
+            return desktop("WAIT()")
+        policy = ScriptedPolicy([desktop("left_click(start_box='[500, 500]')"), think_a_while, desktop("DONE()")])
         trajectory = Agent(policy=policy, env=guarded, platform="desktop").run("x", start_url=server.url("/jump"))
         assert trajectory.status == "blocked" and "localhost" in trajectory.note
-        assert trajectory.steps[-1].status == "blocked"
+        # the refusal surfaces during the click, or at the next observation: either way, no DONE
+        assert [s.status for s in trajectory.steps] in (["blocked"], ["executed"], ["executed", "blocked"])
         assert ("localhost:%d" % server.port, "/welcome") not in server.requests
 
 
