@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal
 import gradio as gr
 from PIL import Image
 
-from agent.policy import PolicyError
-from vlm.outputs import split_thinking
+from agent.policy import PolicyError, to_pil
+from vlm.outputs import strip_special_tokens
 
 if TYPE_CHECKING:
     from vlm import VLM
@@ -44,14 +44,18 @@ class _Event:
     step: int = 0
     screenshot: Image.Image | None = None
     text: str = ""
+    thinking: str = ""
 
 
 class _Watched:
-    """An environment and a policy that report to `events` and stop when `stop` is set."""
+    """An environment and a policy (the local model) that report to `events` and stop when
+    `stop` is set. The policy calls `vlm.generate` itself rather than through `VLMPolicy`,
+    which returns only the answer: the tab shows the reasoning too."""
 
-    def __init__(self, env: Any, policy: Any, events: queue.Queue[_Event], stop: threading.Event,
-                 format: Format) -> None:
-        self.env, self.policy, self.events, self.stop, self.format = env, policy, events, stop, format
+    def __init__(self, env: Any, vlm: VLM, events: queue.Queue[_Event], stop: threading.Event,
+                 format: Format, max_new_tokens: int = 1024) -> None:
+        self.env, self.vlm, self.events, self.stop, self.format = env, vlm, events, stop, format
+        self.max_new_tokens = max_new_tokens
         self.platform = env.platform
         self.step = 0
 
@@ -79,9 +83,9 @@ class _Watched:
     # --- Policy ---
     def ask(self, messages: list) -> str:
         self._check()
-        text = self.policy(messages)
-        self.events.put(_Event("response", self.step, text=text))
-        return text
+        generation = self.vlm.generate(to_pil(messages), max_new_tokens=self.max_new_tokens, temperature=0.0)
+        self.events.put(_Event("response", self.step, text=generation.text, thinking=generation.thinking or ""))
+        return generation.text
 
     def _check(self) -> None:
         if self.stop.is_set():
@@ -102,14 +106,13 @@ def run_agent(vlm: VLM, url: str, task: str, *, max_steps: int, format: Format,
     """Run the agent on a worker thread and yield its events as they happen."""
     from agent.browser import BrowserEnv
     from agent.loop import Agent
-    from agent.policy import VLMPolicy
 
     events: queue.Queue[_Event] = queue.Queue()
 
     def work() -> None:
         try:
             with BrowserEnv(VIEWPORT, set_of_marks=format == "web") as env:
-                watched = _Watched(env, VLMPolicy(vlm), events, stop, format)
+                watched = _Watched(env, vlm, events, stop, format)
                 agent = Agent(policy=watched.ask, env=watched, platform=format)
                 trajectory = agent.run(task, start_url=url, max_steps=max_steps)
             note = f"{trajectory.status}: {trajectory.note or ''}"
@@ -161,11 +164,11 @@ def build_agent_tab(vlm: VLM) -> None:
                     image = event.screenshot
                     shown.append({"role": "user", "content": f"Step {event.step}: screen observed"})
                 elif event.kind == "response":
-                    reply = split_thinking(event.text)
-                    if reply.thinking:
-                        shown.append({"role": "assistant", "content": reply.thinking,
+                    if event.thinking:
+                        shown.append({"role": "assistant", "content": event.thinking,
                                       "metadata": {"title": f"Step {event.step}: thinking", "status": "done"}})
-                    shown.append({"role": "assistant", "content": f"Step {event.step}: {reply.answer}"})
+                    shown.append({"role": "assistant",
+                                  "content": f"Step {event.step}: {strip_special_tokens(event.text)}"})
                 elif event.kind == "action":
                     shown.append({"role": "assistant", "content": f"Step {event.step} executed: `{event.text}`"})
                 yield image, shown, _status(event)

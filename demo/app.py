@@ -163,7 +163,7 @@ def _chat_tab(vlm: VLM, examples_dir: Path) -> None:
                 regenerate = gr.Button("Regenerate", elem_id="regenerate")
                 clear = gr.Button("Clear", elem_id="clear")
         with gr.Column(scale=2):
-            grounding = gr.Image(label="Grounding", type="pil", interactive=False, elem_id="grounding")
+            grounding = gr.Image(label="Grounding", type="pil", format="png", interactive=False, elem_id="grounding")
             thinking = gr.Checkbox(value=True, label="Thinking (show the model's reasoning)", elem_id="thinking")
             with gr.Accordion("Generation settings", open=False):
                 max_new_tokens = gr.Slider(1, 8192, value=1024, step=1, label="Max new tokens")

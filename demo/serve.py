@@ -126,12 +126,12 @@ class EngineQueue:
 
 
 def _engine_error(err: Exception) -> APIError:
-    # The engine validates its arguments before any work and raises ValueError/TypeError
-    # for input it cannot take (an image too small to read, a prompt past the context): the
-    # client's error. Anything else is ours; it is logged and answered, and the server lives on.
+    # The engine validates its arguments before any work and raises ValueError for input it
+    # cannot take (an unreadable image, a prompt past the context): the client's error.
+    # Anything else is ours; it is logged and answered, and the server lives on.
     if isinstance(err, APIError):
         return err
-    if isinstance(err, (ValueError, TypeError)):
+    if isinstance(err, ValueError):
         return APIError(400, str(err), code="invalid_input")
     logger.exception("generation failed", exc_info=err)
     return APIError(500, f"generation failed: {type(err).__name__}: {err}", type="server_error")
