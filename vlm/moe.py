@@ -9,7 +9,9 @@ Shared experts run on every token and are added without a gate.
 Dispatch: the T*K (token, expert) pairs are sorted by expert, and each stacked weight runs as
 one `torch.nn.functional.grouped_mm` over contiguous per-expert row ranges (`offs`). We never
 index one expert out of the stacked weight (`w[e]`) in a loop: that backward allocates a
-full-size (E, ...) gradient per expert (20 s vs 0.8 s for one layer, measured on this project).
+full-size (E, ...) gradient per expert, so it grows with E^2 (benchmarks/moe_dispatch.py, 2 CPU
+threads, D=512, F=256, 1024 tokens, top-4: E=32 1.1 s vs 4.0 s; E=64 1.7 s vs 10.4 s).
+grouped_mm works on CPU float32 and bfloat16 with autograd in torch 2.14.
 
 The bias is not learned by gradient; the trainer moves it with `tokens_per_expert` (recorded on
 every forward). With `record_routing = True` the last scores and choices are kept for an
