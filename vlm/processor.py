@@ -152,10 +152,10 @@ class Processor:
             "mm_token_type_ids": self._token_types(encoded["input_ids"]),
         }
         if image_patches:
-            data["pixel_values"] = torch.cat([p.pixel_values for p in image_patches])
+            data["pixel_values"] = _concat([p.pixel_values for p in image_patches])
             data["image_grid_thw"] = torch.tensor([p.grid_thw for p in image_patches], dtype=torch.long)
         if video_patches:
-            data["pixel_values_videos"] = torch.cat([p.pixel_values for p in video_patches])
+            data["pixel_values_videos"] = _concat([p.pixel_values for p in video_patches])
             data["video_grid_thw"] = torch.tensor([p.grid_thw for p in video_patches], dtype=torch.long)
         return BatchFeature(data=data)
 
@@ -291,6 +291,11 @@ def _as_video_list(videos: Any) -> list[VideoInput | Video]:
     if videos and isinstance(videos[0], (PIL.Image.Image, np.ndarray, torch.Tensor)):
         return [videos]
     return videos
+
+
+def _concat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat without the copy of a lone tensor (a 1080p screenshot is 25 MB of patches)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

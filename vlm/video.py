@@ -29,9 +29,8 @@ from typing import Union
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as tvF
 
-from .images import CLIP_MEAN, CLIP_STD, ImageInput, VisionPatches, load_image, normalize, patchify, smart_resize
+from .images import CLIP_MEAN, CLIP_STD, ImageInput, VisionPatches, load_image, patchify, smart_resize
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ def load_video(path: str | os.PathLike, config: VideoConfig = VideoConfig()) -> 
     if not Path(path).is_file():
         raise FileNotFoundError(f"video {name}: no such file")
     try:
-        reader = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), num_threads=2)
+        reader = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0))
     except (decord.DECORDError, RuntimeError) as e:  # decord raises both, depending on the failure
         raise ValueError(f"video {name} is not a readable video file ({str(e).splitlines()[0]})") from None
     total = len(reader)
@@ -197,10 +196,14 @@ def preprocess_video(video: Video, config: VideoConfig = VideoConfig()) -> Visio
     )
     frames = video.frames
     if (height, width) != (H, W):
+        from torchvision.transforms.v2 import functional as tvF  # seconds to import; only videos need it
+
         frames = tvF.resize(frames, [height, width], interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
     return patchify(
-        normalize(frames, mean=config.image_mean, std=config.image_std),
+        frames,
         patch_size=config.patch_size,
         temporal_patch_size=config.temporal_patch_size,
         merge_size=config.merge_size,
+        mean=config.image_mean,
+        std=config.image_std,
     )
