@@ -187,18 +187,22 @@ def _chat_tab(vlm: VLM, examples_dir: Path) -> None:
         if not history:
             raise gr.Error("Nothing to answer yet.")
         current = Settings.from_controls(*values)
+        drawn = None  # redraw only when the parsed boxes change, not on every streamed piece
         try:
             for history in respond(vlm, history, current):
-                yield to_chatbot(history, thinking_done=False), grounding_view(history), history
+                boxes = parse_boxes(history[-1].answer)
+                view = grounding_view(history) if boxes != drawn else gr.skip()
+                drawn = boxes
+                yield to_chatbot(history, thinking_done=False), view, history
         except ValueError as err:  # bad input (an unreadable image, a prompt too long): tell the user
             raise gr.Error(str(err)) from err
-        yield to_chatbot(history), grounding_view(history), history
+        yield to_chatbot(history), gr.skip(), history
 
     outputs = [chatbot, grounding, turns]
     submitted = box.submit(add_turn, [box, turns], [box, chatbot, turns], queue=False).then(
         answer, [turns, *settings], outputs)
     submitted.then(lambda: gr.MultimodalTextbox(interactive=True), None, [box])
-    box.stop(None, None, None, cancels=[submitted])
+    box.stop(lambda: gr.MultimodalTextbox(interactive=True), None, [box], cancels=[submitted])
     regenerate.click(answer, [turns, *settings], outputs)
     clear.click(lambda: (None, None, []), None, outputs, queue=False)
 

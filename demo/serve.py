@@ -182,7 +182,11 @@ def create_app(vlm: VLM, *, limits: ServerLimits = ServerLimits(), model_name: s
                            type="not_found_error", param="model", code="model_not_found")
         reply = _Reply(model=model_name, skip_special_tokens=request.skip_special_tokens)
         if not request.stream:
-            return reply.completion(await engine.generate(request))
+            generation = await engine.generate(request)
+            logger.info("%s: %d prompt + %d completion tokens, prefill %.2f s, %.1f tokens/s", reply.id,
+                        generation.prompt_tokens, len(generation.token_ids), generation.prefill_s,
+                        generation.decode_tokens_per_s)
+            return reply.completion(generation)
         first, items, cancelled = await engine.stream(request)
         return StreamingResponse(reply.sse(first, items, cancelled, include_usage=request.include_usage),
                                  media_type="text/event-stream",
