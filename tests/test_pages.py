@@ -64,3 +64,13 @@ def test_a_dialog_hides_everything_behind_it(renderer):  # noqa: F811
     rendered = renderer.render(page, "phone")
     dialog = next(b.id for b in page.blocks if b.kind == "dialog")
     assert rendered.placed and all(p.element.block == dialog for p in rendered.placed)
+
+
+@pytest.mark.browser
+def test_cards_wider_than_a_phone_are_dropped_instead_of_zooming_the_page_out(renderer):  # noqa: F811
+    # seeds 1, 7 and 11 have a row of tabs or an open menu wider than 390 px; Chromium would
+    # widen the layout viewport and every box would be off by the zoom factor
+    for seed in (1, 7, 11):
+        rendered = renderer.render(generate_page(seed), "phone")
+        assert (rendered.width, rendered.height) == (390, 844)
+        assert max(p.box_px[2] for p in rendered.placed) <= 390

@@ -289,7 +289,7 @@ def generate_page(seed: int, *, cards: tuple[BlockKind, ...] | None = None,
     if language not in vocab.LANGUAGES:
         raise ValueError(f"language {language!r} is not one of {vocab.LANGUAGES}")
     if cards is None:
-        cards = tuple(rng.sample(CARD_KINDS, rng.randint(2, 5)))
+        cards = tuple(rng.sample(CARD_KINDS, rng.randint(2, 6)))  # the renderer drops what does not fit
     unknown = [c for c in cards if c not in _CARDS]
     if unknown:
         raise ValueError(f"card kinds {unknown} are not among {sorted(_CARDS)}")

@@ -4,8 +4,8 @@ One `Renderer` holds one browser for its whole life (a worker process renders hu
 pages through it); each viewport gets one browser context and one tab that is reused with
 `set_content`, which is about ten times cheaper than a new tab per page.
 
-After loading, cards that do not fit the viewport are removed in document order (later
-cards move up and get their chance), so the screenshot is the whole page and every card a
+After loading, cards that do not fit the viewport (with everything inside them, open menus
+included) are removed in document order (later cards move up and get their chance), so the screenshot is the whole page and every card a
 task mentions is fully on screen. An element then counts as visible only if the browser's
 own hit test (`elementFromPoint`) finds it at its centre and at four inner points: hidden
 menus, elements under a modal dialog or under an open dropdown are thereby left out.
@@ -102,12 +102,19 @@ def to_model_box(x1: float, y1: float, x2: float, y2: float, *, width: float, he
     return Box(bx1, by1, bx2, by2)
 
 
+# The viewport size comes from Python, not from innerWidth: on a phone a too-wide card makes
+# Chromium widen the layout viewport (and zoom out), so innerWidth would say it fits.
 _PRUNE_JS = """
-() => {
-  const W = innerWidth, H = innerHeight;
+([W, H]) => {
+  const outside = el => { const r = el.getBoundingClientRect(); return r.bottom > H || r.right > W; };
   for (const card of [...document.querySelectorAll('main > [data-block]')]) {
-    const r = card.getBoundingClientRect();
-    if (r.bottom > H || r.right > W) card.remove();
+    // descendants too: a row of tabs or a menu can stick out of a card that fits; closed
+    // menus are opened for the check, since an episode may open them
+    const closed = [...card.querySelectorAll('[hidden]')];
+    closed.forEach(m => { m.hidden = false; });
+    const out = outside(card) || [...card.querySelectorAll('*')].some(outside);
+    closed.forEach(m => { m.hidden = true; });
+    if (out) card.remove();
   }
 }
 """
@@ -152,7 +159,8 @@ class Renderer:
         """Load `page` into the viewport's tab, drop the cards that do not fit; returns the tab."""
         tab = self.tab(viewport)
         tab.set_content(page.html, wait_until="load")
-        tab.evaluate(_PRUNE_JS)
+        size = VIEWPORTS[viewport]["viewport"]
+        tab.evaluate(_PRUNE_JS, [size["width"], size["height"]])
         return tab
 
     def render(self, page: Page, viewport: Viewport) -> Rendered:
@@ -191,6 +199,10 @@ def measure(tab: Any, page: Page, viewport: Viewport, png: bytes) -> Rendered:
     """Read the visible elements' boxes from the DOM of `tab` (which shows `page`)."""
     found = tab.evaluate(_MEASURE_JS)
     width, height = found["width"], found["height"]
+    expected = VIEWPORTS[viewport]["viewport"]
+    if (width, height) != (expected["width"], expected["height"]):
+        raise RuntimeError(f"page {page.seed} lays out at {width}x{height} CSS px in the {viewport} viewport "
+                           f"({expected['width']}x{expected['height']}): something is wider than the screen")
     placed = tuple(
         Placed(page.element(eid), (x1, y1, x2, y2), to_model_box(x1, y1, x2, y2, width=width, height=height))
         for eid, x1, y1, x2, y2 in found["elements"])
