@@ -204,8 +204,13 @@ class Agent:
             except Exception as error:  # noqa: BLE001 - the page moved on; the screenshot still has the labels
                 logger.info("could not describe the marks (%s); prompting without element text", error)
             web_elements = describe_marks(infos)
-        return build_messages(self.platform, task, observation.screenshot, state.history, memory=state.memory,
-                              url=observation.url, web_elements=web_elements, images=self._images)
+        messages = build_messages(self.platform, task, observation.screenshot, state.history, memory=state.memory,
+                                  url=observation.url, web_elements=web_elements, images=self._images)
+        if self.secrets:  # a secret can come back in a URL or element text; the model gets placeholders
+            for part in messages[0]["content"]:
+                if part["type"] == "text":
+                    part["text"] = self.secrets.scrub(part["text"])
+        return messages
 
     def _ask(self, messages: list, timings: dict[str, float]) -> tuple[list[str], list[str], ParsedResponse | None]:
         """Ask, parse, and re-ask with the error up to `parse_retries` times."""

@@ -1,47 +1,14 @@
 """Policies: OpenAIPolicy against a local server speaking the OpenAI chat API, the VLM adapter,
 the scripted policy and the image-part conversions."""
 
-import json
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from _agent_utils import FakeOpenAI
 from PIL import Image
 
 from agent.policy import OpenAIPolicy, PolicyError, ScriptedPolicy, VLMPolicy, as_policy, to_data_urls, to_pil
 from agent.prompts import build_messages
-
-
-class FakeOpenAI:
-    """A chat-completions server on 127.0.0.1 that records requests and answers `reply`."""
-
-    def __init__(self, reply="Thought: ok\nAction: Click [1]\nMemory_Updated: {}", status=200):
-        self.requests: list[tuple[str, dict, dict]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append((self.path, dict(self.headers), body))
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": fake.reply}}]}
-                                     if fake.status == 200 else {"error": {"message": "model not found"}}).encode()
-                self.send_response(fake.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.reply, self.status = reply, status
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def close(self):
-        self._httpd.shutdown()
 
 
 @pytest.fixture

@@ -1,0 +1,38 @@
+"""Test helpers for the agent core: a local server speaking the OpenAI chat-completions API."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeOpenAI:
+    """A chat-completions server on 127.0.0.1 that records requests and answers `reply`."""
+
+    def __init__(self, reply="Thought: ok\nAction: Click [1]\nMemory_Updated: {}", status=200, replies=None):
+        self.requests: list[tuple[str, dict, dict]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append((self.path, dict(self.headers), body))
+                if fake.replies:  # answer from the list in order, then keep repeating the last
+                    fake.reply = fake.replies.pop(0) if len(fake.replies) > 1 else fake.replies[0]
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": fake.reply}}]}
+                                     if fake.status == 200 else {"error": {"message": "model not found"}}).encode()
+                self.send_response(fake.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.reply, self.status, self.replies = reply, status, list(replies or [])
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def close(self):
+        self._httpd.shutdown()
