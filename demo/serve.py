@@ -13,17 +13,22 @@ instead of waiting without bound. A streaming client that disconnects stops its 
 at the next token, freeing the engine for the queue.
 
 The agent's `OpenAIPolicy` talks to this server, and equally to vLLM or SGLang serving the
-released GLM-4.5V:
+released GLM-4.5V (4 x 80 GB GPUs in bf16; the commands of the official GLM-V repository):
 
-    vllm serve zai-org/GLM-4.5V --served-model-name glm-4.5v --reasoning-parser glm45 \\
-        --allowed-local-media-path /data --limit-mm-per-prompt '{"image": 8, "video": 1}'
-    python -m sglang.launch_server --model-path zai-org/GLM-4.5V --served-model-name glm-4.5v \\
-        --reasoning-parser glm45 --port 8000
+    vllm serve zai-org/GLM-4.5V --tensor-parallel-size 4 --served-model-name glm-4.5v \\
+        --reasoning-parser glm45 --tool-call-parser glm45 --enable-auto-tool-choice \\
+        --allowed-local-media-path / --media-io-kwargs '{"video": {"num_frames": -1}}'
+    python -m sglang.launch_server --model-path zai-org/GLM-4.5V --tp-size 4 --port 8000 \\
+        --served-model-name glm-4.5v --reasoning-parser glm45 --tool-call-parser glm45
 
-    OpenAIPolicy("http://localhost:8000/v1", "glm-4.5v")
+    policy = OpenAIPolicy("http://localhost:8000/v1", "glm-4.5v")
+    policy = OpenAIPolicy("http://localhost:8000/v1", "glm-4.5v",  # thinking off
+                          extra_body={"chat_template_kwargs": {"enable_thinking": False}})
 
-Both return the reasoning in `reasoning_content` and the answer (box tokens kept) in
-`content`, as this server does.
+With the `glm45` reasoning parser both return the reasoning in `reasoning_content` and the
+answer in `content`, as this server does; `OpenAIPolicy` sends `skip_special_tokens: false`
+so that the box tokens around actions survive (vLLM, SGLang and this server strip them by
+default).
 """
 
 from __future__ import annotations
