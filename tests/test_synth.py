@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from train.synth import SynthConfig, synthesize, unit_seed
+from train.synth import SynthConfig, parse_kinds, synthesize, unit_seed
 
 
 @pytest.mark.slow
@@ -43,3 +43,9 @@ def test_bad_config_names_the_value(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(FileExistsError, match="overwrite"):
         synthesize(SynthConfig(n=1, kinds=("video",)), tmp_path / "x", progress=False)
+
+
+def test_kind_weights_repeat_a_kind_in_the_unit_cycle():
+    assert parse_kinds("grounding:3, qa,video") == ("grounding",) * 3 + ("qa", "video")
+    with pytest.raises(ValueError, match="'qa:x'"):
+        parse_kinds("qa:x")

@@ -205,19 +205,33 @@ def synthesize(config: SynthConfig, out: str | os.PathLike[str], *, workers: int
     return out
 
 
+def parse_kinds(text: str) -> tuple[Kind, ...]:
+    """`"grounding:3,qa,video"` -> the unit cycle (grounding, grounding, grounding, qa, video)."""
+    kinds: list[Kind] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, weight = item.partition(":")
+        if not weight.isdigit() or int(weight) < 1:
+            if weight:
+                raise ValueError(f"kind weight {item!r} is not name:<positive integer>")
+            weight = "1"
+        kinds += [name] * int(weight)  # type: ignore[list-item]  (SynthConfig checks the names)
+    return tuple(kinds)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m train.synth", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output directory (data.jsonl, images/, videos/)")
     parser.add_argument("--n", type=int, required=True, help="number of samples (conversations)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
-    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help=f"comma-separated subset of {','.join(KINDS)}; `kind:3` gives a kind 3 shares of the units")
     parser.add_argument("--viewport", default="both", choices=("desktop", "phone", "both"))
     parser.add_argument("--split", default="train", choices=("train", "heldout"))
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    kinds = parse_kinds(args.kinds)
     config = SynthConfig(n=args.n, seed=args.seed, kinds=kinds, viewport=args.viewport, split=args.split)  # type: ignore[arg-type]
     synthesize(config, args.out, workers=args.workers, overwrite=args.overwrite)
 
