@@ -193,3 +193,29 @@ def test_template_keeps_reasoning_after_the_last_user_turn(processor):
         "<arg_key>days</arg_key>\n<arg_value>2</arg_value>\n</tool_call>"
         "<|observation|>\n<tool_response>\nsunny\n</tool_response><|assistant|>\n"
     )
+
+
+def test_image_and_video_in_one_prompt(processor):
+    """transformers cannot mix the two in one prompt; the model can, so we do."""
+    picture = images((84, 56))
+    frames = [np.full((56, 84, 3), 60 * i, dtype=np.uint8) for i in range(4)]
+    text = "<|begin_of_image|><|image|><|end_of_image|> vs <|begin_of_video|><|video|><|end_of_video|>"
+    out = processor(text=text, images=picture, videos=[frames], fps=[1.0])
+    types = out["mm_token_type_ids"][0]
+    assert (types == 1).sum() == out["image_grid_thw"].prod() // 4
+    assert (types == 2).sum() == out["video_grid_thw"].prod() // 4
+    assert processor.decode(out["input_ids"][0]).count("<|begin_of_image|>") == 1 + 2
+
+
+def test_settings_come_from_the_checkpoint_directory(tmp_path):
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (tmp_path / name).write_bytes((ASSETS / name).read_bytes())
+    (tmp_path / "preprocessor_config.json").write_text(
+        '{"size": {"shortest_edge": 3136, "longest_edge": 200704}, "patch_size": 14, "merge_size": 2}'
+    )
+    custom = Processor.from_pretrained(tmp_path)
+    assert (custom.image_config.min_pixels, custom.image_config.max_pixels) == (3136, 200704)
+    out = custom(text="<|image|>", images=images((1920, 1080)))
+    assert 2 * out["image_grid_thw"][0, 1:].prod() * 14 * 14 <= 200704
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        Processor.from_pretrained(tmp_path / "nowhere")

@@ -56,7 +56,7 @@ class VideoConfig:
 class Video:
     """Sampled frames ready for resizing: an even count, each with its time in seconds."""
 
-    frames: torch.Tensor  # (T, 3, H, W) uint8 RGB, T even
+    frames: torch.Tensor  # (T, 3, H, W) uint8 RGB, T even; may be a channels-last view
     timestamps: tuple[float, ...]  # seconds of each frame in the source
     frame_indices: tuple[int, ...] | None = None  # indices in the source file, when decoded
 
@@ -128,7 +128,8 @@ def load_video(path: str | os.PathLike, config: VideoConfig = VideoConfig()) -> 
         raise ValueError(f"video {name}: decoding frames {indices[:4]}... failed ({e})") from None
     logger.debug("video %s: %d of %d frames at %.3f fps", name, len(indices), total, video_fps)
     return Video(
-        frames=torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(),
+        # A channels-last view, not a copy: torch's uint8 antialiased resize is fastest on it.
+        frames=torch.from_numpy(frames).permute(0, 3, 1, 2),
         timestamps=tuple(i / video_fps for i in indices),
         frame_indices=tuple(indices),
     )
@@ -163,7 +164,7 @@ def video_from_frames(
     if len(pictures) % 2:
         pictures.append(pictures[-1])
         times.append(times[-1])
-    stacked = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).contiguous()
+    stacked = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2)  # channels-last view
     return Video(frames=stacked, timestamps=tuple(times))
 
 
