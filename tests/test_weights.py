@@ -136,3 +136,14 @@ def test_wrong_model_type_is_named(checkpoint, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="qwen2_vl"):
         VLM.from_pretrained(tmp_path)
+
+
+def test_loads_shards_written_by_transformers(kind, checkpoint, tmp_path):
+    from _model_utils import reference_model
+
+    reference_model(kind).save_pretrained(tmp_path, max_shard_size="40KB")  # same seed as `checkpoint`
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    sharded = VLM.from_pretrained(tmp_path).model.state_dict()
+    single = VLM.from_pretrained(checkpoint).model.state_dict()
+    assert sharded.keys() == single.keys()
+    assert all(torch.equal(sharded[k], single[k]) for k in single)
