@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -62,8 +63,25 @@ def image_part(image: Image.Image, *, images: ImageMode = "data_url") -> Message
     return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}}
 
 
+_HALVED: OrderedDict[int, tuple[Image.Image, Image.Image]] = OrderedDict()
+_HALVED_KEEP = 16  # more than any prompt shows; the loop shows the same history image up to 4 times
+
+
 def half_size(image: Image.Image) -> Image.Image:
-    return image.resize((max(1, image.width // 2), max(1, image.height // 2)))
+    """`image` at half its width and height (as the release's `resize((w // 2, h // 2))`).
+
+    Cached by identity: a history screenshot appears in several consecutive prompts. Even sizes
+    use `reduce(2)` (a 2x2 box filter, several times faster than a bicubic resize)."""
+    hit = _HALVED.get(id(image))
+    if hit is not None and hit[0] is image:
+        _HALVED.move_to_end(id(image))
+        return hit[1]
+    size = (max(1, image.width // 2), max(1, image.height // 2))
+    half = image.reduce(2) if image.width % 2 == 0 and image.height % 2 == 0 else image.resize(size)
+    _HALVED[id(image)] = (image, half)  # holding `image` keeps its id from being reused
+    while len(_HALVED) > _HALVED_KEEP:
+        _HALVED.popitem(last=False)
+    return half
 
 
 def _text(text: str) -> Message:
