@@ -219,3 +219,16 @@ def test_settings_come_from_the_checkpoint_directory(tmp_path):
     assert 2 * out["image_grid_thw"][0, 1:].prod() * 14 * 14 <= 200704
     with pytest.raises(FileNotFoundError, match="nowhere"):
         Processor.from_pretrained(tmp_path / "nowhere")
+
+
+def test_template_with_tools(processor):
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    assert processor.apply_chat_template([{"role": "user", "content": "Paris?"}], tools=tools) == (
+        "[gMASK]<sop><|system|>\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+        "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+        '{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}\n</tools>\n\n'
+        "For each function call, output the function name and arguments within the following XML format:\n"
+        "<tool_call>{function-name}\n<arg_key>{arg-key-1}</arg_key>\n<arg_value>{arg-value-1}</arg_value>\n"
+        "<arg_key>{arg-key-2}</arg_key>\n<arg_value>{arg-value-2}</arg_value>\n...\n</tool_call>"
+        "<|user|>\nParis?<|assistant|>\n"
+    )
