@@ -133,7 +133,8 @@ def run_agent(vlm: VLM, url: str, task: str, *, max_steps: int, format: Format,
     worker.join(timeout=30)
 
 
-def build_agent_tab(vlm: VLM) -> None:
+def build_agent_tab(vlm: VLM, *, concurrency_id: str) -> None:
+    """The tab's components; runs share the Gradio queue `concurrency_id` with other model events."""
     gr.Markdown("The model drives a headless Chromium: each step shows the screen it saw, its "
                 "reasoning and the action it took. Only http(s) pages are allowed.")
     with gr.Row():
@@ -175,7 +176,7 @@ def build_agent_tab(vlm: VLM) -> None:
         finally:
             flag.set()  # on Stop (the generator is closed) or at the end
 
-    running = run.click(start, [url, task, format, max_steps], [screen, log, status])
+    running = run.click(start, [url, task, format, max_steps], [screen, log, status], concurrency_id=concurrency_id)
     stop.click(None, None, None, cancels=[running])
 
 

@@ -11,7 +11,8 @@
   model's 0-999 coordinates refer to.
 - Reasoning is shown as a collapsible "Thinking" message (Gradio's metadata title), open
   with a spinner while it streams and closed once the answer starts.
-- One generation runs at a time (the model holds one cache); Gradio's queue orders users.
+- One generation runs at a time (the model holds one cache): every event that runs the model
+  shares one Gradio queue (`MODEL_QUEUE`), chat and agent tab alike.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
+# Every event that runs the model shares this Gradio queue (one at a time by default): the
+# chat and the agent tab must not generate concurrently on one model.
+MODEL_QUEUE = "model"
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi"}
 
 
@@ -147,7 +151,7 @@ def build_app(vlm: VLM, *, title: str = "glmv chat", examples_dir: Path = EXAMPL
             _chat_tab(vlm, examples_dir)
         with gr.Tab("Agent"):
             from demo.agent_tab import build_agent_tab
-            build_agent_tab(vlm)
+            build_agent_tab(vlm, concurrency_id=MODEL_QUEUE)
     return app
 
 
@@ -200,10 +204,10 @@ def _chat_tab(vlm: VLM, examples_dir: Path) -> None:
 
     outputs = [chatbot, grounding, turns]
     submitted = box.submit(add_turn, [box, turns], [box, chatbot, turns], queue=False).then(
-        answer, [turns, *settings], outputs)
+        answer, [turns, *settings], outputs, concurrency_id=MODEL_QUEUE)
     submitted.then(lambda: gr.MultimodalTextbox(interactive=True), None, [box])
     box.stop(lambda: gr.MultimodalTextbox(interactive=True), None, [box], cancels=[submitted])
-    regenerate.click(answer, [turns, *settings], outputs)
+    regenerate.click(answer, [turns, *settings], outputs, concurrency_id=MODEL_QUEUE)
     clear.click(lambda: (None, None, []), None, outputs, queue=False)
 
 
