@@ -126,11 +126,13 @@ def make_script(seed: int, *, width: int = 320, height: int = 240, fps: int = 4)
         appear = seconds.pop()
         later = [s for s in seconds if s > appear]
         colour_s = move_s = None
-        if later and rng.random() < 0.7:
+        # every shape still to come needs a second of its own to appear at
+        reserved = len(kinds) - len(tracks) - 1
+        if later and rng.random() < 0.7 and len(seconds) > reserved:
             colour_s = rng.choice(later)
             seconds.remove(colour_s)
             later.remove(colour_s)
-        if later and rng.random() < 0.6:
+        if later and rng.random() < 0.6 and len(seconds) > reserved:
             move_s = rng.choice(later)
             seconds.remove(move_s)
         tracks.append(Track(kind, size, colour, appear, spot(), colour_s, new_colour if colour_s is not None else None,
