@@ -1,15 +1,15 @@
 """The evaluation harness: a perfect model scores 1, a useless one 0, on fresh held-out data,
-and the episode loop lets a model drive real Chromium to the goal."""
+and the agent loop lets a model drive a real Chromium to the episode's goal."""
 
 import json
 
 import pytest
 
 from train.agent_steps import answer
-from train.episodes import _Expert, plan_episode
-from train.eval import EvalResult, evaluate, run_episode
+from train.episodes import Expert, plan_episode
+from train.eval import EvalResult, PageServer, evaluate, open_env, run_episode
 from train.synth import unit_seed
-from tests._data_engine_utils import renderer  # noqa: F401  (fixture)
+from train.render import measure
 
 
 def _text(messages):
@@ -38,22 +38,28 @@ def test_a_model_that_knows_the_answers_scores_one_and_a_silent_one_zero(tmp_pat
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.parametrize("viewport", ["desktop", "phone"])
-def test_an_expert_driving_the_episode_loop_succeeds_and_giving_up_fails(renderer, viewport, tmp_path):  # noqa: F811
+def test_the_agent_loop_driven_by_an_expert_fills_the_form_and_giving_up_fails(viewport):
     seed = unit_seed("heldout", 0, 1)
     page, goal = plan_episode(seed, "form", fields=2)
     fmt = "desktop" if viewport == "desktop" else "mobile"
-    expert = _Expert(goal, fmt)
+    server, env = PageServer(), open_env(viewport)
+    try:
+        expert = Expert(goal, fmt)
 
-    def scripted(messages):  # looks at the live page, as a perfect model would look at the screenshot
-        rendered = renderer.snapshot(renderer.tab(viewport), page, viewport)
-        action, reason, _ = expert.act(rendered, (), "click")
-        return answer(fmt, action, reason)
+        def scripted(messages):  # reads the live page, as a perfect model would read the screenshot
+            assert messages[0]["content"][-1]["type"] == "image"
+            rendered = measure(env.page, page, viewport, b"")
+            action, reason, _ = expert.act(rendered, (), "click")
+            return answer(fmt, action, reason)
 
-    assert run_episode(scripted, renderer, seed, viewport, tmp_path)
-    gives_up = {"desktop": "done\n<|begin_of_box|>DONE()<|end_of_box|>\nMemory:\n[]",
-                "mobile": 'Memory: \nReason: done\nAction: {"action_type": "status", "goal_status": "complete"}'}[fmt]
-    assert not run_episode(lambda messages: gives_up, renderer, seed, viewport, tmp_path)
-    assert not run_episode(lambda messages: "I am not sure what to do.", renderer, seed, viewport, tmp_path)
+        assert run_episode(scripted, env, server, seed, viewport)
+        gives_up = {"desktop": "done\n<|begin_of_box|>DONE()<|end_of_box|>\nMemory:\n[]",
+                    "mobile": 'Memory: \nReason: done\nAction: {"action_type": "status", "goal_status": "complete"}'}[fmt]
+        assert not run_episode(lambda messages: gives_up, env, server, seed, viewport)
+        assert not run_episode(lambda messages: "I am not sure what to do.", env, server, seed, viewport)
+    finally:
+        env.close()
+        server.close()
 
 
 def test_result_groups_and_accuracy():

@@ -104,7 +104,7 @@ def _field_names(page: Page) -> dict[str, str]:
 
 
 @dataclass
-class _Expert:
+class Expert:
     """The expert policy's memory: how far through the goal it is, which field has focus."""
 
     goal: Goal
@@ -196,7 +196,7 @@ def episode_samples(renderer: Renderer, seed: int, viewport: Viewport, rng: rand
     fmt = fmt or choose_format(kind, viewport, rng)
     verb = "tap" if viewport == "phone" else "click"
     tab = renderer.load(page, viewport)
-    expert, history, samples, now = _Expert(goal, fmt), [], [], clock(rng)
+    expert, history, samples, now = Expert(goal, fmt), [], [], clock(rng)
     for step in range(MAX_STEPS):
         rendered = renderer.snapshot(tab, page, viewport)
         marked = renderer.snapshot_marks(tab, rendered) if fmt == "web" else None

@@ -4,11 +4,11 @@
 
 Held-out samples come from `train.synth` with `split="heldout"`, whose unit seeds are a
 different hash stream from the training split's, so no page, video or episode is shared.
-A model is any callable `messages -> text` (`ModelFn`); image parts carry absolute file
-paths. Episodes are three-step form episodes (two fields, then submit) that the model drives
-itself in Chromium: each step it sees the agent prompt with its own history, its answer is
-parsed by the agent's parser and executed in the page, and the episode succeeds only if the
-page then reports the requested values.
+A model is any callable `messages -> text` (`ModelFn`, the agent's policy protocol): image
+parts carry PIL images, video parts absolute paths. Episodes are three-step form episodes
+(two fields, then submit) run by the agent itself, `agent.loop.Agent` driving the agent's
+`BrowserEnv` (pages served from 127.0.0.1), with the model as its policy; an episode succeeds
+only if the page then reports the requested values.
 
 Results are grouped (grounding by viewport, action by format, ...) and the last line printed
 is `accuracy: <fraction>`.
@@ -19,19 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import tempfile
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from agent.actions import Answer, Click, Done, Type
-from agent.parsing import ParseError, parse_response, serialise_action
-from agent.prompts import PastStep
-from train.agent_steps import Format, Media, Screen, clock, decode, messages
-from train.episodes import execute, plan_episode, resolve_marks
-from train.render import Renderer, Viewport
+from PIL import Image
+
+from train.agent_steps import Format
+from train.episodes import plan_episode
+from train.pages import Page
+from train.render import VIEWPORTS, Viewport, prune
 from train.scoring import score
 from train.synth import SynthConfig, synthesize, unit_seed
 
@@ -65,13 +66,23 @@ class EvalResult:
         return "\n".join([*lines, f"accuracy: {self.accuracy:.4f}"])
 
 
-def _absolute(messages_: list[dict[str, Any]], root: Path) -> list[dict[str, Any]]:
+def _resolve(part: dict[str, Any], root: Path) -> dict[str, Any]:
+    if part["type"] == "image":
+        image = Image.open(root / part["image"])
+        image.load()
+        return {"type": "image", "image": image}
+    if part["type"] == "video":
+        return {"type": "video", "video": str(root / part["video"])}
+    return part
+
+
+def with_media(messages_: list[dict[str, Any]], root: Path) -> list[dict[str, Any]]:
+    """Messages as the model is handed them: images loaded (PIL), videos as absolute paths."""
     out = []
     for message in messages_:
         content = message["content"]
         if isinstance(content, list):
-            content = [{**p, p["type"]: str(root / p[p["type"]])} if p["type"] in ("image", "video") else p
-                       for p in content]
+            content = [_resolve(p, root) for p in content]
         out.append({**message, "content": content})
     return out
 
@@ -85,51 +96,97 @@ def evaluate_samples(task: Task, model: ModelFn, *, n: int, seed: int, workdir: 
     result = EvalResult(task)
     for line in (data / "data.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        answer = model(_absolute(record["messages"][:-1], data))
+        answer = model(with_media(record["messages"][:-1], data))
         result.add(str(record["meta"].get(_GROUP_KEY[task])), score(record["meta"], answer))
     return result
 
 
-def run_episode(model: ModelFn, renderer: Renderer, seed: int, viewport: Viewport, workdir: Path, *,
+class PageServer:
+    """Serves generated pages at http://127.0.0.1:<port>/p/<seed>.html, so the agent's own
+    `BrowserEnv` opens them like any site (it accepts URLs, not HTML strings)."""
+
+    def __init__(self) -> None:
+        pages: dict[str, bytes] = {}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                body = pages.get(self.path)
+                self.send_response(200 if body else 404)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.end_headers()
+                self.wfile.write(body or b"not found")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._pages = pages
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def url(self, page: Page) -> str:
+        path = f"/p/{page.seed}.html"
+        self._pages[path] = page.html.encode()
+        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class _PILPolicy:
+    """The model as an agent policy that is handed PIL screenshots (no PNG round trip)."""
+
+    accepts_pil = True
+
+    def __init__(self, model: ModelFn) -> None:
+        self.model = model
+
+    def __call__(self, messages_: list[dict[str, Any]]) -> str:
+        return self.model(messages_)
+
+
+def open_env(viewport: Viewport) -> Any:
+    """The agent's `BrowserEnv` at the data engine's desktop or phone viewport."""
+    from agent.browser import BrowserEnv
+
+    return BrowserEnv(device=dict(VIEWPORTS[viewport]))
+
+
+def run_episode(model: ModelFn, env: Any, server: PageServer, seed: int, viewport: Viewport, *,
                 fields: int = 2) -> bool:
-    """Let `model` drive one form episode in Chromium; whether the page got the right values."""
+    """Let `model` fill and submit a held-out form through the agent loop (`agent.loop.Agent`)
+    in `env`; whether the page received exactly the requested values."""
+    from agent.loop import Agent
+
     page, goal = plan_episode(seed, "form", fields=fields)
     fmt: Format = "desktop" if viewport == "desktop" else "mobile"
-    tab = renderer.load(page, viewport)
-    media, history, now = Media(f"episode{seed}"), [], clock(random.Random(seed))
+    env.goto(server.url(page))
+    prune(env.page, viewport)
     needed = 2 * len(goal.fills) + 2 if fmt == "desktop" else len(goal.fills) + 2
-    for _ in range(2 * needed):  # room for a few wasted steps, not for wandering forever
-        rendered = renderer.snapshot(tab, page, viewport)
-        screen = Screen(decode(rendered.png), media.add_png(rendered.png))
-        prompt = messages(fmt, goal.task, screen, history, media, url=page.url, now=now)
-        for path, data in media.files.items():
-            (workdir / path).parent.mkdir(parents=True, exist_ok=True)
-            (workdir / path).write_bytes(data)
-        text = model(_absolute(prompt, workdir))
-        try:
-            parsed = parse_response(text, fmt)
-        except ParseError as error:
-            log.info("episode %d: unparsable answer (%s)", seed, error.reason)
-            return False
-        if isinstance(parsed.action, (Done, Answer)):
-            return goal.achieved(tab)
-        if not isinstance(parsed.action, (Click, Type)):
-            log.info("episode %d: %r cannot be executed in a page", seed, parsed.action)
-            return False
-        execute(tab, resolve_marks(parsed.action, None, rendered), rendered, touch=viewport == "phone")
-        history.append(PastStep(serialise_action(parsed.action, fmt), reason=parsed.reason, memory=parsed.memory,
-                                screenshot=screen.image))
-    return goal.achieved(tab)
+    # our synthetic pages are harmless: approve what the safety check would ask about (a form
+    # titled "Billing" looks like a payment page to it)
+    agent = Agent(policy=_PILPolicy(model), env=env, platform=fmt, confirm=lambda sensitive: True)
+    trajectory = agent.run(goal.task, max_steps=2 * needed)  # room for a few wasted steps
+    ok = goal.achieved(env.page)
+    log.info("episode %d (%s): %s after %d steps, %s", seed, viewport, trajectory.status, len(trajectory.steps),
+             "success" if ok else "failure")
+    return ok
 
 
-def evaluate_episodes(model: ModelFn, *, n: int, seed: int, workdir: Path) -> EvalResult:
-    """`n` held-out form episodes, alternating desktop and phone viewports."""
+def evaluate_episodes(model: ModelFn, *, n: int, seed: int) -> EvalResult:
+    """`n` held-out form episodes (two fields, then submit), alternating desktop and phone."""
     result = EvalResult("episodes")
-    with Renderer() as renderer:
+    server = PageServer()
+    envs: dict[Viewport, Any] = {}
+    try:
         for i in range(n):
             viewport: Viewport = "desktop" if i % 2 == 0 else "phone"
-            ok = run_episode(model, renderer, unit_seed("heldout", seed, i), viewport, workdir)
-            result.add(viewport, ok)
+            env = envs.get(viewport) or envs.setdefault(viewport, open_env(viewport))
+            result.add(viewport, run_episode(model, env, server, unit_seed("heldout", seed, i), viewport))
+    finally:
+        for env in envs.values():
+            env.close()
+        server.close()
     return result
 
 
@@ -141,20 +198,16 @@ def evaluate(task: Task, model: ModelFn, *, n: int, seed: int = 0, workdir: str 
         root = Path(workdir) if workdir is not None else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         if task == "episodes":
-            return evaluate_episodes(model, n=n, seed=seed, workdir=root)
+            return evaluate_episodes(model, n=n, seed=seed)
         return evaluate_samples(task, model, n=n, seed=seed, workdir=root, workers=workers)
 
 
 def load_model(path: str, *, max_new_tokens: int = 256) -> ModelFn:
-    """`messages -> text` from a checkpoint directory, through `VLM.generate` (greedy)."""
+    """`messages -> text` from a checkpoint directory: the agent's `VLMPolicy`, greedy."""
+    from agent.policy import VLMPolicy
     from vlm import VLM
 
-    vlm = VLM.from_pretrained(path)
-    generate = getattr(vlm, "generate", None)
-    if generate is None:
-        raise RuntimeError(f"VLM loaded from {path} has no generate(messages) method; "
-                           "train.eval needs VLM.generate(messages, max_new_tokens=...) -> str")
-    return lambda msgs: generate(msgs, max_new_tokens=max_new_tokens)
+    return VLMPolicy(VLM.from_pretrained(path), max_new_tokens=max_new_tokens, temperature=0.0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -137,6 +137,12 @@ _MEASURE_JS = """
 """
 
 
+def prune(tab: Any, viewport: Viewport) -> None:
+    """Remove the cards of the page loaded in `tab` that do not fit the viewport."""
+    size = VIEWPORTS[viewport]["viewport"]
+    tab.evaluate(_PRUNE_JS, [size["width"], size["height"]])
+
+
 class Renderer:
     """One Chromium, reused for every page: `with Renderer() as r: r.render(page, "phone")`."""
 
@@ -159,8 +165,7 @@ class Renderer:
         """Load `page` into the viewport's tab, drop the cards that do not fit; returns the tab."""
         tab = self.tab(viewport)
         tab.set_content(page.html, wait_until="load")
-        size = VIEWPORTS[viewport]["viewport"]
-        tab.evaluate(_PRUNE_JS, [size["width"], size["height"]])
+        prune(tab, viewport)
         return tab
 
     def render(self, page: Page, viewport: Viewport) -> Rendered:
