@@ -140,7 +140,9 @@ class Processor:
             raise TypeError(f"text: expected a string or a list of strings, got {text!r:.80}")
 
         image_list = _as_image_list(images)
-        video_list = self._videos(_as_video_list(videos), timestamps=timestamps, fps=fps)
+        raw_videos = _as_video_list(videos)
+        _check_placeholders(texts, num_images=len(image_list), num_videos=len(raw_videos))
+        video_list = self._videos(raw_videos, timestamps=timestamps, fps=fps)
         image_patches = [preprocess_image(image, self.image_config) for image in image_list]
         video_patches = [preprocess_video(video, self.video_config) for video in video_list]
 
@@ -183,32 +185,20 @@ class Processor:
         videos: list[VisionPatches],
         seconds: list[list[int]],
     ) -> list[str]:
-        """Replace each placeholder by its tokens; counts must match the media exactly."""
+        """Replace each placeholder by its tokens, media taken in order across the batch."""
         merge = self.image_config.merge_size**2
-        counts = {IMAGE_TOKEN: 0, VIDEO_TOKEN: 0}
+        next_media = {IMAGE_TOKEN: iter(images), VIDEO_TOKEN: iter(zip(videos, seconds))}
 
         def expand(match: re.Match[str]) -> str:
-            token = match.group(0)
-            index = counts[token]
-            counts[token] += 1
-            if token == IMAGE_TOKEN:
-                if index >= len(images):
-                    return token  # counted below, reported with the totals
-                t, h, w = images[index].grid_thw
+            if match.group(0) == IMAGE_TOKEN:
+                t, h, w = next(next_media[IMAGE_TOKEN]).grid_thw
                 return IMAGE_TOKEN * (t * h * w // merge)
-            if index >= len(videos):
-                return token
-            t, h, w = videos[index].grid_thw
-            per_pair = h * w // (self.video_config.merge_size**2)
-            return "".join(f"{BEGIN_IMAGE}{IMAGE_TOKEN * per_pair}{END_IMAGE}{s}" for s in seconds[index][:t])
+            video, pair_seconds = next(next_media[VIDEO_TOKEN])
+            t, h, w = video.grid_thw
+            frame = BEGIN_IMAGE + IMAGE_TOKEN * (h * w // merge) + END_IMAGE
+            return "".join(f"{frame}{second}" for second in pair_seconds[:t])
 
-        expanded = [_PLACEHOLDER.sub(expand, text) for text in texts]
-        if counts[IMAGE_TOKEN] != len(images) or counts[VIDEO_TOKEN] != len(videos):
-            raise ValueError(
-                f"the text holds {counts[IMAGE_TOKEN]} {IMAGE_TOKEN} and {counts[VIDEO_TOKEN]} {VIDEO_TOKEN} "
-                f"placeholders but {len(images)} images and {len(videos)} videos were given"
-            )
-        return expanded
+        return [_PLACEHOLDER.sub(expand, text) for text in texts]
 
     def _token_types(self, input_ids: torch.Tensor) -> torch.Tensor:
         """0 for text, 1 for image placeholders, 2 for placeholders inside a video."""
@@ -291,6 +281,17 @@ def _as_video_list(videos: Any) -> list[VideoInput | Video]:
     if videos and isinstance(videos[0], (PIL.Image.Image, np.ndarray, torch.Tensor)):
         return [videos]
     return videos
+
+
+def _check_placeholders(texts: list[str], *, num_images: int, num_videos: int) -> None:
+    """Fail before any decoding when the text and the media disagree."""
+    found_images = sum(text.count(IMAGE_TOKEN) for text in texts)
+    found_videos = sum(text.count(VIDEO_TOKEN) for text in texts)
+    if (found_images, found_videos) != (num_images, num_videos):
+        raise ValueError(
+            f"the text holds {found_images} {IMAGE_TOKEN} and {found_videos} {VIDEO_TOKEN} placeholders "
+            f"but {num_images} images and {num_videos} videos were given"
+        )
 
 
 def _concat(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -179,6 +179,8 @@ def as_video(
     if isinstance(video, Video):
         return video
     if isinstance(video, (str, os.PathLike)):
+        if timestamps is not None or fps is not None:
+            raise ValueError(f"video {os.fspath(video)!r}: timestamps and fps are for frame lists; files carry their own")
         return load_video(video, config)
     return video_from_frames(video, timestamps=timestamps, fps=fps)
 
