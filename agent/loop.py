@@ -156,7 +156,7 @@ class Agent:
             self._stop(trajectory, "parse_error", f"no parsable answer after {1 + self.parse_retries} tries")
             return step
         action = parsed.action
-        step.action, step.thinking = action, scrub(parsed.thinking)
+        step.action, step.thinking = self.secrets.scrub_action(action), scrub(parsed.thinking)
         step.reason, step.memory = scrub(parsed.reason), scrub(parsed.memory)
         state.memory = parsed.memory if parsed.memory is not None else state.memory
 
@@ -245,21 +245,27 @@ class Agent:
 
     def _act(self, action: Action, observation: Observation) -> tuple[str, str | None]:
         """Safety checks, then execution; returns the step status and a note."""
-        if isinstance(action, Navigate):
+        scrub = self.secrets.scrub
+        try:
+            revealed = self.secrets.reveal(action)
+        except ValueError as error:  # an unknown {{secret:name}}
+            return "error", f"error: {error}"
+        if isinstance(revealed, Navigate):
             try:
-                self.rules.check(self.secrets.reveal(action).url)
+                self.rules.check(revealed.url)
             except BlockedURL as error:  # refused before anything was loaded: the model may try elsewhere
-                return "refused", f"refused: {self.secrets.scrub(str(error))}"
+                return "refused", f"refused: {scrub(str(error))}"
         refused = check(action, observation, self.env, self.confirm)
         if refused is not None:
             return "refused", f"refused: {refused.reason} needs confirmation"
         try:
-            self.env.execute(self.secrets.reveal(action), observation)
+            self.env.execute(revealed, observation)
         except BlockedURL as error:
-            return "blocked", self.secrets.scrub(str(error))
+            return "blocked", scrub(str(error))
         except Exception as error:  # noqa: BLE001 - any failure of one action is reported to the model
-            logger.warning("action %r failed: %s", action, error)
-            return "error", self.secrets.scrub(f"error: {type(error).__name__}: {error}")
+            note = scrub(f"error: {type(error).__name__}: {error}")
+            logger.warning("action %r failed: %s", self.secrets.scrub_action(action), note)
+            return "error", note
         return "executed", None
 
     def _past(self, action: Action, parsed: ParsedResponse, step: Step, observation: Observation) -> PastStep:

@@ -60,8 +60,8 @@ def _describe(env: Environment, target: Target | None, observation: Observation)
     """The element under `target` (None: the focused element, where the environment can tell)."""
     try:
         return env.describe(target, observation)  # type: ignore[arg-type]
-    except (TypeError, ValueError, NotImplementedError) as error:
-        logger.debug("describe(%r) unavailable: %s", target, error)
+    except Exception as error:  # noqa: BLE001 - e.g. a page navigating away; the URL checks still apply
+        logger.warning("could not describe the element under %r: %s", target, error)
         return None
 
 
@@ -161,6 +161,14 @@ class Secrets:
         if isinstance(action, Navigate):
             return dataclasses.replace(action, url=self._substitute(action.url))
         return action
+
+    def scrub_action(self, action: Action) -> Action:
+        """`action` with secret values in its text fields replaced by placeholders (for records)."""
+        if not self._values:
+            return action
+        changes = {f.name: self.scrub(getattr(action, f.name)) for f in dataclasses.fields(action)
+                   if isinstance(getattr(action, f.name), str)}
+        return dataclasses.replace(action, **changes)
 
     def scrub(self, text: str | None) -> str | None:
         """`text` with every secret value replaced by its placeholder (longest values first)."""

@@ -184,16 +184,17 @@ def test_secrets_reach_the_page_but_not_the_recording(env, server, tmp_path):
     policy = ScriptedPolicy([
         desktop(f"left_click(start_box='{USER_FIELD}')"),
         desktop("type(content='{{secret:token}}')", reason="I type the token from the task."),
-        desktop("DONE()", reason=f"The title shows {secret}."),  # as if the model read it off the screen
+        desktop(f"type(content='{secret}')", reason=f"The title shows {secret}."),  # read off the screen
+        desktop("DONE()"),
     ])
     agent = Agent(policy=policy, env=env, platform="desktop", secrets={"token": secret}, record=str(tmp_path / "run"))
     trajectory = agent.run("Enter the token {{secret:token}}", start_url=server.url("/echo"))
     assert trajectory.status == "done"
-    assert env.page.input_value("#user") == secret  # substituted at execution
+    assert env.page.input_value("#user") == secret * 2  # substituted at execution; the echo typed as written
     assert secret not in "".join(str(p) for call in policy.calls for p in call)  # the model never saw it
     files = list(Path(tmp_path / "run").iterdir())
     assert {f.name for f in files} >= {"steps.jsonl", "trajectory.json", "report.html", "step_000.png"}
     for f in files:
         assert secret.encode() not in f.read_bytes(), f.name
     assert trajectory.steps[2].title == "typed {{secret:token}}"
-    assert trajectory.steps[1].action.text == "{{secret:token}}"
+    assert trajectory.steps[1].action.text == trajectory.steps[2].action.text == "{{secret:token}}"

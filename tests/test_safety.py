@@ -80,6 +80,8 @@ def test_secrets_are_revealed_only_in_the_executed_action_and_scrubbed_from_text
     assert secrets.reveal(Navigate("https://u:{{secret:pin}}@x.test/")).url == "https://u:42@x.test/"
     assert secrets.scrub("echo hunter2 and 42") == "echo {{secret:password}} and {{secret:pin}}"
     assert "hunter2" not in repr(secrets)
+    echoed = Click(Point(1, 1), element_info="the hunter2 link")
+    assert secrets.scrub_action(echoed) == Click(Point(1, 1), element_info="the {{secret:password}} link")
     with pytest.raises(ValueError, match="unknown secret 'token'"):
         secrets.reveal(Type("{{secret:token}}"))
     with pytest.raises(ValueError, match="secret name 'a b'"):
