@@ -75,6 +75,7 @@ def test_exif_orientation_is_applied(tmp_path):
     top, bottom = np.asarray(upright)[2, 10], np.asarray(upright)[37, 10]
     assert top[0] > 200 and top[1] < 60  # red on top after rotating clockwise
     assert bottom[0] < 60
+    assert load_image(PIL.Image.open(path)).size == (20, 40)  # also for PIL images opened by the caller
 
 
 def test_modes_convert_to_rgb():

@@ -37,6 +37,8 @@ import torch
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+_EXIF_ORIENTATION = 0x0112
+
 ImageInput = Union[str, os.PathLike, bytes, PIL.Image.Image, np.ndarray, torch.Tensor]
 
 
@@ -122,7 +124,15 @@ def load_image(image: ImageInput, *, max_image_pixels: int = ImageConfig.max_ima
             f"image {describe(image)} has {pil.width}x{pil.height} pixels, more than the limit of "
             f"{max_image_pixels} (decompression-bomb guard; raise max_image_pixels to allow it)"
         )
-    return to_rgb(pil)
+    return to_rgb(_upright(pil))
+
+
+def _upright(image: PIL.Image.Image) -> PIL.Image.Image:
+    """Apply the EXIF orientation tag: phones store portrait photos as landscape pixels plus
+    a tag. Also for PIL inputs, which `Image.open` leaves un-rotated."""
+    if image.getexif().get(_EXIF_ORIENTATION, 1) == 1:
+        return image
+    return PIL.ImageOps.exif_transpose(image)
 
 
 def _decode_data_url(url: str) -> bytes:
@@ -150,8 +160,7 @@ def _open_encoded(stream: io.BytesIO, *, name: str, max_image_pixels: int) -> PI
         )
     try:
         pil.load()
-        # Phones store portrait photos as landscape pixels plus an orientation tag.
-        return PIL.ImageOps.exif_transpose(pil)
+        return pil
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"image {name} is truncated or corrupt ({e})") from None
 
