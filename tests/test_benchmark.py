@@ -4,7 +4,7 @@ import pytest
 
 from agent.benchmark import measure
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("platform", ["desktop", "web"])

@@ -49,6 +49,12 @@ def test_desktop_variants(text, expected):
     assert parse_action(text, "desktop") == expected
 
 
+def test_desktop_box_tokens_around_the_coordinates_only():
+    text = "Click it. left_click(start_box='<|begin_of_box|>[12,34]<|end_of_box|>')\nMemory:\n[]"
+    parsed = parse_response(text, "desktop")
+    assert parsed.action == Click(Point(12, 34)) and parsed.reason == "Click it." and parsed.memory == "[]"
+
+
 def test_desktop_action_without_box_tokens_is_found_in_prose():
     parsed = parse_response("I will press save now.\nleft_click(start_box='[5, 6]')\nMemory:\n[{\"a\": 1}]", "desktop")
     assert parsed.action == Click(Point(5, 6))

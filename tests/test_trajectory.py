@@ -71,6 +71,7 @@ def test_html_report_is_self_contained_and_escaped():
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 def test_replay_re_executes_the_recorded_actions(tmp_path):
     from agent.browser import BrowserEnv
     from agent.loop import Agent

@@ -157,10 +157,11 @@ def parse_response(text: str) -> ParsedResponse:
     split = body.find("Memory:", after)
     body, memory = (body, "") if split < 0 else (body[:split], body[split + len("Memory:"):])
     inner = boxed(body)
-    if inner is not None:
+    if inner is not None and _CALL.search(inner):
         action = parse_action(inner, text=text)
         reason = body[:body.rfind(BOX_BEGIN)] if BOX_BEGIN in body else body.split("<|", 1)[0]
-    else:
+    else:  # no box, or a box around the coordinates only: `left_click(start_box='<|begin_of_box|>[1,2]...')`
+        body = strip_box_tokens(body)
         calls = list(_CALL.finditer(body))
         if not calls:
             raise ParseError(text, "no desktop action call found")
