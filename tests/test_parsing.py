@@ -108,6 +108,13 @@ def test_web_real_output():
     assert parsed.memory == '{"city": "Oslo"}'
 
 
+def test_trailing_text_after_the_action():
+    mobile = 'Reason: r\nAction: {"action_type": "click", "box_2d": [[1,2,3,4]]} (the {OK} button)'
+    assert parse_response(mobile, "mobile").action == Click(Box(1, 2, 3, 4))
+    web = "Thought: t\nAction: Click [5]\nThis opens the menu.\nMemory_Updated: {}"
+    assert parse_response(web, "web").action == Click(Mark(5))
+
+
 def test_web_answer_without_the_answer_tags_the_official_parser_waits_for():
     text = "Thought: done.\nAction: ANSWER; <content>Guatemala\nand Peru</content>\nMemory_Updated: {}"
     assert parse_response(text, "web").action == Answer("Guatemala\nand Peru")

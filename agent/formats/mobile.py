@@ -27,6 +27,12 @@ def _load_json(fragment: str, text: str) -> dict:
     if start < 0 or end < start:
         raise ParseError(text, 'no JSON object {"action_type": ...} found after Action:')
     candidate = fragment[start:end + 1]
+    try:  # the first complete object, ignoring whatever the model wrote after it
+        value, _ = json.JSONDecoder().raw_decode(fragment, start)
+        if isinstance(value, dict):
+            return value
+    except (ValueError, RecursionError):
+        pass
     for attempt in (candidate, _pythonic_to_json(candidate)):
         try:
             value = json.loads(attempt)

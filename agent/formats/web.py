@@ -77,7 +77,13 @@ def parse_response(text: str) -> ParsedResponse:
         raise ParseError(text, "no 'Action:' line found")
     if not sections["action"]:
         raise ParseError(text, "the 'Action:' line is empty")
-    action = parse_action(sections["action"], text=text)
+    try:
+        action = parse_action(sections["action"], text=text)
+    except ParseError:  # an explanation after the action line: the first line alone may be it
+        first = sections["action"].splitlines()[0]
+        if first == sections["action"]:
+            raise
+        action = parse_action(first, text=text)
     return ParsedResponse(action, thinking=thinking, reason=sections.get("thought") or None,
                           memory=sections.get("memory_updated") or None)
 
