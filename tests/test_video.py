@@ -78,6 +78,9 @@ def test_frame_lists_with_timestamps_or_fps():
     assert by_time.pair_seconds == [0, 7, 13]
     patches = preprocess_video(by_time)
     assert patches.grid_thw[0] == 3
+    as_array = video_from_frames(np.stack(frames), fps=2.0)
+    as_tensor = video_from_frames(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2), fps=2.0)
+    assert torch.equal(as_array.frames, by_fps.frames) and torch.equal(as_tensor.frames, by_fps.frames)
 
 
 def test_one_pixel_budget_is_shared_by_all_frames():

@@ -321,13 +321,14 @@ def save(tokenizer: Tokenizer, out_dir: Path) -> None:
         model_max_length=65536,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    template = ASSETS / "chat_template.jinja"
+    names = ["tokenizer.json", "tokenizer_config.json"]
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         wrapped.save_pretrained(tmp)
-        for name in ("tokenizer.json", "tokenizer_config.json"):
+        if out_dir.resolve() != ASSETS.resolve():  # the template is hand-written in assets/model
+            shutil.copyfile(ASSETS / "chat_template.jinja", Path(tmp) / "chat_template.jinja")
+            names.append("chat_template.jinja")
+        for name in names:  # same filesystem: each replace is atomic
             (Path(tmp) / name).replace(out_dir / name)
-    if out_dir.resolve() != ASSETS.resolve():
-        shutil.copyfile(template, out_dir / "chat_template.jinja")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -141,7 +141,12 @@ def video_from_frames(
     timestamps: Sequence[float] | None = None,
     fps: float | None = None,
 ) -> Video:
-    """Already-sampled frames (any image input) with their times; used as given, not resampled."""
+    """Already-sampled frames (any image input) with their times; used as given, not resampled.
+
+    `frames` may also be one (T, H, W, C) uint8 array or one (T, C, H, W) tensor.
+    """
+    if isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim == 4:
+        frames = list(frames)
     if isinstance(frames, (str, bytes)) or not isinstance(frames, Sequence):
         raise TypeError(f"frames: expected a list of images, got {type(frames).__name__}")
     if len(frames) == 0:
