@@ -3,7 +3,8 @@ Mixture-of-Experts language model with 3-axis M-RoPE; loads and saves the releas
 GLM-4.5V / GLM-4.1V checkpoint layout unchanged."""
 
 from .config import VLMConfig
+from .engine import Generation, GenerationStream
 from .processor import Processor
 from .vlm import VLM
 
-__all__ = ["VLM", "VLMConfig"]
+__all__ = ["VLM", "VLMConfig", "Generation", "GenerationStream"]

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from . import engine
 from .config import VLMConfig
+from .engine import Generation, GenerationStream
 from .generation import generate_ids
 from .model import VisionLanguageModel
 from .weights import checkpoint_dtype, load_weights, save_weights
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
@@ -29,6 +33,7 @@ class VLM:
         self.model = model
         self.config: VLMConfig = model.cfg
         self.processor = processor
+        self.path: Path | None = None  # the checkpoint directory, when loaded from one
 
     @classmethod
     def from_config(cls, config: VLMConfig, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int | None = None) -> VLM:
@@ -42,11 +47,21 @@ class VLM:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+        cls, path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
         adapter: str | os.PathLike | None = None,
     ) -> VLM:
-        """`adapter`: a LoRA adapter directory (peft format, `python -m train lora`) merged in at load."""
-        path = Path(path)
+        """Load a checkpoint directory; without `path`, the project's embedded model in `assets/model/`.
+
+        `adapter`: a LoRA adapter directory (peft format, `python -m train lora`) merged in at load.
+        """
+        path = Path(path) if path is not None else DEFAULT_MODEL_DIR
+        if not (path / "config.json").is_file():
+            if path == DEFAULT_MODEL_DIR:
+                raise FileNotFoundError(
+                    f"the embedded default model is not there yet: {path} has no config.json (only the tokenizer "
+                    "ships so far); pass the path of a checkpoint directory, e.g. VLM.from_pretrained('/path/to/GLM-4.5V')"
+                )
+            raise FileNotFoundError(f"{str(path)!r} is not a checkpoint directory: it has no config.json")
         config = VLMConfig.load(path)
         dtype = dtype or checkpoint_dtype(path)
         with torch.device("meta"):
@@ -57,7 +72,9 @@ class VLM:
 
             model = merge(load_adapter(model, adapter))
         model.eval()
-        return cls(model, processor=_load_processor(path))
+        handle = cls(model, processor=_load_processor(path))
+        handle.path = path
+        return handle
 
     def save_pretrained(self, path: str | os.PathLike, *, max_shard_bytes: int = 5 * 1024**3) -> None:
         path = Path(path)
@@ -81,6 +98,38 @@ class VLM:
         return generate_ids(
             self.model, inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
             top_p=top_p, top_k=top_k, eos_token_ids=text.eos_token_ids, pad_token_id=text.pad_token_id,
+        )
+
+    def generate(
+        self,
+        prompt_or_messages: str | Sequence[Any],
+        *,
+        images: Sequence[Any] | Any | None = None,
+        videos: Sequence[Any] | Any | None = None,
+        system: str | None = None,
+        thinking: bool | None = None,
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+    ) -> Generation | list[Generation] | GenerationStream:
+        """Answer a prompt (a string with `images` / `videos`, or OpenAI-style messages with image and
+        video parts); a list of prompts runs as one batch and returns a list.
+
+        `thinking=None` follows the checkpoint's default (on for GLM-4.5V), `False` switches reasoning
+        off. `temperature=0` is greedy. `stop` strings end the answer (cut before them); the checkpoint's
+        stop tokens always apply. `seed` makes sampling reproducible. `stream=True` returns a
+        `GenerationStream` of answer pieces (`.events()` adds the reasoning), `.result` once drained.
+        Bad arguments and unreadable images raise `ValueError` / `FileNotFoundError` before any work.
+        """
+        return engine.generate(
+            self, prompt_or_messages, images=images, videos=videos, system=system, thinking=thinking,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+            repetition_penalty=repetition_penalty, stop=stop, seed=seed, stream=stream,
         )
 
     def require_processor(self) -> object:

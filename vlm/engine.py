@@ -1,0 +1,407 @@
+"""Text in, text out: the engine behind `VLM.generate`.
+
+    gen = vlm.generate("Where is the cat? Give its box.", images=["cat.jpg"])
+    gen.text, gen.thinking, gen.boxes          # answer (box tokens kept), reasoning, boxes in pixels
+    for piece in vlm.generate(messages, stream=True): ...
+
+What is unusual here:
+- Every argument is checked, and every image opened, before the model does any work: a bad
+  `top_p` or an unreadable file fails in microseconds with the value named.
+- Streamed and non-streamed calls are one code path: a non-streamed call drains the stream. Text
+  is detokenised incrementally (only the ids since the last clean character boundary are
+  decoded), pieces are emitted only once they can no longer change: a trailing partial UTF-8
+  character, trailing whitespace (the final answer is stripped) and a tail that could still
+  grow into a stop string are held back. So the joined pieces equal `Generation.text` exactly.
+- Stop strings are matched in the answer, not in the reasoning (a "\\n\\n" stop must not end a
+  generation inside its `<think>` block); the answer is cut before the stop string.
+- Stop tokens are the checkpoint's: `generation_config.json`, the config's eos ids and the
+  tokenizer's GLM turn-ending tokens (`<|endoftext|>`, `<|user|>`, `<|observation|>`).
+- Boxes are converted to pixels of the last image of the prompt (the model grounds on the image
+  it was asked about, which the chat formats put last); without an image `boxes` is empty and
+  `vlm.outputs.parse_boxes(text)` gives the 0-999 model-space values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from .generation import TokenStream
+from .images import load_image
+from .outputs import THINK_CLOSE, THINK_OPEN, parse_boxes, split_thinking, to_pixels
+from .sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from .vlm import VLM
+
+logger = logging.getLogger(__name__)
+
+FinishReason = Literal["stop", "length"]
+Channel = Literal["thinking", "answer"]
+
+
+@dataclass
+class Generation:
+    text: str  # the answer, box tokens kept, reasoning and stop tokens/strings removed
+    thinking: str | None  # the reasoning; None when the model did not reason (thinking off)
+    boxes: list[tuple[float, ...]]  # (x1, y1, x2, y2) boxes and (x, y) points, pixels of the last image
+    token_ids: list[int]  # generated ids, the final stop token included
+    finish_reason: FinishReason  # "stop": stop token or stop string; "length": max_new_tokens reached
+    prompt_tokens: int  # real (unpadded) prompt length, vision placeholders included
+    prefill_s: float  # seconds for the prompt forward (vision encoder included) and the first token
+    decode_tokens_per_s: float  # tokens after the first, per second of decoding (whole batch's clock)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming
+
+
+class GenerationStream:
+    """`for piece in stream` yields answer pieces; `stream.events()` yields (channel, piece) for
+    reasoning and answer. Either may be consumed once; `stream.result` is the `Generation` after."""
+
+    def __init__(self, events: Iterator[tuple[Channel, str]], results: list[Generation]) -> None:
+        self._events = events
+        self._results = results
+        self._started = False
+
+    def events(self) -> Iterator[tuple[Channel, str]]:
+        if self._started:
+            raise RuntimeError("this GenerationStream was already consumed")
+        self._started = True
+        yield from self._events
+
+    def __iter__(self) -> Iterator[str]:
+        for channel, piece in self.events():
+            if channel == "answer":
+                yield piece
+
+    @property
+    def result(self) -> Generation:
+        if not self._results:
+            raise RuntimeError("the stream has not finished: iterate it to the end before reading .result")
+        return self._results[0]
+
+    def close(self) -> None:
+        """Stop generating (e.g. the client went away); `result` stays unset."""
+        self._events.close()
+
+
+class _RowText:
+    """One row's text as it grows: incremental detokenisation, thinking/answer split, stop strings."""
+
+    def __init__(self, decode, stop_strings: tuple[str, ...]) -> None:
+        self._decode = decode
+        self._stops = stop_strings
+        self.ids: list[int] = []
+        self._clean = ""  # text of ids[:_pending]
+        self._pending = 0  # ids from here on may end in a partial character
+        self.emitted = {"thinking": "", "answer": ""}
+        self.stopped_by_string = False
+
+    def add(self, token: int, *, is_stop_token: bool) -> None:
+        self.ids.append(token)
+        if is_stop_token:
+            return  # in token_ids, never in the text
+        tail = self._decode(self.ids[self._pending :])
+        if not tail.endswith("\ufffd"):
+            self._clean += tail
+            self._pending = len(self.ids)
+        if self._stops and self._split(final=True)[2]:
+            self.stopped_by_string = True
+
+    def raw(self, *, final: bool) -> str:
+        if final and self._pending < len(self.ids):
+            ids = [i for i in self.ids[self._pending :]]
+            return self._clean + self._decode(ids)
+        return self._clean
+
+    def _stop_index(self, answer: str) -> int | None:
+        found = [answer.find(s) for s in self._stops]
+        found = [i for i in found if i >= 0]
+        return min(found) if found else None
+
+    def split(self, *, final: bool) -> tuple[str, str | None]:
+        """(answer, thinking) of the text so far; thinking None when there is no <think> block."""
+        return self._split(final=final)[:2]
+
+    def _split(self, *, final: bool) -> tuple[str, str | None, bool]:
+        raw = self.raw(final=final)
+        reply = split_thinking(raw)
+        answer = reply.answer
+        cut = self._stop_index(answer) if self._stops else None
+        if cut is not None:
+            answer = answer[:cut].rstrip()
+        if not final and not reply.finished_thinking:
+            answer = ""  # text before an unclosed <think> is not the answer yet
+        thinking = reply.thinking if (THINK_OPEN in raw or THINK_CLOSE in raw) else None
+        return answer, thinking, cut is not None
+
+    def new_pieces(self, *, final: bool) -> list[tuple[Channel, str]]:
+        """What can be shown now that was not shown before, per channel."""
+        answer, thinking = self.split(final=final)
+        current = {"thinking": thinking or "", "answer": answer}
+        pieces: list[tuple[Channel, str]] = []
+        for channel in ("thinking", "answer"):
+            text = current[channel]
+            if not final:
+                text = text.rstrip()
+                if channel == "answer":
+                    text = text[: len(text) - self._stop_prefix_len(text)]
+            shown = self.emitted[channel]
+            if len(text) > len(shown) and text.startswith(shown):
+                pieces.append((channel, text[len(shown) :]))
+                self.emitted[channel] = text
+            elif final and text != shown:
+                logger.warning("streamed %s %r is not a prefix of the final %r", channel, shown, text)
+        return pieces
+
+    def _stop_prefix_len(self, text: str) -> int:
+        """Length of the longest tail of `text` that begins some stop string (held back)."""
+        best = 0
+        for stop in self._stops:
+            for n in range(min(len(stop) - 1, len(text)), best, -1):
+                if text.endswith(stop[:n]):
+                    best = n
+                    break
+        return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+
+
+@dataclass(frozen=True)
+class _Request:
+    messages: list[dict[str, Any]]
+    images: list[Any]  # opened PIL images, prompt order
+    videos: list[Any]
+
+
+def generate(
+    vlm: VLM,
+    prompt_or_messages: str | Sequence[Any],
+    *,
+    images: Sequence[Any] | Any | None = None,
+    videos: Sequence[Any] | Any | None = None,
+    system: str | None = None,
+    thinking: bool | None = None,
+    max_new_tokens: int = 512,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    stop: str | Sequence[str] | None = None,
+    seed: int | None = None,
+    stream: bool = False,
+) -> Generation | list[Generation] | GenerationStream:
+    """See `VLM.generate`."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer >= 0")
+    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
+    stop_strings = _stop_strings(stop)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed={seed!r}: expected an integer or None")
+    if thinking is not None and not isinstance(thinking, bool):
+        raise ValueError(f"thinking={thinking!r}: expected True, False or None (the checkpoint's default)")
+    if system is not None and not isinstance(system, str):
+        raise ValueError(f"system={system!r:.80}: expected a string or None")
+    if not isinstance(stream, bool):
+        raise ValueError(f"stream={stream!r}: expected True or False")
+    requests, batched = _requests(prompt_or_messages, images=images, videos=videos, system=system)
+    if stream and batched:
+        raise ValueError(f"stream=True takes one prompt, got a batch of {len(requests)}; stream them one by one")
+    processor = vlm.require_processor()
+
+    prompts = [_render(processor, r.messages, thinking) for r in requests]
+    inputs = processor(
+        text=prompts, images=[i for r in requests for i in r.images] or None,
+        videos=[v for r in requests for v in r.videos] or None,
+    )
+    prompt_tokens = inputs["attention_mask"].sum(-1).tolist()
+    limit = vlm.config.text.max_position_embeddings
+    if max(prompt_tokens) + max_new_tokens > limit:
+        raise ValueError(
+            f"prompt of {max(prompt_tokens)} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
+            f"{limit} positions"
+        )
+    device = vlm.model.lm_head.weight.device
+    inputs = {k: v.to(device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    sampler = Sampler(
+        params, batch=len(requests), vocab_size=vlm.config.text.vocab_size, device=device, generator=generator
+    )
+    stop_ids = stop_token_ids(vlm)
+    tokens = TokenStream(
+        vlm.model, inputs, max_new_tokens=max_new_tokens, sampler=sampler, stop_token_ids=stop_ids,
+        pad_token_id=_pad_id(vlm, stop_ids),
+    )
+    rows = [_RowText(processor.decode, stop_strings) for _ in requests]
+    sizes = [r.images[-1].size if r.images else None for r in requests]
+    results: list[Generation] = []
+    events = _run(tokens, rows, set(stop_ids), prompt_tokens, sizes, results, streaming=stream)
+    if stream:
+        return GenerationStream(events, results)
+    for _ in events:
+        pass
+    return results if batched else results[0]
+
+
+def _run(
+    tokens: TokenStream,
+    rows: list[_RowText],
+    stop_ids: set[int],
+    prompt_tokens: list[int],
+    sizes: list[tuple[int, int] | None],
+    results: list[Generation],
+    *,
+    streaming: bool,
+) -> Iterator[tuple[Channel, str]]:
+    done = [False] * len(rows)
+    stopped = [False] * len(rows)
+    steps = iter(tokens)
+    try:
+        for ids in steps:
+            for b, (row, token) in enumerate(zip(rows, ids)):
+                if done[b]:
+                    continue
+                row.add(token, is_stop_token=token in stop_ids)
+                stopped[b] = token in stop_ids or row.stopped_by_string
+                done[b] = stopped[b]
+            if streaming:
+                yield from rows[0].new_pieces(final=False)
+            if all(done):
+                break
+    finally:
+        steps.close()  # frees the cache now, also when the consumer stops early
+    if streaming:
+        yield from rows[0].new_pieces(final=True)
+    rate = tokens.decode_steps / tokens.decode_s if tokens.decode_s > 0 else 0.0
+    for b, row in enumerate(rows):
+        answer, thinking = row.split(final=True)
+        boxes = [to_pixels(t, width=sizes[b][0], height=sizes[b][1]) for t in parse_boxes(answer)] if sizes[b] else []
+        results.append(
+            Generation(
+                text=answer, thinking=thinking, boxes=boxes, token_ids=row.ids,
+                finish_reason="stop" if stopped[b] else "length", prompt_tokens=int(prompt_tokens[b]),
+                prefill_s=tokens.prefill_s, decode_tokens_per_s=rate,
+            )
+        )
+
+
+def _stop_strings(stop: str | Sequence[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    stops = (stop,) if isinstance(stop, str) else tuple(stop) if isinstance(stop, Sequence) else None
+    if stops is None or not all(isinstance(s, str) and s for s in stops):
+        raise ValueError(f"stop={stop!r:.80}: expected a non-empty string or a list of non-empty strings")
+    return stops
+
+
+def _requests(prompt: Any, *, images: Any, videos: Any, system: str | None) -> tuple[list[_Request], bool]:
+    """One request per prompt; `batched` when a list of prompts (or conversations) was given."""
+    if isinstance(prompt, str):
+        return [_request(prompt, images, videos, system)], False
+    if isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
+        return [_request(prompt, images, videos, system)], False
+    if isinstance(prompt, Sequence) and prompt and all(isinstance(p, (str, Sequence)) for p in prompt):
+        n = len(prompt)
+        per_row_images = _per_row("images", images, n)
+        per_row_videos = _per_row("videos", videos, n)
+        return [_request(p, i, v, system) for p, i, v in zip(prompt, per_row_images, per_row_videos)], True
+    raise ValueError(
+        f"prompt_or_messages={prompt!r:.80}: expected a string, a list of messages (dicts with 'role' and "
+        "'content'), or a non-empty list of those for a batch"
+    )
+
+
+def _per_row(name: str, media: Any, n: int) -> list[Any]:
+    if media is None:
+        return [None] * n
+    if not isinstance(media, Sequence) or isinstance(media, str) or len(media) != n:
+        raise ValueError(f"{name}: with a batch of {n} prompts, pass one entry (a list, or None) per prompt")
+    return list(media)
+
+
+def _request(prompt: Any, images: Any, videos: Any, system: str | None) -> _Request:
+    from .processor import _as_image_list, _as_video_list, media_of
+
+    if isinstance(prompt, str):
+        image_list = [load_image(i) for i in _as_image_list(images)]
+        video_list = _as_video_list(videos)
+        parts = [{"type": "image", "image": i} for i in image_list]
+        parts += [{"type": "video", "video": v} for v in video_list] + [{"type": "text", "text": prompt}]
+        messages: list[dict[str, Any]] = [{"role": "user", "content": parts}]
+    else:
+        if images is not None or videos is not None:
+            raise ValueError("images=/videos= go with a string prompt; in messages, put them in image/video parts")
+        messages = [dict(m) for m in prompt]
+        for m in messages:
+            if "role" not in m or "content" not in m:
+                raise ValueError(f"message {m!r:.80}: expected a dict with 'role' and 'content'")
+        found_images, video_list = media_of(messages)
+        image_list = [load_image(i) for i in found_images]
+        messages = _with_images(messages, iter(image_list))
+    if system is not None:
+        if any(m.get("role") == "system" for m in messages):
+            raise ValueError("system= was given but the messages already hold a system message")
+        messages = [{"role": "system", "content": system}, *messages]
+    return _Request(messages=messages, images=image_list, videos=list(video_list))
+
+
+def _with_images(messages: list[dict[str, Any]], opened: Iterator[Any]) -> list[dict[str, Any]]:
+    """The messages with each image part's value replaced by its opened image (same order as media_of)."""
+    out = []
+    for m in messages:
+        content = m["content"]
+        if not isinstance(content, str) and content is not None:
+            parts = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, Mapping) else None
+                if isinstance(part, Mapping) and (kind in ("image", "image_url") or (kind is None and "image" in part)):
+                    part = {"type": "image", "image": next(opened)}
+                parts.append(part)
+            m = {**m, "content": parts}
+        out.append(m)
+    return out
+
+
+def _render(processor: Any, messages: list[dict[str, Any]], thinking: bool | None) -> str:
+    if thinking is None:  # the processor's (and the template's) own default
+        return processor.apply_chat_template(messages)
+    return processor.apply_chat_template(messages, thinking=thinking)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint settings
+
+
+def stop_token_ids(vlm: VLM) -> tuple[int, ...]:
+    """Ids that end a generation: generation_config.json, config eos ids, the tokenizer's turn ends."""
+    ids: list[int] = list(vlm.config.text.eos_token_ids)
+    ids += read_generation_config(getattr(vlm, "path", None)).get("eos_token_ids", [])
+    if vlm.processor is not None and hasattr(vlm.processor, "stop_token_ids"):
+        ids += [i for i in vlm.processor.stop_token_ids if isinstance(i, int) and i >= 0]
+    return tuple(dict.fromkeys(ids))
+
+
+def _pad_id(vlm: VLM, stop_ids: tuple[int, ...]) -> int:
+    pad = vlm.config.text.pad_token_id
+    return pad if pad is not None else (stop_ids[0] if stop_ids else 0)
+
+
+def read_generation_config(path: str | os.PathLike | None) -> dict[str, list[int]]:
+    """`eos_token_ids` from a checkpoint's generation_config.json ({} when absent)."""
+    if path is None or not (Path(path) / "generation_config.json").is_file():
+        return {}
+    raw = json.loads((Path(path) / "generation_config.json").read_text(encoding="utf-8"))
+    eos = raw.get("eos_token_id")
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return {"eos_token_ids": eos}
