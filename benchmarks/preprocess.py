@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import PIL.Image
 import PIL.ImageDraw
@@ -55,13 +56,17 @@ def make_video(path: Path) -> Path:
     return path
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    times = []
+def median_ms(candidates: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """Round-robin: one run of each candidate per round, so a busy machine slows all alike.
+    Returns the median times and each candidate's last output."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    outputs: dict[str, Any] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            outputs[name] = fn()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}, outputs
 
 
 def main() -> None:
@@ -85,16 +90,17 @@ def main() -> None:
         shot = PIL.Image.open(shot_path).convert("RGB")
         video_path = args.video or make_video(Path(tmp) / "video.mp4")
 
-        rows = [
-            ("1920x1080 screenshot", "ours (from the PNG path)",
-             median_ms(lambda: ours(text=IMAGE_PROMPT, images=[shot_path]), args.repeats)),
-            ("1920x1080 screenshot", "ours (PIL image)",
-             median_ms(lambda: ours(text=IMAGE_PROMPT, images=[shot]), args.repeats)),
-            ("1920x1080 screenshot", "transformers, PIL backend (PIL image)",
-             median_ms(lambda: reference_pil(text=IMAGE_PROMPT, images=[shot], return_tensors="pt"), args.repeats)),
-            ("1920x1080 screenshot", "transformers, torchvision backend (PIL image)",
-             median_ms(lambda: reference_tv(text=IMAGE_PROMPT, images=[shot], return_tensors="pt"), args.repeats)),
-        ]
+        image_ms, image_out = median_ms(
+            {
+                "ours (from the PNG path)": lambda: ours(text=IMAGE_PROMPT, images=[shot_path]),
+                "ours (PIL image)": lambda: ours(text=IMAGE_PROMPT, images=[shot]),
+                "transformers, PIL backend (PIL image)":
+                    lambda: reference_pil(text=IMAGE_PROMPT, images=[shot], return_tensors="pt"),
+                "transformers, torchvision backend (PIL image)":
+                    lambda: reference_tv(text=IMAGE_PROMPT, images=[shot], return_tensors="pt"),
+            },
+            args.repeats,
+        )
 
         def reference_video():
             frames, metadata = reference_load_video(
@@ -103,14 +109,17 @@ def main() -> None:
             return reference_tv(text=VIDEO_PROMPT, videos=[frames], video_metadata=[metadata],
                                 do_sample_frames=False, return_tensors="pt")
 
-        rows += [
-            ("60 s 1080p video", "ours (decode + sample + preprocess)",
-             median_ms(lambda: ours(text=VIDEO_PROMPT, videos=[video_path]), args.repeats)),
-            ("60 s 1080p video", "transformers (its decord loader + processor)",
-             median_ms(reference_video, args.repeats)),
-        ]
-        inputs = ours(text=VIDEO_PROMPT, videos=[video_path])
-        image_inputs = ours(text=IMAGE_PROMPT, images=[shot])
+        video_ms, video_out = median_ms(
+            {
+                "ours (decode + sample + preprocess)": lambda: ours(text=VIDEO_PROMPT, videos=[video_path]),
+                "transformers (its decord loader + processor)": reference_video,
+            },
+            args.repeats,
+        )
+        rows = [("1920x1080 screenshot", who, ms) for who, ms in image_ms.items()]
+        rows += [("60 s 1080p video", who, ms) for who, ms in video_ms.items()]
+        image_inputs = image_out["ours (PIL image)"]
+        inputs = video_out["ours (decode + sample + preprocess)"]
 
     print(f"{'input':<22} {'processor':<48} {'median ms':>10}")
     for name, who, ms in rows:
