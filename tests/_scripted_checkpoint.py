@@ -105,7 +105,7 @@ def _tiny_model(tokenizer, ids: dict[str, int], dim: int):
     text = dict(vocab_size=len(tokenizer), hidden_size=dim, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=dim // _HEAD_DIM, num_key_value_heads=1, moe_intermediate_size=32,
                 n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1,
-                max_position_embeddings=4096, eos_token_id=ids["<|endoftext|>"],
+                max_position_embeddings=32768, eos_token_id=ids["<|endoftext|>"],
                 pad_token_id=ids["<|endoftext|>"],
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
                                  "mrope_section": [4, 6, 6]})
