@@ -13,6 +13,16 @@ from train.config import LoraOptions
 from train.lora import describe, load_adapter, merge, target_module_names, wrap
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on this shared 2-core machine two threads contend and run the tiny
+    model ~20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A reference checkpoint written by transformers and a LoRA adapter trained on it by the CLI."""

@@ -26,11 +26,21 @@ from torch import nn
 
 @dataclass(frozen=True)
 class MoELayer:
-    """One MoE block: its module name, the module (with `tokens_per_expert`) and its bias buffer."""
+    """One MoE block: its module name, the module (with `tokens_per_expert`) and where its bias lives.
+
+    The bias tensor is looked up on every access, never cached: moving the model (`.to(device)`)
+    or wrapping it for DDP replaces buffer tensors, and a cached reference would silently update
+    a stale copy.
+    """
 
     name: str
     module: nn.Module
-    bias_E: torch.Tensor
+    bias_owner: nn.Module
+    bias_name: str
+
+    @property
+    def bias_E(self) -> torch.Tensor:
+        return getattr(self.bias_owner, self.bias_name)
 
 
 def find_moe_layers(model: nn.Module) -> list[MoELayer]:
@@ -39,10 +49,12 @@ def find_moe_layers(model: nn.Module) -> list[MoELayer]:
     for name, module in model.named_modules():
         if not hasattr(module, "tokens_per_expert"):
             continue
-        biases = [b for n, b in module.named_buffers() if n.endswith("e_score_correction_bias")]
+        biases = [n for n, _ in module.named_buffers() if n.endswith("e_score_correction_bias")]
         if len(biases) != 1:
             raise ValueError(f"MoE module {name!r} has {len(biases)} e_score_correction_bias buffers, expected 1")
-        layers.append(MoELayer(name, module, biases[0]))
+        owner_path, _, buffer_name = biases[0].rpartition(".")
+        owner = module.get_submodule(owner_path) if owner_path else module
+        layers.append(MoELayer(name, module, owner, buffer_name))
     return layers
 
 

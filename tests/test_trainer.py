@@ -1,0 +1,133 @@
+"""The trainer end to end on a tiny model: the loss falls; a run killed mid-way and resumed
+continues the same loss curve; two processes (gloo, CPU) equal one process with the same
+global batch; bad records are skipped, counted and reported by line."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from _train_utils import metrics, write_dataset
+from train.config import TrainConfig
+from train.data import BadRecordError
+from train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on this shared 2-core machine two threads contend and run the tiny
+    model ~20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _config(tmp_path, data, **overrides):
+    base = dict(mode="sft", model="tiny", data=str(data), output=str(tmp_path / "out"), max_steps=6, lr=3e-3,
+                batch_size=2, grad_accum=2, max_length=256, progress=False, seed=0)
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.mark.slow
+def test_loss_falls_and_the_run_writes_a_loadable_checkpoint(tmp_path):
+    data = write_dataset(tmp_path, 8)
+    cfg = _config(tmp_path, data, max_steps=14, batch_size=4, grad_accum=1, lr=1e-2, optimizer="muon",
+                  warmup_steps=2)
+    result = Trainer(cfg).train()
+    losses = [result.losses[s] for s in sorted(result.losses)]
+    assert losses[-1] < 0.6 * losses[0], losses
+    rows = metrics(Path(cfg.output))
+    assert [r["step"] for r in rows] == list(range(1, 15))
+    assert all(r["moe/max_over_mean"] >= 1.0 for r in rows)  # per-layer expert load is logged
+
+    from vlm import VLM
+
+    trained = VLM.from_pretrained(cfg.output)
+    assert trained.processor is not None  # tokenizer files shipped with the weights
+    biases = [b for n, b in trained.model.named_buffers() if n.endswith("e_score_correction_bias")]
+    assert biases and all(b.abs().max() > 0 for b in biases)  # loss-free balance moved them
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_on_the_same_loss_curve(tmp_path):
+    data = write_dataset(tmp_path, 10)  # 10 samples, global batch 4: the run crosses epochs
+    reference = Trainer(_config(tmp_path / "a", data)).train().losses
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_4(step, loss):
+        if step == 4:
+            raise Killed
+
+    cfg = _config(tmp_path / "b", data, save_every=3, keep_last=1)
+    with pytest.raises(Killed):
+        Trainer(cfg).train(on_step=kill_at_4)
+    resumed = Trainer(dataclasses.replace(cfg, resume=True)).train().losses
+    assert sorted(resumed) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert resumed[step] == pytest.approx(reference[step], abs=1e-6), (step, resumed, reference)
+    # metrics.jsonl shows one continuous curve (the killed run's step 4 line was dropped).
+    rows = metrics(Path(cfg.output))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in rows] == pytest.approx([reference[s] for s in range(1, 7)], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+    data = write_dataset(tmp_path, 8)
+    one = Trainer(_config(tmp_path / "one", data, max_steps=3, batch_size=2, grad_accum=2)).train().losses
+    out = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    # On a machine without GPUs `accelerate launch` starts ONE process unless --multi_gpu asks for
+    # its torchrun launcher; the trainer then runs gloo on CPU.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "train", "sft",
+           "--model", "tiny", "--data", str(data), "--output", str(out), "--max-steps", "3", "--lr", "3e-3",
+           "--batch-size", "2", "--grad-accum", "1", "--max-length", "256", "--no-progress"]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = {r["step"]: r["loss"] for r in metrics(out) if "loss" in r}
+    assert sorted(two) == [1, 2, 3]
+    for step in (1, 2, 3):
+        assert two[step] == pytest.approx(one[step], abs=1e-5), (two, one)
+
+
+def test_bad_records_are_skipped_counted_and_reported_by_line(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"this is not a png")
+    long_answer = "word " * 400
+    extra = [
+        json.dumps({"messages": [{"role": "user", "content": [{"type": "image", "image": "broken.png"}]},
+                                 {"role": "assistant", "content": "x"}]}),  # line 5: unreadable image
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": long_answer}]}),
+        json.dumps({"messages": [{"role": "user", "content": "hi"}]}),  # line 7: no assistant turn
+        json.dumps({"messages": [{"role": "user", "content": [{"type": "image", "image": "gone.png"}]},
+                                 {"role": "assistant", "content": "x"}]}),  # line 8: missing file
+    ]
+    data = write_dataset(tmp_path, 4, extra_lines=extra)
+    trainer = Trainer(_config(tmp_path, data, max_steps=1, batch_size=4, grad_accum=1))
+    assert len(trainer.train_data) == 4
+    reasons = {line: reason for _, line, reason in trainer.bad.items}
+    assert sorted(reasons) == [5, 6, 7, 8]
+    assert reasons[5].startswith("unreadable media") and reasons[6].startswith("too long")
+    assert reasons[7].startswith("no assistant turn") and reasons[8].startswith("missing file")
+    assert "4 bad record(s) skipped" in trainer.bad.summary()
+    # Strict: the first bad record found is fatal (shape checks run before media decoding).
+    with pytest.raises(BadRecordError, match=r"data.jsonl:7: no assistant turn"):
+        Trainer(_config(tmp_path / "strict", data, strict=True))
+
+
+def test_a_fresh_run_refuses_an_output_that_holds_checkpoints(tmp_path):
+    data = write_dataset(tmp_path, 4)
+    cfg = _config(tmp_path, data, max_steps=1, batch_size=4, grad_accum=1)
+    Trainer(cfg).train()
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        Trainer(cfg).train()
