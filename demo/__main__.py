@@ -23,7 +23,10 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    vlm = VLM.from_pretrained(args.model, device=device, adapter=args.adapter)
+    try:
+        vlm = VLM.from_pretrained(args.model, device=device, adapter=args.adapter)
+    except FileNotFoundError as err:  # no checkpoint there (or no default model yet): say so, no traceback
+        parser.exit(2, f"{parser.prog}: {err}\n")
     title = f"glmv chat — {args.model.name if args.model else 'default model'}"
     build_app(vlm, title=title).queue(default_concurrency_limit=1).launch(
         server_name=args.host, server_port=args.port, show_error=True, allowed_paths=[str(EXAMPLES_DIR)])

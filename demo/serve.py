@@ -300,7 +300,10 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    vlm = VLM.from_pretrained(args.model, device=device, adapter=args.adapter)
+    try:
+        vlm = VLM.from_pretrained(args.model, device=device, adapter=args.adapter)
+    except FileNotFoundError as err:  # no checkpoint there (or no default model yet): say so, no traceback
+        parser.exit(2, f"{parser.prog}: {err}\n")
     limits = ServerLimits(max_tokens=args.max_tokens, max_images=args.max_images,
                           max_image_pixels=args.max_image_pixels, max_body_bytes=int(args.max_body_mb * 2**20),
                           max_pending=args.max_pending, allowed_local_media_path=args.allowed_local_media_path,
