@@ -181,6 +181,7 @@ class BrowserEnv:
             self._browser = launch_chromium(self._playwright, headless=headless, args=args)
             options = self._context_options(viewport, device, device_scale_factor)
             self.has_touch = bool(options.get("has_touch"))
+            self.is_mobile = bool(options.get("is_mobile"))
             self._context = self._browser.new_context(service_workers="block", **options)
             self._context.set_default_timeout(timeout_ms)
             self._context.route("**/*", self._route)
@@ -299,7 +300,7 @@ class BrowserEnv:
         # commit now, not in the middle of the next navigation
         landed = lambda url: url.startswith("chrome-error:") or not self._rules.allows(url)  # noqa: E731
         try:
-            page.wait_for_url(landed, timeout=2000)
+            page.wait_for_url(landed, timeout=min(self.timeout_ms, 10_000))
             if not page.url.startswith("chrome-error:"):
                 page.goto("about:blank")
         except PlaywrightError as error:
@@ -364,6 +365,8 @@ class BrowserEnv:
         x, y = self._screen_pixels(target, observation)
         # the screenshot shows the visual viewport; input takes layout-viewport coordinates,
         # which differ when a mobile page is zoomed (no <meta name=viewport>)
+        if not self.is_mobile:  # only mobile emulation zooms a page; skip the round trip
+            return x, y
         scale, left, top = self.page.evaluate(_VISUAL_VIEWPORT_JS)
         return left + x / scale, top + y / scale
 
