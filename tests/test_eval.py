@@ -1,15 +1,26 @@
 """The evaluation harness: a perfect model scores 1, a useless one 0, on fresh held-out data,
 and the agent loop lets a model drive a real Chromium to the episode's goal."""
 
+import io
 import json
+import random
+import re
 
 import pytest
+from PIL import Image
 
-from train.agent_steps import answer
-from train.episodes import Expert, plan_episode
+from agent.loop import Agent
+from agent.policy import ScriptedPolicy
+from train.agent_steps import Media, answer
+from train.episodes import Expert, episode_samples, plan_episode
 from train.eval import EvalResult, PageServer, evaluate, open_env, run_episode
+from train.render import Renderer, measure, prune
 from train.synth import unit_seed
-from train.render import measure
+
+
+def _same_but_url_and_time(text):
+    text = re.sub(r"https?://\S+", "<url>", text)
+    return re.sub(r"\d{4}-\d{2}-\d{2}, \d{2}:00 [AP]M", "<time>", text)
 
 
 def _text(messages):
@@ -37,8 +48,9 @@ def test_a_model_that_knows_the_answers_scores_one_and_a_silent_one_zero(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.browser
-@pytest.mark.parametrize("viewport", ["desktop", "phone"])
-def test_the_agent_loop_driven_by_an_expert_fills_the_form_and_giving_up_fails(viewport):
+def test_the_agent_loop_driven_by_an_expert_fills_the_form_and_giving_up_fails():
+    # phone only: the desktop loop is exercised by the replay test below
+    viewport = "phone"
     seed = unit_seed("heldout", 0, 1)
     page, goal = plan_episode(seed, "form", fields=2)
     fmt = "desktop" if viewport == "desktop" else "mobile"
@@ -68,3 +80,38 @@ def test_result_groups_and_accuracy():
         result.add(group, ok)
     assert result.report().splitlines() == ["grounding: desktop 1/2 = 0.500", "grounding: phone 1/1 = 1.000",
                                             "accuracy: 0.6667"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.parametrize("viewport,kind,fmt", [("desktop", "form", "desktop"), ("phone", "login", "mobile"),
+                                                ("desktop", "dropdown", "web")])
+def test_recorded_episode_prompts_equal_what_the_agent_loop_sends(viewport, kind, fmt):
+    # Training data and the live agent must show the model the same text and screenshots:
+    # replay the recorded answers through the agent loop and compare every prompt.
+    seed, media = 5, Media("t")
+    with Renderer() as renderer:
+        samples = episode_samples(renderer, seed, viewport, random.Random(0), media, kind=kind, fmt=fmt)
+    assert samples
+    page, goal = plan_episode(seed, kind)
+    policy = ScriptedPolicy([s.messages[-1]["content"] for s in samples])
+    server, env = PageServer(), open_env(viewport, set_of_marks=fmt == "web")
+    try:
+        env.goto(server.url(page))
+        prune(env.page, viewport)
+        agent = Agent(policy=policy, env=env, platform=fmt, confirm=lambda s: True)
+        trajectory = agent.run(goal.task, max_steps=20)
+        assert trajectory.status in ("done", "answered") and goal.achieved(env.page)
+    finally:
+        env.close()
+        server.close()
+    assert len(policy.calls) == len(samples)
+    for step, (live, recorded) in enumerate(zip(policy.calls, samples)):
+        live_parts, recorded_parts = live[0]["content"], recorded.messages[0]["content"]
+        assert [p["type"] for p in live_parts] == [p["type"] for p in recorded_parts]
+        for a, b in zip(live_parts, recorded_parts):
+            if a["type"] == "text":  # the web prompt's URL and clock differ by construction
+                assert _same_but_url_and_time(a["text"]) == _same_but_url_and_time(b["text"])
+            else:
+                recorded_image = Image.open(io.BytesIO(media.files[b["image"]])).convert("RGB")
+                assert a["image"].convert("RGB").tobytes() == recorded_image.tobytes(), step

@@ -49,7 +49,7 @@ def test_action_answers_parse_back_and_target_the_element(rendered_pages, fmt):
         media = Media("t")
         png = marked.png if fmt == "web" else rendered.png
         screen = Screen(decode(png), media.add_png(png))
-        for sample in action_samples(rendered, screen, random.Random(1), media, fmt=fmt, marks=marked.marks, n=6):
+        for sample in action_samples(rendered, screen, random.Random(1), media, fmt=fmt, marked=marked, n=6):
             assert sample.messages[0]["role"] == "user" and len(sample.messages) == 2  # history in one message
             assert sample.messages[0]["content"][-1] == {"type": "image", "image": screen.path}  # screenshot last
             assert sample.meta["task"] in sample.messages[0]["content"][0]["text"]

@@ -25,10 +25,10 @@ from PIL import Image
 from agent import prompts
 from agent.actions import Action, Answer, Click, Done, Mark, Type
 from agent.formats.common import ParsedResponse
-from agent.parsing import serialise_action, serialise_response
+from agent.parsing import parse_response, serialise_action, serialise_response
 from agent.prompts import PastStep
 from train import vocab
-from train.render import Placed, Rendered
+from train.render import Marked, Placed, Rendered
 from train.tasks import Sample, unique_targets
 
 Format = Literal["desktop", "mobile", "web"]
@@ -88,10 +88,11 @@ def type_into(fmt: Format, placed: Placed, mark: int | None, text: str) -> Actio
 
 
 def messages(fmt: Format, task: str, screen: Screen, history: list[PastStep], media: Media, *,
-             url: str, now: datetime) -> list[dict[str, Any]]:
+             url: str, now: datetime, web_elements: str = "") -> list[dict[str, Any]]:
     """The agent's prompt for this step, with image parts as file paths."""
     if fmt == "web":  # the builder's clock would make the text depend on when data was made
-        built = prompts.web_messages(task, screen.image, history, url=url, now=now, images="pil")
+        built = prompts.web_messages(task, screen.image, history, url=url, now=now, web_elements=web_elements,
+                                     images="pil")
     else:
         built = prompts.build_messages(fmt, task, screen.image, history, images="pil")
     for message in built:
@@ -104,6 +105,14 @@ def messages(fmt: Format, task: str, screen: Screen, history: list[PastStep], me
 def answer(fmt: Format, action: Action, reason: str) -> str:
     memory = {"desktop": "[]", "mobile": "", "web": "{}"}[fmt]
     return serialise_response(ParsedResponse(action, reason=reason, memory=memory), fmt)
+
+
+def past_step(action: Action, text: str, fmt: Format, screenshot: Image.Image) -> PastStep:
+    """How the agent loop records a step for the next prompt's history (`Agent._past`): the
+    canonical action and the reason and memory parsed back from the answer."""
+    parsed = parse_response(text, fmt)
+    return PastStep(serialise_action(action, fmt), reason=parsed.reason or "", memory=parsed.memory,
+                    screenshot=screenshot)
 
 
 def clock(rng: random.Random) -> datetime:
@@ -155,8 +164,11 @@ def english_label(text: str) -> str:
 
 
 def action_samples(rendered: Rendered, screen: Screen, rng: random.Random, media: Media, *, fmt: Format,
-                   marks: tuple[str | None, ...] = (), n: int) -> list[Sample]:
-    """Up to `n` single-step tasks on `rendered` in format `fmt` (web: `screen` carries the marks)."""
+                   marked: Marked | None = None, n: int) -> list[Sample]:
+    """Up to `n` single-step tasks on `rendered` in format `fmt` (web: `screen` is `marked`'s)."""
+    if fmt == "web" and marked is None:
+        raise ValueError("the web format needs the set-of-marks screenshot (marked=...)")
+    marks = marked.marks if marked else ()
     verb = "tap" if rendered.viewport == "phone" else "click"
     candidates = [p for p in unique_targets(rendered) if p.element.role != "heading"]
     if fmt == "web":
@@ -175,7 +187,8 @@ def action_samples(rendered: Rendered, screen: Screen, rng: random.Random, media
             task = instruction(placed, rng, verb=verb)
             action = click(fmt, placed, mark)
             reason = f"To do this I {verb} {placed.element.description}."
-        prompt = messages(fmt, task, screen, [], media, url=rendered.page.url, now=clock(rng))
+        prompt = messages(fmt, task, screen, [], media, url=rendered.page.url, now=clock(rng),
+                          web_elements=marked.web_elements if marked and fmt == "web" else "")
         meta = {"kind": "action", "page_seed": rendered.page.seed, "viewport": rendered.viewport,
                 "task": task, **action_meta(fmt, action, placed, mark)}
         samples.append(Sample([*prompt, {"role": "assistant", "content": answer(fmt, action, reason)}], meta))

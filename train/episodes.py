@@ -23,10 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from agent.actions import Action, Answer, Click, Done, Mark, Point, Box, Type
-from agent.parsing import serialise_action
-from agent.prompts import PastStep
 from train.agent_steps import (Format, Media, Screen, action_meta, answer, clock, click, decode,
-                               english_label, field_value, messages, type_into)
+                               english_label, field_value, messages, past_step, type_into)
 from train.pages import CARD_KINDS, Page, generate_page
 from train.render import Marked, Rendered, Renderer, Viewport
 from train.tasks import Sample
@@ -211,14 +209,16 @@ def episode_samples(renderer: Renderer, seed: int, viewport: Viewport, rng: rand
         if fmt == "web" and eid and mark is None:
             return []
         placed = rendered.find(eid) if eid else None
-        prompt = messages(fmt, goal.task, screen, history, media, url=page.url, now=now)
+        prompt = messages(fmt, goal.task, screen, history, media, url=page.url, now=now,
+                          web_elements=marked.web_elements if marked else "")
         meta = {"kind": "action", "episode": kind, "step": step, "page_seed": seed, "viewport": viewport,
                 "task": goal.task, **action_meta(fmt, action, placed, mark)}
-        samples.append(Sample([*prompt, {"role": "assistant", "content": answer(fmt, action, reason)}], meta))
+        text = answer(fmt, action, reason)
+        samples.append(Sample([*prompt, {"role": "assistant", "content": text}], meta))
         if isinstance(action, (Done, Answer)):
             break
         execute(tab, resolve_marks(action, marked, rendered), rendered, touch=viewport == "phone")
-        history.append(PastStep(serialise_action(action, fmt), reason=reason, memory=None, screenshot=screen.image))
+        history.append(past_step(action, text, fmt, screen.image))
     if not goal.achieved(tab):
         log.warning("expert episode %s (%s, %s) did not reach its goal; dropped", seed, kind, viewport)
         return []

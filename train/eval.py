@@ -145,11 +145,11 @@ class _PILPolicy:
         return self.model(messages_)
 
 
-def open_env(viewport: Viewport) -> Any:
+def open_env(viewport: Viewport, *, set_of_marks: bool = False) -> Any:
     """The agent's `BrowserEnv` at the data engine's desktop or phone viewport."""
     from agent.browser import BrowserEnv
 
-    return BrowserEnv(device=dict(VIEWPORTS[viewport]))
+    return BrowserEnv(device=dict(VIEWPORTS[viewport]), set_of_marks=set_of_marks)
 
 
 def run_episode(model: ModelFn, env: Any, server: PageServer, seed: int, viewport: Viewport, *,

@@ -75,7 +75,11 @@ def preset_for_tokenizer(name: str, tokenizer: Any) -> VLMConfig:
     fn = getattr(presets, name, None)
     if name.startswith("_") or not callable(fn):
         raise ValueError(f"--model {name!r}: not a directory and not a preset of vlm.config (e.g. 'tiny')")
-    cfg = fn()
+    return fit_to_tokenizer(fn(), tokenizer)
+
+
+def fit_to_tokenizer(cfg: VLMConfig, tokenizer: Any) -> VLMConfig:
+    """`cfg` with the vocabulary size, end and padding ids and vision special ids of `tokenizer`."""
     ids = {field: tokenizer.convert_tokens_to_ids(token) for field, token in (
         ("image_token_id", "<|image|>"), ("video_token_id", "<|video|>"),
         ("image_start_token_id", "<|begin_of_image|>"), ("image_end_token_id", "<|end_of_image|>"),

@@ -315,7 +315,7 @@ def generate_page(seed: int, *, cards: tuple[BlockKind, ...] | None = None,
 
 def _css(t: Theme, font: str, *, font_px: int, radius_px: int, pad_px: int) -> str:
     return f"""
-*{{box-sizing:border-box}}
+*{{box-sizing:border-box;-webkit-tap-highlight-color:transparent}}
 body{{margin:0;background:{t.background};color:{t.foreground};font:{font_px}px '{font}',sans-serif}}
 header{{display:flex;flex-wrap:wrap;align-items:center;gap:{pad_px}px 18px;padding:{pad_px}px 16px;background:{t.card};border-bottom:1px solid {t.border}}}
 .brand{{font-weight:bold;font-size:1.2em;color:{t.accent}}}
@@ -336,6 +336,7 @@ ul{{margin:0;padding-left:20px}} li{{padding:2px 0}} table{{border-collapse:coll
 .menu[hidden]{{display:none}} .menuitem,.option{{border:none;border-radius:0;text-align:left;background:none}}
 .backdrop{{position:fixed;inset:0;z-index:10;background:rgba(0,0,0,.45);display:flex;align-items:center;justify-content:center}}
 .dialog{{min-width:240px}} .status:empty{{display:none}}
+:focus-visible{{outline:2px solid {t.accent};outline-offset:1px}}
 """
 
 

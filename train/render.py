@@ -24,7 +24,11 @@ from typing import Any, Literal
 
 from agent import set_of_marks
 from agent.actions import MODEL_SPACE, Box
+from agent.browser import _DESCRIBE_JS  # the exact script BrowserEnv.describe runs (no public name yet)
 from agent.chromium import launch_chromium
+from agent.environment import ElementInfo
+from agent.loop import MAX_DESCRIBED_MARKS
+from agent.prompts import describe_marks
 from train.pages import Element, Page
 
 Viewport = Literal["desktop", "phone"]
@@ -74,9 +78,22 @@ class Marked:
 
     png: bytes
     marks: tuple[str | None, ...]  # None: a marked element no task refers to
+    web_elements: str  # the element list the agent loop writes into the web prompt
 
     def mark_of(self, element_id: str) -> int | None:
         return self.marks.index(element_id) if element_id in self.marks else None
+
+
+def _describe_marks(tab: Any, boxes: list[Box], rendered: Rendered) -> str:
+    """The web prompt's element list, made as the agent loop makes it: `BrowserEnv.describe`'s
+    script at each label's model-space centre (the first `MAX_DESCRIBED_MARKS` labels), then
+    `describe_marks`. Our pages are never zoomed, so screen and layout pixels agree."""
+    infos = {}
+    for mark_id, box in enumerate(boxes[:MAX_DESCRIBED_MARKS]):
+        info = tab.evaluate(_DESCRIBE_JS, list(box.center.to_pixels(rendered.width, rendered.height)))
+        if info is not None:
+            infos[mark_id] = ElementInfo(**info)
+    return describe_marks(infos)
 
 
 def _element_at(box: tuple[float, float, float, float], rendered: Rendered) -> str | None:
@@ -183,7 +200,9 @@ class Renderer:
             png = tab.screenshot(type="png", animations="disabled", caret="hide")
         finally:
             set_of_marks.erase(tab)
-        return Marked(png, tuple(_element_at(box, rendered) for box in boxes))
+        model_boxes = [set_of_marks.to_model_space(b, rendered.width, rendered.height) for b in boxes]
+        return Marked(png, tuple(_element_at(box, rendered) for box in boxes),
+                      _describe_marks(tab, model_boxes, rendered))
 
     def close(self) -> None:
         """Close the browser; safe to call twice (a worker's exit finalizer may call it again)."""

@@ -129,7 +129,7 @@ def _page_unit(kind: Kind, seed: int, viewport: Viewport, rng: random.Random, me
     marked_screen = agent_steps.Screen(agent_steps.decode(marked.png), media.add_png(marked.png))
     native = "desktop" if viewport == "desktop" else "mobile"
     return [*agent_steps.action_samples(rendered, screen, rng, media, fmt=native, n=SAMPLES_PER_UNIT["action"]),
-            *agent_steps.action_samples(rendered, marked_screen, rng, media, fmt="web", marks=marked.marks,
+            *agent_steps.action_samples(rendered, marked_screen, rng, media, fmt="web", marked=marked,
                                         n=SAMPLES_PER_UNIT["action"])]
 
 
