@@ -48,7 +48,7 @@ BEGIN_VIDEO, END_VIDEO = "<|begin_of_video|>", "<|end_of_video|>"
 _PLACEHOLDER = re.compile(re.escape(IMAGE_TOKEN) + "|" + re.escape(VIDEO_TOKEN))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Processor:
     """Tokenizer plus image and video preprocessing, with transformers' Glm4vProcessor contract."""
 
