@@ -29,7 +29,7 @@ from typing import Any, Iterator, Literal
 
 from tqdm import tqdm
 
-from train import agent_steps, tasks, videos
+from train import agent_steps, episodes, tasks, videos
 from train.pages import generate_page
 from train.render import Renderer, Viewport
 from train.tasks import Sample
@@ -104,8 +104,6 @@ def make_unit(config: SynthConfig, index: int, out: Path) -> list[dict[str, Any]
         videos.write_video(script, out / path)
         samples = videos.video_samples(script, path, rng, n=SAMPLES_PER_UNIT["video"])
     elif kind == "episode":
-        from train import episodes
-
         samples = episodes.episode_samples(_worker_renderer(), seed, viewport, rng, media)
     else:
         samples = _page_unit(kind, seed, viewport, rng, media)
