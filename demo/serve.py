@@ -121,7 +121,11 @@ class EngineQueue:
                 put(("error", err))
 
         self._submit(run)
-        first = await items.get()
+        try:
+            first = await items.get()
+        except asyncio.CancelledError:  # the client left while queued or during prefill
+            cancelled.set()
+            raise
         if first[0] == "error":
             raise _engine_error(first[1])
         return first, items, cancelled
