@@ -98,6 +98,7 @@ def test_streamed_pieces_join_to_the_non_streamed_text(scripted, picture):
                                           "decode_tokens_per_s": stream.result.decode_tokens_per_s})
 
 
+@pytest.mark.slow
 def test_sampled_stream_equals_sampled_generation_with_the_same_seed(random_pair):
     vlm, _ = random_pair
     kwargs = dict(max_new_tokens=24, temperature=1.3, top_p=0.95, top_k=50, seed=7, thinking=False)
@@ -121,6 +122,7 @@ def test_boxes_are_in_pixels_of_the_original_image(scripted, picture):
 # Engine invariants
 
 
+@pytest.mark.slow
 def test_batch_equals_one_at_a_time(random_pair, picture):
     vlm, _ = random_pair
     prompts = ["Hi.", "A much longer question about the weather in the mountains today?", "What is in it?"]
@@ -132,6 +134,7 @@ def test_batch_equals_one_at_a_time(random_pair, picture):
     assert len({g.prompt_tokens for g in batch}) == 3  # the rows really were left-padded
 
 
+@pytest.mark.slow
 def test_cached_decode_equals_recomputation(random_pair, picture):
     """Each cached step's logits equal a full forward over the whole sequence so far (rope_delta
     from an image, and a left-padded row)."""
@@ -169,6 +172,7 @@ def test_decode_step_logits_equal_full_forward_logits(random_pair):
     torch.testing.assert_close(torch.cat(logits), full, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_greedy_tokens_equal_transformers(random_pair, picture):
     vlm, reference = random_pair
     proc = vlm.processor
@@ -213,6 +217,7 @@ def test_checkpoint_stop_token_and_length_limit(scripted, picture):
     assert cut.finish_reason == "length" and cut.token_ids == done.token_ids[:5]
 
 
+@pytest.mark.slow
 def test_seed_makes_sampling_reproducible(random_pair):
     vlm, _ = random_pair
     kwargs = dict(max_new_tokens=16, temperature=1.5, thinking=False)
