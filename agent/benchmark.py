@@ -88,7 +88,7 @@ def measure(*, platform: Platform = "desktop", steps: int = 60, viewport: tuple[
                 "benchmark", start_url=url, max_steps=steps, timeout_s=3600)
     finally:
         server.shutdown()
-    stages = ("observe", "prompt", "parse", "execute")
+    stages = ("observe", "prompt", "parse", "bookkeeping", "safety", "execute")
     measured = trajectory.steps[1:]  # the first step warms caches up
     totals = [sum(s.timings_ms.get(k, 0.0) for k in stages) for s in measured]
     medians = {k: statistics.median(s.timings_ms.get(k, 0.0) for s in measured) for k in stages}

@@ -22,13 +22,13 @@ format; the web format needs `BrowserEnv(set_of_marks=True)`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from PIL import Image, ImageChops
 from agent.actions import Action, Answer, Done, Fail, Mark, Navigate
 from agent.domains import BlockedURL, DomainRules
 from agent.environment import Environment, Observation, Platform
@@ -50,7 +50,8 @@ OBSERVE_RETRY_S = 0.5
 class _State:
     history: list[PastStep] = field(default_factory=list)
     memory: str | None = None
-    last_key: tuple[Any, bytes] | None = None
+    last_action: Action | None = None
+    last_screen: Image.Image | None = None
     repeats: int = 0
 
 
@@ -170,8 +171,8 @@ class Agent:
             step.status, step.note = "loop", f"same action {self.loop_after} times on an unchanged screen"
             self._stop(trajectory, "loop", step.note)
             return step
-        step.status, step.note = self._act(action, observation)
-        lap("execute")
+        lap("bookkeeping")  # the record, secret scrubbing, the loop detector
+        step.status, step.note = self._act(action, observation, timings)
         state.history.append(self._past(action, parsed, step, observation))
         if step.status == "blocked":  # the environment stopped a navigation the action caused
             self._stop(trajectory, "blocked", step.note or "")
@@ -237,14 +238,26 @@ class Agent:
         return responses, errors, None
 
     def _is_loop(self, action: Action, observation: Observation, state: _State) -> bool:
-        # a digest of the pixels: "unchanged screen" means byte-identical screenshots
-        key = (action, hashlib.blake2b(observation.screenshot.tobytes(), digest_size=16).digest())
-        state.repeats = state.repeats + 1 if key == state.last_key else 1
-        state.last_key = key
+        """The same action on an unchanged (pixel-identical) screen `loop_after` times in a row?
+        Pixels are compared only when the action repeats, so a normal step pays nothing."""
+        screen = observation.screenshot
+        same = (action == state.last_action and state.last_screen is not None
+                and state.last_screen.size == screen.size and state.last_screen.mode == screen.mode
+                and ImageChops.difference(state.last_screen, screen).getbbox() is None)
+        state.repeats = state.repeats + 1 if same else 1
+        state.last_action, state.last_screen = action, screen
         return state.repeats >= self.loop_after
 
-    def _act(self, action: Action, observation: Observation) -> tuple[str, str | None]:
+    def _act(self, action: Action, observation: Observation, timings: dict[str, float]) -> tuple[str, str | None]:
         """Safety checks, then execution; returns the step status and a note."""
+        start = time.perf_counter()
+        try:
+            return self._check_and_execute(action, observation, timings, start)
+        finally:
+            timings["execute"] = (time.perf_counter() - start) * 1000 - timings.get("safety", 0.0)
+
+    def _check_and_execute(self, action: Action, observation: Observation, timings: dict[str, float],
+                           start: float) -> tuple[str, str | None]:
         scrub = self.secrets.scrub
         try:
             revealed = self.secrets.reveal(action)
@@ -256,6 +269,7 @@ class Agent:
             except BlockedURL as error:  # refused before anything was loaded: the model may try elsewhere
                 return "refused", f"refused: {scrub(str(error))}"
         refused = check(action, observation, self.env, self.confirm)
+        timings["safety"] = (time.perf_counter() - start) * 1000
         if refused is not None:
             return "refused", f"refused: {refused.reason} needs confirmation"
         try:

@@ -2,7 +2,6 @@
 program, and the mobile format against the fake `adb` of the AndroidEnv tests."""
 
 import json
-import os
 import subprocess
 import sys
 import time
