@@ -111,7 +111,7 @@ def model_config(size: Size) -> Any:
                           num_key_value_heads=2, head_dim=64, mrope_section=(4, 6, 6), max_position_embeddings=8192,
                           n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=128,
                           first_k_dense_replace=1)
-        vision = VisionConfig(depth=4, hidden_size=192, num_heads=3, out_hidden_size=256, intermediate_size=512,
+        vision = VisionConfig(depth=4, hidden_size=128, num_heads=2, out_hidden_size=256, intermediate_size=512,
                               image_size=336)
     return VLMConfig(model_type="glm4v_moe", text=text, vision=vision)
 

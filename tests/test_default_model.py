@@ -1,0 +1,90 @@
+"""The embedded default model: its recipe's sizes, and the fixed CI check that it grounds a
+freshly generated page.
+
+Until the trained model ships in `assets/model/` (its `config.json` appears there), the check
+runs on a pilot checkpoint that `train.default_model` builds at its tiny size in tmp_path, so
+the whole path (data engine -> trainer -> shipped directory -> load -> ground) is exercised;
+the accuracy floor applies only to the shipped model, the pilot is too small to learn it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from train.default_model import IMAGE_MAX_PIXELS, SHIPPED, Recipe, make_processor, model_config, run
+from vlm.processor import ASSETS
+
+SHIPPED_MIN_HITS = 6  # of 8 held-out grounding questions (the issue's targets are 90% / 80%)
+
+
+def test_small_model_fits_the_size_limit_and_screenshots_cost_100_to_300_tokens(tmp_path):
+    from train.model import fit_to_tokenizer
+    from vlm import VLM
+    from vlm.images import smart_resize
+    from vlm.processor import Processor
+
+    init = make_processor(Recipe(retrain_tokenizer=False), tmp_path, corpus=tmp_path / "unused.jsonl")
+    processor = Processor.from_pretrained(init)
+    config = fit_to_tokenizer(model_config("small"), processor.tokenizer)
+    model = VLM.from_config(config).model
+    assert config.model_type == "glm4v_moe" and config.text.n_routed_experts > 1
+    assert sum(p.numel() for p in model.parameters()) * 4 <= 50e6  # float32 safetensors <= 50 MB
+    assert processor.image_config.max_pixels == IMAGE_MAX_PIXELS
+    for width, height in ((1280, 720), (390, 844)):  # the data engine's desktop and phone screens
+        h, w = smart_resize(height, width, min_pixels=processor.image_config.min_pixels,
+                            max_pixels=processor.image_config.max_pixels)
+        assert 100 <= (h // 28) * (w // 28) <= 300, (width, height)
+
+
+@pytest.fixture(scope="module")
+def default_model(tmp_path_factory):
+    """assets/model once it ships; until then a tiny pilot built by the recipe."""
+    if (ASSETS / "config.json").is_file():
+        return ASSETS, True
+    root = tmp_path_factory.mktemp("pilot")
+    recipe = Recipe(size="tiny", samples=8, kinds="grounding", steps=2, batch_size=4, warmup_steps=0,
+                    retrain_tokenizer=False)
+    run(recipe, out=root / "model", work=root / "work", workers=1, evaluate=False, progress=False)
+    return root / "model", False
+
+
+def _grounder(vlm):
+    def answer(messages):
+        processor = vlm.require_processor()
+        images = [p["image"] for m in messages if isinstance(m["content"], list) for p in m["content"]
+                  if p["type"] == "image"]
+        inputs = processor(text=processor.apply_chat_template(messages, thinking=False), images=images,
+                           return_tensors="pt")
+        ids = vlm.generate_ids(inputs, max_new_tokens=24)[0]
+        return processor.decode(ids)
+    return answer
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_default_model_grounds_a_freshly_generated_page(default_model, tmp_path):
+    from train.eval import evaluate
+    from vlm import VLM
+
+    path, shipped = default_model
+    assert all((path / name).is_file() for name in (*SHIPPED, "generation_config.json", "README.md"))
+    vlm = VLM.from_pretrained(path)
+    result = evaluate("grounding", _grounder(vlm), n=8, seed=11, workdir=tmp_path)
+    assert result.total == 8 and set(result.groups) <= {"desktop", "phone"}
+    if shipped:
+        assert result.correct >= SHIPPED_MIN_HITS, result.report()
+
+
+@pytest.mark.slow
+def test_transformers_loads_the_default_model_and_computes_the_same_logits(default_model):
+    from transformers import AutoModelForImageTextToText
+
+    from vlm import VLM
+
+    path, _ = default_model
+    ours = VLM.from_pretrained(path).model.float()
+    theirs = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+    ids = torch.randint(20, ours.cfg.text.vocab_size, (1, 12))
+    with torch.no_grad():
+        assert torch.allclose(ours(input_ids=ids).logits, theirs(input_ids=ids).logits, atol=1e-4)
