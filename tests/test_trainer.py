@@ -131,3 +131,18 @@ def test_a_fresh_run_refuses_an_output_that_holds_checkpoints(tmp_path):
     Trainer(cfg).train()
     with pytest.raises(FileExistsError, match="pass --resume"):
         Trainer(cfg).train()
+
+
+def test_sequence_balance_loss_reaches_the_router_under_gradient_checkpointing(tmp_path):
+    data = write_dataset(tmp_path, 4)
+
+    def router_grad(coef):
+        cfg = _config(tmp_path / str(coef), data, max_steps=1, batch_size=4, grad_accum=1, seq_aux_loss_coef=coef,
+                      gradient_checkpointing=True)
+        trainer = Trainer(cfg)
+        loss, _, _ = trainer._step(trainer._next_batches())
+        assert torch.isfinite(torch.tensor(loss))
+        return trainer.accelerator.unwrap_model(trainer.model).language_model.layers[1].mlp.gate.weight.grad.clone()
+
+    without, with_aux = router_grad(0.0), router_grad(0.5)
+    assert (with_aux - without).abs().max() > 1e-6
