@@ -1,0 +1,137 @@
+"""Training throughput (tokens/s), ours beside transformers' model in the same loop.
+
+    .venv/bin/python -m benchmarks.train_throughput            # prints a markdown table
+    .venv/bin/python -m benchmarks.train_throughput --steps 5 --threads 2 --json out.json
+
+Checkpoint: the fixed configuration of issue 5 (`benchmarks.generate.TEXT` / `VISION`, text
+hidden 512, 8 layers, 16 routed experts top-4, vision depth 8 ...), written with random weights
+by transformers' `save_pretrained`; both models load the same files, in float32.
+
+The loop is the same for both: forward on a batch of `--rows` rows, each one 224x224 image
+(64 vision tokens) followed by text up to `--seq` tokens, token-mean cross-entropy over the text,
+backward, AdamW step. Transformers runs with each of its experts implementations (eager and
+grouped_mm; batched_mm runs out of memory, see IMPLEMENTATIONS) and its fastest one is reported. Each number is the best of `--steps`
+timed steps after one warm-up step (the machine is shared; the minimum is the least disturbed
+estimate), ours and transformers' interleaved step by step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.generate import SPECIAL, TEXT, VISION
+
+# batched_mm is left out by default: it gathers one (2F, D) weight matrix per (token, expert) pair,
+# (tokens * top_k * 2F * D floats: 4 GiB per layer for 2 x 512 tokens here), and the machine's OOM
+# killer ends the run. Pass --implementations to try it.
+IMPLEMENTATIONS = ("eager", "grouped_mm")
+
+
+def write_checkpoint(directory: Path) -> None:
+    from transformers import Glm4vMoeConfig, Glm4vMoeForConditionalGeneration
+
+    torch.manual_seed(0)
+    Glm4vMoeForConditionalGeneration(Glm4vMoeConfig(text_config=TEXT, vision_config=VISION, **SPECIAL)).save_pretrained(directory)
+
+
+def make_batch(rows: int, seq: int) -> dict[str, torch.Tensor]:
+    """Rows of [begin_image, 64 image tokens, end_image, random text]; grid 1x16x16 per image."""
+    g = torch.Generator().manual_seed(0)
+    image = [SPECIAL["image_start_token_id"]] + [SPECIAL["image_token_id"]] * 64 + [SPECIAL["image_end_token_id"]]
+    text_len = seq - len(image)
+    ids = torch.stack([torch.cat([torch.tensor(image), torch.randint(100, TEXT["vocab_size"], (text_len,), generator=g)])
+                       for _ in range(rows)])
+    is_image = ids == SPECIAL["image_token_id"]
+    targets = torch.cat([ids[:, 1:], torch.full((rows, 1), -100)], dim=1)
+    targets[:, :len(image)] = -100
+    patch_dim = 3 * 2 * 14 * 14
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": is_image.long(),
+            "pixel_values": torch.randn(rows * 256, patch_dim, generator=g),
+            "image_grid_thw": torch.tensor([[1, 16, 16]] * rows), "targets": targets}
+
+
+class Runner:
+    """One model, its optimiser and the shared training step."""
+
+    def __init__(self, name: str, model: torch.nn.Module, keys: tuple[str, ...]) -> None:
+        self.name, self.model, self.keys = name, model.train(), keys
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+        self.best_s = float("inf")
+
+    def step(self, batch: dict[str, torch.Tensor]) -> float:
+        """One training step; returns its wall time in seconds."""
+        started = time.perf_counter()
+        logits = self.model(**{k: batch[k] for k in self.keys}).logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=-100)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - started
+        self.best_s = min(self.best_s, elapsed)
+        return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=2, help="rows per batch")
+    parser.add_argument("--seq", type=int, default=512, help="tokens per row (64 of them vision tokens)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per model (best is reported)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads for both")
+    parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument("--implementations", nargs="+", default=list(IMPLEMENTATIONS),
+                        help="transformers experts implementations to time")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from transformers import Glm4vMoeForConditionalGeneration
+
+    from vlm import VLM
+
+    batch = make_batch(args.rows, args.seq)
+    tokens = batch["input_ids"].numel()
+    theirs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        write_checkpoint(Path(tmp))
+        ours = Runner("ours", VLM.from_pretrained(tmp, dtype=torch.float32).model,
+                      ("input_ids", "attention_mask", "pixel_values", "image_grid_thw"))
+        ours.step(batch)  # warm-up
+        # One transformers model at a time (each holds weights + AdamW state), interleaved with ours.
+        for impl in args.implementations:
+            model = Glm4vMoeForConditionalGeneration.from_pretrained(tmp, dtype=torch.float32)
+            model.set_experts_implementation(impl)
+            runner = Runner(f"transformers ({impl})", model, ("input_ids", "attention_mask", "pixel_values",
+                                                             "image_grid_thw", "mm_token_type_ids"))
+            runner.step(batch)
+            for _ in range(args.steps):
+                runner.step(batch)
+                ours.step(batch)
+            runner.model = runner.optimizer = None
+            theirs.append(runner)
+    runners = [ours, *theirs]
+    best = min(theirs, key=lambda r: r.best_s)
+    rows = [(r.name, tokens / r.best_s) for r in runners]
+    print(f"\ntraining step, {args.rows} x {args.seq} tokens (image + text), float32, {args.threads} threads\n")
+    print("| model | tokens/s | step s |\n|---|---|---|")
+    for runner in runners:
+        print(f"| {runner.name} | {tokens / runner.best_s:.0f} | {runner.best_s:.3f} |")
+    speedup = best.best_s / ours.best_s
+    print(f"\nours vs transformers' fastest ({best.name}): {speedup:.2f}x (goal >= 1.5x)")
+    if args.json:
+        out = Path(args.json)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"tokens_per_s": dict(rows), "speedup_vs_fastest": speedup,
+                                   "threads": args.threads, "rows": args.rows, "seq": args.seq}, indent=2))
+        os.replace(tmp, out)
+
+
+if __name__ == "__main__":
+    main()
