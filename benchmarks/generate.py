@@ -241,20 +241,23 @@ def hf_prefill(model, inputs) -> None:
 
 
 _LOAD_SCRIPT = """
-import resource, sys, torch
+import re, sys, torch
 torch.set_num_threads({threads})
 sys.path.insert(0, {root!r})
 from vlm import VLM
 import transformers, safetensors.torch  # everything the load imports, before the baseline
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(key):
+    return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+before = status("VmRSS")
 vlm = VLM.from_pretrained({path!r})
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(before, after)
+print(before, status("VmHWM"))
 """
 
 
 def load_peak_mb(path: Path, threads: int) -> tuple[float, float]:
-    """(peak RSS during the load minus the imports' RSS, the imports' RSS), MB, in a fresh process."""
+    """(peak RSS during the load minus the RSS before it, the RSS before it), MB, in a fresh process.
+    The peak is reset after the imports (Linux `clear_refs`), so their own transient peak is not counted."""
     script = _LOAD_SCRIPT.format(threads=threads, root=str(ROOT), path=str(path))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     before_kb, after_kb = map(int, out.stdout.split()[-2:])
