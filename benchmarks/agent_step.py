@@ -1,14 +1,13 @@
-"""Per-step overhead of the environment side of the agent, model excluded.
+"""The agent's own overhead per step, model excluded: observe (screenshot), prompt, parse, safety
+checks and execution, in headless Chromium on a local page.
 
-    python benchmarks/agent_step.py                      # 1280x720, desktop format, 50 steps
-    python benchmarks/agent_step.py --platform web       # set-of-marks overlay drawn each step
-    python benchmarks/agent_step.py --screenshot jpeg
+    python -m benchmarks.agent_step                      # 1280x720, desktop format, 60 steps
+    python -m benchmarks.agent_step --platform web       # set-of-marks: marks drawn and described
 
-One step = `BrowserEnv.observe()` (screenshot, and marks for web) + `parse_response` of a
-canned answer in the released format + `BrowserEnv.execute()` (input plus the wait for what
-it triggered), in headless Chromium on a local page. Prompt building and safety checks are
-the loop's and are timed by `python -m agent.benchmark`; this script isolates the
-environment so a regression in the browser layer shows up on its own. Goal: median < 150 ms.
+A scripted policy answers instantly, cycling through a click, typing, a scroll and a hover, so
+the timings are the loop's and the browser's alone. `policy` time (≈0 here) is excluded from
+the total; the prompt's images stay PIL (no PNG encoding), as with a local `VLM`; an
+OpenAI endpoint adds the PNG encoding, reported separately as `encode`.
 """
 
 from __future__ import annotations
@@ -17,36 +16,37 @@ import argparse
 import statistics
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from agent.browser import BrowserEnv
-from agent.parsing import parse_response
+from agent.environment import Platform
+from agent.loop import Agent
+from agent.policy import ScriptedPolicy, to_data_urls
 
-PAGE = (b"<!doctype html><title>bench</title><style>body{margin:0;font:16px sans-serif}"
-        b".row{height:60px;border-bottom:1px solid #ddd;padding:10px}</style>"
-        b"<input id=q style='position:fixed;left:100px;top:100px;width:300px;height:40px'>"
-        b"<button style='position:fixed;left:500px;top:100px;width:200px;height:40px' "
-        b"onclick='this.textContent=Date.now()'>Go</button><div style='padding-top:200px'>"
-        + b"".join(b"<div class=row><a href=#%d>Item %d</a> text</div>" % (i, i) for i in range(60))
-        + b"</div>")
+PAGE = b"""<!doctype html><title>bench</title><style>body{margin:0;font:16px sans-serif}
+.row{height:60px;border-bottom:1px solid #ddd;padding:10px} button{width:200px;height:40px}</style>
+<input id=q style="position:fixed;left:100px;top:100px;width:300px;height:40px">
+<button id=b style="position:fixed;left:500px;top:100px" onclick="this.textContent=Date.now()">Go</button>
+<div style="padding-top:200px">""" + b"".join(b"<div class=row><a href=#%d>Item %d</a> text</div>" % (i, i) for i in range(60)) + b"</div>"
 
-# canned answers in the released formats, cycling through the common actions
-ANSWERS = {
-    "desktop": [f"Clicking.\n<|begin_of_box|>{a}<|end_of_box|>\nMemory:\n[]" for a in [
-        "left_click(start_box='[468,166]', element_info='Go')",
-        "left_click(start_box='[195,166]', element_info='search field')",
-        "type(content='abc')",
-        "scroll(start_box='[500,600]', direction='down', step=2)",
-        "hover(start_box='[200,500]')",
-        "scroll(start_box='[500,600]', direction='up', step=2)",
-        "key(keys='ctrl+a')",
-    ]],
-    "web": [f"Thought: next\nAction: {a}" for a in [
-        "Click [1]", "Type [0]; [abc]", "Scroll [WINDOW]; [down]", "Scroll [WINDOW]; [up]"]],
-}
+DESKTOP_ANSWERS = ["left_click(start_box='[468, 166]', element_info='Go')", "type(content='abc')",
+                   "scroll(start_box='[500, 600]', direction='down', step=2)", "hover(start_box='[200, 166]')",
+                   "scroll(start_box='[500, 600]', direction='up', step=2)"]
+WEB_ANSWERS = ["Click [1]", "Type [0]; [abc]", "Scroll [WINDOW]; [down]", "Scroll [WINDOW]; [up]"]
 
 
-def serve() -> tuple[ThreadingHTTPServer, str]:
+@dataclass(frozen=True)
+class BenchResult:
+    platform: str
+    viewport: tuple[int, int]
+    steps: int
+    executed: int  # steps whose action really ran (all of them, unless something is broken)
+    median_ms: float  # observe + prompt + parse + execute (policy excluded)
+    p90_ms: float
+    stage_medians_ms: dict[str, float]
+
+
+def _serve() -> tuple[ThreadingHTTPServer, str]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(200)
@@ -63,43 +63,52 @@ def serve() -> tuple[ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
-def run(*, platform: str, steps: int, viewport: tuple[int, int], screenshot: str) -> dict[str, list[float]]:
-    """Milliseconds per stage for each measured step (the first, warming up, is dropped)."""
-    server, url = serve()
-    times: dict[str, list[float]] = {"observe": [], "parse": [], "execute": [], "total": []}
+def measure(*, platform: Platform = "desktop", steps: int = 60, viewport: tuple[int, int] = (1280, 720)) -> BenchResult:
+    """Run `steps` scripted steps and return the per-step overhead statistics."""
+    from agent.browser import BrowserEnv
+
+    answers = WEB_ANSWERS if platform == "web" else DESKTOP_ANSWERS
+    if platform == "web":
+        texts = [f"Thought: bench\nAction: {a}\nMemory_Updated: {{}}" for a in answers]
+    else:
+        texts = [f"Benchmarking.\n<|begin_of_box|>{a}<|end_of_box|>\nMemory:\n[]" for a in answers]
+    encode_ms: list[float] = []
+
+    def policy(messages: list) -> str:
+        start = time.perf_counter()
+        to_data_urls(messages)  # what an OpenAI endpoint would cost on top
+        encode_ms.append((time.perf_counter() - start) * 1000)
+        return texts[len(encode_ms) % len(texts)]
+
+    scripted = ScriptedPolicy([policy] * (steps + 1))
+    server, url = _serve()
     try:
-        with BrowserEnv(viewport, set_of_marks=platform == "web", screenshot_format=screenshot) as env:
-            env.goto(url)
-            answers = ANSWERS[platform]
-            for step in range(steps + 1):
-                t0 = time.perf_counter()
-                observation = env.observe()
-                t1 = time.perf_counter()
-                action = parse_response(answers[step % len(answers)], platform).action
-                t2 = time.perf_counter()
-                env.execute(action, observation)
-                t3 = time.perf_counter()
-                if step:
-                    for name, ms in zip(times, [t1 - t0, t2 - t1, t3 - t2, t3 - t0]):
-                        times[name].append(ms * 1000)
+        with BrowserEnv(viewport, set_of_marks=platform == "web") as env:
+            trajectory = Agent(policy=scripted, env=env, platform=platform, loop_after=steps + 1).run(
+                "benchmark", start_url=url, max_steps=steps, timeout_s=3600)
     finally:
         server.shutdown()
-    return times
+    stages = ("observe", "prompt", "parse", "bookkeeping", "safety", "execute")
+    measured = trajectory.steps[1:]  # the first step warms caches up
+    totals = [sum(s.timings_ms.get(k, 0.0) for k in stages) for s in measured]
+    medians = {k: statistics.median(s.timings_ms.get(k, 0.0) for s in measured) for k in stages}
+    medians["encode"] = statistics.median(encode_ms[1:])
+    executed = sum(s.status == "executed" for s in measured)
+    return BenchResult(platform, viewport, len(measured), executed, statistics.median(totals),
+                       statistics.quantiles(totals, n=10)[-1], medians)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--platform", choices=sorted(ANSWERS), default="desktop")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--viewport", default="1280x720", help="WIDTHxHEIGHT in CSS pixels")
-    parser.add_argument("--screenshot", choices=["png", "jpeg"], default="png")
+    parser = argparse.ArgumentParser(description="agent overhead per step (model excluded)")
+    parser.add_argument("--platform", choices=["desktop", "web"], default="desktop")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--viewport", default="1280x720")
     args = parser.parse_args()
     width, height = (int(v) for v in args.viewport.split("x"))
-    times = run(platform=args.platform, steps=args.steps, viewport=(width, height), screenshot=args.screenshot)
-    print(f"{args.platform} {width}x{height} {args.screenshot}, {args.steps} steps (model excluded)")
-    for name, values in times.items():
-        p90 = statistics.quantiles(values, n=10)[-1]
-        print(f"  {name:8s} median {statistics.median(values):6.1f} ms   p90 {p90:6.1f} ms")
+    result = measure(platform=args.platform, steps=args.steps, viewport=(width, height))
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in result.stage_medians_ms.items())
+    print(f"{result.platform} {width}x{height}, {result.steps} steps ({result.executed} executed): median {result.median_ms:.1f} ms, "
+          f"p90 {result.p90_ms:.1f} ms per step (model excluded); stage medians ms: {stages}")
 
 
 if __name__ == "__main__":

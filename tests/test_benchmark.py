@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.benchmark import measure
+from benchmarks.agent_step import measure
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
