@@ -82,17 +82,51 @@ class Experts(nn.Module):
         T, K = topk_ids_TK.shape
         flat_ids_S = topk_ids_TK.reshape(-1)
         order_S = flat_ids_S.argsort(stable=True)
-        token_S = order_S // K
+        inverse_S = torch.empty_like(order_S)
+        inverse_S[order_S] = torch.arange(order_S.numel(), device=order_S.device)
         counts_E = torch.bincount(flat_ids_S, minlength=self.num_experts)
         offs_E = counts_E.cumsum(0).to(torch.int32)  # end row of each expert's range
 
         w_gate_up = self.gate_up_proj
-        x_SD = x_TD[token_S].to(w_gate_up.dtype)
+        x_SD = _Dispatch.apply(x_TD.to(w_gate_up.dtype), order_S // K, inverse_S, K)
         h_S2F = _grouped_mm(x_SD, w_gate_up.transpose(-2, -1), offs_E)
         gate_SF, up_SF = h_S2F.chunk(2, dim=-1)
         y_SD = _grouped_mm(F.silu(gate_SF) * up_SF, self.down_proj.transpose(-2, -1), offs_E)
-        y_SD = (y_SD * topk_weights_TK.reshape(-1)[order_S, None]).to(x_TD.dtype)
-        return torch.zeros_like(x_TD).index_add(0, token_S, y_SD)
+        # Back to (token, k) order by the inverse permutation, then a weighted sum over k: a gather
+        # and a reduction instead of an accumulating index_add (and index_put in backward).
+        y_TKD = _Permute.apply(y_SD, inverse_S, order_S).view(T, K, -1)
+        return (y_TKD * topk_weights_TK[..., None]).sum(1).to(x_TD.dtype)
+
+
+class _Dispatch(torch.autograd.Function):
+    """x_TD rows `token_S` (each token K times, sorted by expert). Backward: gradient rows back in
+    (token, k) order by the inverse permutation, summed over k; no accumulating index_put."""
+
+    @staticmethod
+    def forward(ctx, x_TD: torch.Tensor, token_S: torch.Tensor, inverse_S: torch.Tensor, K: int) -> torch.Tensor:
+        ctx.save_for_backward(inverse_S)
+        ctx.K = K
+        return x_TD.index_select(0, token_S)
+
+    @staticmethod
+    def backward(ctx, grad_SD: torch.Tensor):
+        (inverse_S,) = ctx.saved_tensors
+        grad_TKD = grad_SD.index_select(0, inverse_S).view(-1, ctx.K, grad_SD.shape[-1])
+        return grad_TKD.sum(1), None, None, None
+
+
+class _Permute(torch.autograd.Function):
+    """x[index] for a permutation `index` whose inverse is `inverse`: backward is grad[inverse]."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
 
 
 class MoE(nn.Module):
