@@ -36,10 +36,10 @@ from typing import Literal
 from PIL import Image
 
 from agent.actions import (
-    Action, Answer, Back, Box, Click, Done, Drag, Fail, Home, Hover, Key, LongPress, Mark,
-    Navigate, OpenApp, Point, Scroll, Swipe, Target, Type, Wait)
+    Action, Answer, Back, Click, Done, Drag, Fail, Home, Hover, Key, LongPress,
+    Navigate, OpenApp, Scroll, Swipe, Target, Type, Wait)
 from agent.domains import DomainRules
-from agent.environment import ElementInfo, Observation
+from agent.environment import ElementInfo, Observation, screen_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -183,18 +183,9 @@ class AndroidEnv:
         if self.settle_s:
             time.sleep(self.settle_s)
 
-    def _pixels(self, target: Target, observation: Observation) -> tuple[int, int]:
-        if isinstance(target, Mark):
-            raise ValueError(f"mark [{target.id}]: set-of-marks labels exist only in a browser")
-        point = target.center if isinstance(target, Box) else target
-        if not isinstance(point, Point):
-            raise TypeError(f"target {target!r} is not a Point or Box")
-        x, y = point.to_pixels(*observation.screenshot.size)
-        return int(x), int(y)
-
     def _swipe_path(self, direction: str, target: Target | None, observation: Observation) -> list[int]:
         width, height = observation.screenshot.size
-        x, y = self._pixels(target, observation) if target is not None else (width // 2, height // 2)
+        x, y = screen_pixels(target, observation) if target is not None else (width // 2, height // 2)
         dx, dy = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}[direction]
         end_x = min(width - 1, max(0, int(x + dx * SWIPE_FRACTION * width)))
         end_y = min(height - 1, max(0, int(y + dy * SWIPE_FRACTION * height)))
@@ -206,12 +197,12 @@ class AndroidEnv:
     def _do_click(self, action: Click, observation: Observation) -> None:
         if action.button != "left":
             raise ValueError(f"a {action.button} click has no touch equivalent on Android")
-        x, y = self._pixels(action.target, observation)
+        x, y = screen_pixels(action.target, observation)
         for _ in range(action.count):
             self._input("tap", x, y)
 
     def _do_longpress(self, action: LongPress, observation: Observation) -> None:
-        x, y = self._pixels(action.target, observation)
+        x, y = screen_pixels(action.target, observation)
         self._input("swipe", x, y, x, y, action.duration_ms)
 
     def _do_swipe(self, action: Swipe, observation: Observation) -> None:
@@ -222,7 +213,7 @@ class AndroidEnv:
         self._input("swipe", *self._swipe_path(finger, action.target, observation), SWIPE_MS)
 
     def _do_drag(self, action: Drag, observation: Observation) -> None:
-        (x1, y1), (x2, y2) = self._pixels(action.start, observation), self._pixels(action.end, observation)
+        (x1, y1), (x2, y2) = screen_pixels(action.start, observation), screen_pixels(action.end, observation)
         self._input("swipe", x1, y1, x2, y2, DRAG_MS)
 
     def _do_hover(self, action: Hover, observation: Observation) -> None:

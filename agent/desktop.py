@@ -37,9 +37,8 @@ from collections.abc import Mapping, Sequence
 from PIL import ImageGrab
 
 from agent.actions import (
-    Action, Answer, Box, Click, Done, Drag, Fail, Hover, Key, LongPress, Mark, OpenApp, Point,
-    Scroll, Swipe, Target, Type, Wait)
-from agent.environment import ElementInfo, Observation
+    Action, Answer, Click, Done, Drag, Fail, Hover, Key, LongPress, OpenApp, Scroll, Swipe, Target, Type, Wait)
+from agent.environment import ElementInfo, Observation, screen_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -205,14 +204,10 @@ class DesktopEnv:
         if self.settle_s:
             time.sleep(self.settle_s)
 
-    def _pixels(self, target: Target, observation: Observation) -> tuple[str, str]:
-        if isinstance(target, Mark):
-            raise ValueError(f"mark [{target.id}]: set-of-marks labels exist only in a browser")
-        point = target.center if isinstance(target, Box) else target
-        if not isinstance(point, Point):
-            raise TypeError(f"target {target!r} is not a Point or Box")
-        x, y = point.to_pixels(*observation.screenshot.size)
-        return str(int(x)), str(int(y))
+    @staticmethod
+    def _pixels(target: Target, observation: Observation) -> tuple[str, str]:
+        """xdotool arguments for a target."""
+        return tuple(map(str, screen_pixels(target, observation)))  # type: ignore[return-value]
 
     # No `mousemove --sync`: it waits for the pointer to move, forever when it is already
     # there. The X server handles the XTest events of one xdotool call in order anyway.

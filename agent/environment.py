@@ -13,7 +13,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from PIL import Image
 
-from agent.actions import Action, Box, Target
+from agent.actions import Action, Box, Mark, Point, Target
 
 Platform = Literal["web", "desktop", "mobile"]
 
@@ -65,3 +65,15 @@ class Environment(Protocol):
 
     def close(self) -> None:
         ...
+
+
+def screen_pixels(target: Target, observation: Observation) -> tuple[int, int]:
+    """A Point (or a Box's centre) in whole pixels of `observation.screenshot`, for environments
+    whose screenshots are in device pixels (X11, adb). Marks exist only in a browser."""
+    if isinstance(target, Mark):
+        raise ValueError(f"mark [{target.id}]: set-of-marks labels exist only in a browser")
+    point = target.center if isinstance(target, Box) else target
+    if not isinstance(point, Point):
+        raise TypeError(f"target {target!r} is not a Point or Box")
+    x, y = point.to_pixels(*observation.screenshot.size)
+    return int(x), int(y)

@@ -7,4 +7,4 @@ from .engine import Generation, GenerationStream
 from .processor import Processor
 from .vlm import VLM
 
-__all__ = ["VLM", "VLMConfig", "Generation", "GenerationStream"]
+__all__ = ["VLM", "VLMConfig", "Processor", "Generation", "GenerationStream"]
