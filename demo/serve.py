@@ -49,6 +49,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from demo.cli import add_model_arguments, load_model
 from demo.openai_schema import APIError, ChatRequest, ServerLimits, parse_chat_request
 from vlm.outputs import strip_special_tokens
 
@@ -281,12 +282,10 @@ def _sse(body: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m demo.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the embedded model)")
-    parser.add_argument("--adapter", type=Path, default=None, help="a LoRA adapter directory to apply")
+    add_model_arguments(parser)
     parser.add_argument("--served-model-name", default=None, help="the name clients pass as `model`")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--allowed-local-media-path", type=Path, default=None,
                         help="allow image/video parts that name local files under this directory")
     defaults = ServerLimits()
@@ -297,17 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-pending", type=int, default=defaults.max_pending)
     args = parser.parse_args(argv)
 
-    import torch
     import uvicorn
 
-    from vlm import VLM
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        vlm = VLM.from_pretrained(args.model, device=device, adapter=args.adapter)
-    except FileNotFoundError as err:  # no checkpoint there (or no default model yet): say so, no traceback
-        parser.exit(2, f"{parser.prog}: {err}\n")
+    vlm = load_model(parser, args)
     limits = ServerLimits(max_tokens=args.max_tokens, max_images=args.max_images,
                           max_image_pixels=args.max_image_pixels, max_body_bytes=int(args.max_body_mb * 2**20),
                           max_pending=args.max_pending, allowed_local_media_path=args.allowed_local_media_path,
