@@ -249,7 +249,7 @@ def _menu(b: _Builder) -> str:
     items = "".join(
         f'<button type="button" class="menuitem" {b.el("menuitem", word(r, b.language), f"the {_q(word(r, b.language))} menu item", f"It chooses {_q(word(r, b.language))} from the {_q(label)} menu.")}>{b.word(r)}</button>'
         for r in b.rows(vocab.MENU_ITEMS, b.rng.randint(2, 4)))
-    status = f'<p class="status" data-status></p>'
+    status = '<p class="status" data-status></p>'
     return (f'<div class="card menuwrap" data-block="{bid}"><button type="button" class="menubutton" aria-expanded="{str(opened).lower()}" {button}>{html.escape(label)} ▾</button>'
             f'<div class="menu"{"" if opened else " hidden"}>{items}</div>{status}</div>')
 

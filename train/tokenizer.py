@@ -228,7 +228,7 @@ def _mobile_action(rng: random.Random) -> str:
 
 def _web_action(rng: random.Random) -> str:
     n = rng.randint(0, 120)
-    return rng.choice([f"Click [{n}]", f"Type [{n}]; [{rng.choice(OBJECTS)}]", f"Scroll [WINDOW]; [down]",
+    return rng.choice([f"Click [{n}]", f"Type [{n}]; [{rng.choice(OBJECTS)}]", "Scroll [WINDOW]; [down]",
                        "GoBack", "Wait", f"ANSWER; <content>{rng.randint(0, 9999)}</content>"])
 
 
