@@ -137,14 +137,12 @@ class _LayerPlan:
         self.H, self.Hkv, self.hd, self.layout = H, Hkv, hd, attn.layout
         scale = hd**-0.5  # folded into the q rows: SDPA's default scale, applied before rotary (linear)
         projs = (attn.q_proj, attn.k_proj, attn.v_proj)
-        # Stored transposed, (in, out) contiguous: a 1-row `x @ w` reads that layout ~1.5x faster
-        # than `F.linear`'s (out, in) on CPU (benchmarks: 512x512 float32, 44 vs 72 us, 1 thread).
-        self.qkv_wT = _t(torch.cat([attn.q_proj.weight * scale, attn.k_proj.weight, attn.v_proj.weight]))
+        self.qkv_w = torch.cat([attn.q_proj.weight * scale, attn.k_proj.weight, attn.v_proj.weight])
         self.qkv_b = (
             torch.cat([attn.q_proj.bias * scale, attn.k_proj.bias, attn.v_proj.bias])
             if all(p.bias is not None for p in projs) else None
         )
-        self.o_wT = _t(attn.o_proj.weight)
+        self.o_w = attn.o_proj.weight
         self.input_norm = layer.input_layernorm
         self.post_attn_norm = None if isinstance(layer.post_self_attn_layernorm, nn.Identity) else layer.post_self_attn_layernorm
         self.mlp_norm = layer.post_attention_layernorm
@@ -153,21 +151,33 @@ class _LayerPlan:
         self.moe = mlp if isinstance(mlp, MoE) else None
         dense = mlp.shared_experts if self.moe is not None else mlp
         if isinstance(dense, FusedSwiGLU):
-            self.gate_up_wT = _t(dense.gate_up_proj.weight)
+            self.gate_up_w = dense.gate_up_proj.weight
         else:
-            self.gate_up_wT = _t(torch.cat([dense.gate_proj.weight, dense.up_proj.weight]))
-        self.down_wT = _t(dense.down_proj.weight)
+            self.gate_up_w = torch.cat([dense.gate_proj.weight, dense.up_proj.weight])
+        self.down_w = dense.down_proj.weight
 
 
-def _t(w: torch.Tensor) -> torch.Tensor:
-    return w.detach().t().contiguous()
+def _linear(x_nK: torch.Tensor, w_NK: torch.Tensor, b_N: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, w, b)` for a few rows, contiguous (n, N), computed as `w @ x.T`.
+
+    On CPU float32 that form of the same product runs ~2.5x faster than `F.linear` for 2-8 rows
+    (2 threads: 512x512 24 vs 63 us, 8192x512 lm_head 0.41 vs 1.02 ms), and one row falls back
+    to the slow matrix-vector kernel, so a single row is doubled and the copy dropped.
+    """
+    n = x_nK.shape[0]
+    if x_nK.device.type != "cpu":
+        return F.linear(x_nK, w_NK, b_N)
+    x = torch.cat((x_nK, x_nK)) if n == 1 else x_nK.contiguous()
+    y_Nn = torch.matmul(w_NK, x.t())
+    if b_N is not None:
+        y_Nn = y_Nn.add_(b_N[:, None])
+    return y_Nn.t()[:n].contiguous()
 
 
 class _DecodePlan:
     """Per-model decode weights: q/k/v fused into one matrix (with the attention scale folded into
     the q rows) and the dense MLP's / shared expert's gate and up fused into one, so a step runs
-    one matrix-vector product where the modules run two or three; all of them, o_proj and the
-    dense/shared down projections stored transposed. An in-memory copy of the attention and
+    one matrix product where the modules run two or three. An in-memory copy of the attention and
     dense/shared-expert weights (routed experts, embedding and lm_head are not copied; the
     checkpoint layout and the modules are unchanged); rebuilt when a source tensor changes (new
     storage, or an in-place update bumping its version)."""
@@ -222,23 +232,23 @@ def decode_step(
     for i, lp in enumerate(plan.layers):
         H, Hkv, hd = lp.H, lp.Hkv, lp.hd
         h_BD = _norm(lp.input_norm, x_BD)
-        qkv = (h_BD @ lp.qkv_wT if lp.qkv_b is None else torch.addmm(lp.qkv_b, h_BD, lp.qkv_wT)).view(B, H + 2 * Hkv, 1, hd)
+        qkv = _linear(h_BD, lp.qkv_w, lp.qkv_b).view(B, H + 2 * Hkv, 1, hd)
         qk = apply_rotary(qkv[:, : H + Hkv], cos_B11R, sin_B11R, lp.layout)  # q and k rotated together
         k_all, v_all = cache.update(i, qk[:, H:], qkv[:, H + Hkv :])  # (B, Hkv, S, hd)
         scores = torch.matmul(qk[:, :H].reshape(B, Hkv, H // Hkv, hd), k_all.transpose(-1, -2))  # (B, Hkv, G, S)
         if bias_B11S is not None:
             scores = scores + bias_B11S
         attn = torch.matmul(scores.softmax(-1), v_all).view(B, H * hd)
-        attn = attn @ lp.o_wT
+        attn = _linear(attn, lp.o_w)
         x_BD = x_BD + (attn if lp.post_attn_norm is None else _norm(lp.post_attn_norm, attn))
         h_BD = _norm(lp.mlp_norm, x_BD)
-        gate, up = (h_BD @ lp.gate_up_wT).chunk(2, dim=-1)
-        mlp = (F.silu(gate) * up) @ lp.down_wT
+        gate, up = _linear(h_BD, lp.gate_up_w).chunk(2, dim=-1)
+        mlp = _linear(F.silu(gate) * up, lp.down_w)
         if lp.moe is not None:
             mlp = _moe_few_tokens(lp.moe, h_BD, mlp)
         x_BD = x_BD + (mlp if lp.post_mlp_norm is None else _norm(lp.post_mlp_norm, mlp))
     cache.advance(1)
-    return model.lm_head(_norm(lm.norm, x_BD))
+    return _linear(_norm(lm.norm, x_BD), model.lm_head.weight, model.lm_head.bias)
 
 
 def _moe_few_tokens(moe: MoE, x_TD: torch.Tensor, shared_TD: torch.Tensor) -> torch.Tensor:
@@ -259,8 +269,8 @@ def _moe_few_tokens(moe: MoE, x_TD: torch.Tensor, shared_TD: torch.Tensor) -> to
     ids = topk_ids_TK.tolist()
     if len(ids) == 1:  # one token: each picked expert on the row, accumulated with addmm
         for k, e in enumerate(ids[0]):
-            gate, up = F.linear(x_TD, w_gate_up[e]).chunk(2, dim=-1)
-            shared_TD = torch.addmm(shared_TD, F.silu(gate) * up * weights_TK[:, k : k + 1], w_down[e].t())
+            gate, up = _linear(x_TD, w_gate_up[e]).chunk(2, dim=-1)
+            shared_TD = shared_TD + _linear(F.silu(gate) * up * weights_TK[:, k : k + 1], w_down[e])
         return shared_TD
     rows: dict[int, list[int]] = {}
     for t, row in enumerate(ids):
@@ -271,9 +281,9 @@ def _moe_few_tokens(moe: MoE, x_TD: torch.Tensor, shared_TD: torch.Tensor) -> to
     for e in sorted(rows):
         slots = torch.tensor(rows[e], device=x_TD.device)
         tokens = slots // K
-        gate, up = F.linear(x_TD.index_select(0, tokens), w_gate_up[e]).chunk(2, dim=-1)
+        gate, up = _linear(x_TD.index_select(0, tokens), w_gate_up[e]).chunk(2, dim=-1)
         h = F.silu(gate) * up * flat_w.index_select(0, slots)[:, None]
-        shared_TD.index_add_(0, tokens, F.linear(h, w_down[e]))
+        shared_TD.index_add_(0, tokens, _linear(h, w_down[e]))
     return shared_TD
 
 
