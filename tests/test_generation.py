@@ -300,3 +300,22 @@ def test_default_model_is_explained_until_it_ships():
     else:
         with pytest.raises(FileNotFoundError, match="embedded default model"):
             VLM.from_pretrained()
+
+
+def test_decode_follows_weights_changed_after_an_earlier_generation(random_pair):
+    """The decode plan's fused weights are rebuilt when a source weight changes in place."""
+    import copy
+
+    vlm, _ = random_pair
+    model = copy.deepcopy(vlm.model)
+    ids = torch.tensor([[3, 50, 60, 70, 80, 90]])
+    generate_ids(model, {"input_ids": ids}, max_new_tokens=2)  # builds the plan
+    with torch.no_grad():
+        for layer in model.language_model.layers:
+            layer.self_attn.q_proj.weight.mul_(3.0)
+            layer.self_attn.v_proj.bias.add_(0.5)
+    new = generate_ids(model, {"input_ids": ids}, max_new_tokens=4)
+    full_ids = torch.cat([ids, new], dim=1)
+    with torch.no_grad():
+        full = model(full_ids).logits[0, ids.shape[1] - 1 : -1]
+    assert torch.equal(full.argmax(-1), new[0])
