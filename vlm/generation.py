@@ -272,18 +272,24 @@ def _moe_few_tokens(moe: MoE, x_TD: torch.Tensor, shared_TD: torch.Tensor) -> to
             gate, up = _linear(x_TD, w_gate_up[e]).chunk(2, dim=-1)
             shared_TD = shared_TD + _linear(F.silu(gate) * up * weights_TK[:, k : k + 1], w_down[e])
         return shared_TD
-    rows: dict[int, list[int]] = {}
-    for t, row in enumerate(ids):
-        for k, e in enumerate(row):
-            rows.setdefault(e, []).append(t * len(row) + k)
+    # Several tokens: the (token, k) slots sorted by expert (on the host), the rows gathered once,
+    # each picked expert on its contiguous range, one weighting and one scatter-add at the end.
     K = len(ids[0])
-    flat_w = weights_TK.reshape(-1)
-    for e in sorted(rows):
-        slots = torch.tensor(rows[e], device=x_TD.device)
-        tokens = slots // K
-        gate, up = _linear(x_TD.index_select(0, tokens), w_gate_up[e]).chunk(2, dim=-1)
-        h = F.silu(gate) * up * flat_w.index_select(0, slots)[:, None]
-        shared_TD.index_add_(0, tokens, _linear(h, w_down[e]))
+    flat = [e for row in ids for e in row]
+    order = sorted(range(len(flat)), key=flat.__getitem__)
+    order_S = torch.tensor(order, device=x_TD.device)
+    token_S = order_S // K
+    x_SD = x_TD.index_select(0, token_S)
+    outs, start = [], 0
+    while start < len(order):
+        e, end = flat[order[start]], start + 1
+        while end < len(order) and flat[order[end]] == e:
+            end += 1
+        gate, up = _linear(x_SD[start:end], w_gate_up[e]).chunk(2, dim=-1)
+        outs.append(_linear(F.silu(gate) * up, w_down[e]))
+        start = end
+    y_SD = torch.cat(outs) * weights_TK.reshape(-1).index_select(0, order_S)[:, None]
+    shared_TD.index_add_(0, token_S, y_SD)
     return shared_TD
 
 
