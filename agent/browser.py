@@ -168,9 +168,8 @@ class BrowserEnv:
         self.timeout_ms = timeout_ms
         self.blocked: list[BlockedURL] = []  # every refused request, in order
         self.home_url: str | None = None  # `Home` returns here; the first URL `goto` loaded
-        # a refused main-frame navigation not yet raised, and whether we aborted it (then
-        # Chromium commits an error page in its place)
-        self._pending_block: tuple[BlockedURL, bool] | None = None
+        # a refused main-frame navigation not yet raised (an aborted one commits an error page)
+        self._pending_block: BlockedURL | None = None
         self._navigations: set[Any] = set()  # main-frame document requests in flight
         self._cdp: dict[Any, Any] = {}
 
@@ -257,14 +256,14 @@ class BrowserEnv:
         if blocked is None:
             route.continue_()
             return
-        self._record(blocked, main_navigation=self._is_main_navigation(request), aborted=True)
+        self._record(blocked, main_navigation=self._is_main_navigation(request))
         route.abort("blockedbyclient")
 
-    def _record(self, blocked: BlockedURL, *, main_navigation: bool, aborted: bool) -> None:
+    def _record(self, blocked: BlockedURL, *, main_navigation: bool) -> None:
         self.blocked.append(blocked)
         logger.info("%s", blocked)
         if main_navigation:
-            self._pending_block = (blocked, aborted)
+            self._pending_block = blocked
 
     def _is_main_navigation(self, request: Any) -> bool:
         try:
@@ -279,7 +278,7 @@ class BrowserEnv:
         if request.redirected_from is not None:  # hops are not routed; the resolver stopped it
             blocked = self._rules.refusal(request.url)
             if blocked is not None:
-                self._record(blocked, main_navigation=main_navigation, aborted=False)
+                self._record(blocked, main_navigation=main_navigation)
 
     def _on_request_done(self, request: Any) -> None:
         self._navigations.discard(request)
@@ -289,12 +288,12 @@ class BrowserEnv:
         if frame.parent_frame is None and not frame.url.startswith("chrome-error:"):
             blocked = self._rules.refusal(frame.url)
             if blocked is not None and self._pending_block is None:
-                self._record(blocked, main_navigation=True, aborted=False)
+                self._record(blocked, main_navigation=True)
 
     def _raise_pending(self) -> None:
         if self._pending_block is None:
             return
-        (blocked, aborted), self._pending_block = self._pending_block, None
+        blocked, self._pending_block = self._pending_block, None
         page = self.page
         # let the error page (or the refused page, for a hop the resolver could not stop)
         # commit now, not in the middle of the next navigation

@@ -7,7 +7,7 @@ What is unusual here:
   several boxes in one span, and GUI actions such as `left_click(start_box='[x,y]')`. The
   parser reads every innermost bracket group of 2 or 4 numbers, whatever the wrapping.
 - Coordinates are model space, integers 0-999 of the image's width (x) and height (y), never
-  pixels. They are the agent's `Point` / `Box` (one vocabulary for the whole project); a box
+  pixels. They are `vlm.coordinates.Point` / `Box` (one vocabulary for the whole project); a box
   covers whole 1/1000 cells, so `[0,0,999,999]` is exactly the full image in pixels.
 - Decode with special tokens kept (`Processor.decode` does): without them the thinking and
   the box spans cannot be found.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agent.actions import MODEL_SPACE, Box, Point
+from .coordinates import MODEL_SPACE, Box, Point
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 BOX_OPEN, BOX_CLOSE = "<|begin_of_box|>", "<|end_of_box|>"
