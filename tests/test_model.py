@@ -130,3 +130,16 @@ def test_logits_to_keep_returns_the_last_positions(pair):
         last = ours.model(input_ids=ids, logits_to_keep=1).logits
     assert last.shape == (1, 1, full.shape[-1])
     torch.testing.assert_close(last, full[:, -1:], rtol=0, atol=1e-5)
+
+
+def test_logits_at_projects_only_the_masked_positions(pair):
+    _, ours = pair
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]])
+    at = torch.tensor([[False, True, False, False, True, True], [True, False, False, False, False, False]])
+    with torch.no_grad():
+        full = ours.model(input_ids=ids).logits
+        picked = ours.model(input_ids=ids, logits_at=at).logits
+    assert picked.shape == (4, full.shape[-1])
+    torch.testing.assert_close(picked, full[at], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"logits_at: expected a bool mask of shape \(2, 6\)"):
+        ours.model(input_ids=ids, logits_at=at.long())

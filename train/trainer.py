@@ -224,10 +224,10 @@ class Trainer:
 
     def _loss_sum(self, batch) -> torch.Tensor:
         """Summed next-token cross-entropy over the batch's target tokens (float32)."""
-        out = self.model(**batch.model_inputs(self.accelerator.device))
         targets = batch.targets.to(self.accelerator.device)
-        return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
-                               reduction="sum")
+        scored = targets != IGNORE  # the lm_head runs on these positions only
+        out = self.model(**batch.model_inputs(self.accelerator.device), logits_at=scored)
+        return F.cross_entropy(out.logits.float(), targets[scored], reduction="sum")
 
     def _aux_loss(self, batch) -> torch.Tensor:
         B, T = batch.segment_ids.shape

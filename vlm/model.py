@@ -23,7 +23,7 @@ from .vision import VisionEncoder
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor  # (B, T or logits_to_keep, vocab)
+    logits: torch.Tensor  # (B, T or logits_to_keep, vocab), or (n, vocab) with logits_at
     rope_deltas: torch.Tensor | None  # (B,) when positions were computed here (prefill / training)
 
 
@@ -59,10 +59,16 @@ class VisionLanguageModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
+        logits_at: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Logits for `input_ids` (B, T). With a non-empty `cache`, `position_ids` (3, B, T) are
         required (`real tokens so far + rope_delta`, see positions.py). `logits_to_keep=n > 0`
-        runs the lm_head on the last n positions only."""
+        runs the lm_head on the last n positions only; `logits_at`, a (B, T) bool mask, on the
+        masked positions only, returned as (n, vocab) in row-major order (training computes the
+        loss on the assistant's tokens: the rest need no vocabulary projection)."""
+        if logits_at is not None and (logits_at.shape != input_ids.shape or logits_at.dtype != torch.bool):
+            raise ValueError(f"logits_at: expected a bool mask of shape {tuple(input_ids.shape)}, got "
+                             f"{logits_at.dtype} {tuple(logits_at.shape)}")
         x_BTD = self.language_model.embed_tokens(input_ids)
         decoding = cache is not None and cache.length > 0 and pixel_values is None and pixel_values_videos is None
         if not decoding:  # a generated placeholder id is plain text, not a missing image
@@ -81,7 +87,9 @@ class VisionLanguageModel(nn.Module):
         h_BTD = self.language_model(
             x_BTD, position_ids, attention_mask=attention_mask, segment_ids=segment_ids, cache=cache
         )
-        if logits_to_keep > 0:
+        if logits_at is not None:
+            h_BTD = h_BTD[logits_at]
+        elif logits_to_keep > 0:
             h_BTD = h_BTD[:, -logits_to_keep:]
         return ModelOutput(logits=self.lm_head(h_BTD), rope_deltas=rope_deltas)
 
