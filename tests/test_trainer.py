@@ -146,3 +146,13 @@ def test_sequence_balance_loss_reaches_the_router_under_gradient_checkpointing(t
 
     without, with_aux = router_grad(0.0), router_grad(0.5)
     assert (with_aux - without).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("name", ["FSDP", "DEEPSPEED"])
+def test_a_sharded_config_on_cpu_is_refused_not_run_as_ddp(tmp_path, monkeypatch, name):
+    # `accelerate launch --config_file train/configs/fsdp2.yaml` sets this; on CPU accelerate
+    # would silently train replicated DDP instead.
+    monkeypatch.setenv(f"ACCELERATE_USE_{name}", "true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match=f"asks for {name}, which needs CUDA devices"):
+        Trainer(_config(tmp_path, write_dataset(tmp_path, 4)))

@@ -89,6 +89,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         cpu = not torch.cuda.is_available()
+        sharded = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() in ("1", "true")]
+        if cpu and sharded:  # accelerate would quietly fall back to replicated DDP on CPU
+            raise RuntimeError(f"the accelerate config asks for {sharded[0]}, which needs CUDA devices; none is "
+                               "available. On CPU use train/configs/cpu_2proc.yaml (DDP over gloo)")
         self.accelerator = Accelerator(
             cpu=cpu, mixed_precision="no" if cpu else "bf16",
             # Unused parameters happen legitimately (a text-only micro-batch never reaches the
