@@ -131,3 +131,14 @@ def test_normalised_weights_sum_to_the_scaling_factor(norm):
         torch.testing.assert_close(sums, torch.full_like(sums, CFG.routed_scaling_factor))
     else:
         assert (sums < CFG.num_experts_per_tok * CFG.routed_scaling_factor).all() and not torch.allclose(sums, sums[:1].expand_as(sums))
+
+
+def test_tokens_per_expert_leaves_out_what_count_only_masks():
+    moe = _moe()
+    moe.record_routing = True
+    real = torch.rand(24) > 0.3
+    moe.count_only = real
+    moe(torch.randn(4, 6, CFG.hidden_size))
+    kept = moe.last_topk_ids[real]
+    assert moe.tokens_per_expert.tolist() == torch.bincount(kept.flatten(), minlength=8).tolist()
+    assert int(moe.tokens_per_expert.sum()) == int(real.sum()) * CFG.num_experts_per_tok

@@ -156,3 +156,16 @@ def test_a_sharded_config_on_cpu_is_refused_not_run_as_ddp(tmp_path, monkeypatch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match=f"asks for {name}, which needs CUDA devices"):
         Trainer(_config(tmp_path, write_dataset(tmp_path, 4)))
+
+
+def test_expert_loads_count_real_tokens_not_padding(tmp_path):
+    # rows of 40 tokens hold one 31-35 token sample each: rows of different lengths, padded
+    trainer = Trainer(_config(tmp_path, write_dataset(tmp_path, 8), batch_size=4, grad_accum=1, max_length=40))
+    micro = trainer._next_batches()
+    lengths = [len(s) for s in micro[0]]
+    assert len(set(lengths)) > 1
+    _, tokens, loads_LE = trainer._step(micro)
+    k = trainer.vlm.config.text.num_experts_per_tok
+    assert tokens == sum(lengths)
+    assert loads_LE.sum(1).tolist() == [tokens * k] * len(trainer.moe_layers)
+    assert all(layer.module.count_only is None for layer in trainer.moe_layers)  # no stale mask after the step

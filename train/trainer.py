@@ -222,6 +222,7 @@ class Trainer:
                 acc.backward(loss)
             ce_total += ce_sum.detach()
             loads += balance.current_loads(self.moe_layers)
+        self._count_only(None)
         ce_global = acc.reduce(ce_total, reduction="sum").item()
         loads = acc.reduce(loads.to(acc.device), reduction="sum").cpu() if acc.num_processes > 1 else loads
         return ce_global / max(global_targets, 1.0), int(global_tokens), loads
@@ -230,8 +231,17 @@ class Trainer:
         """Summed next-token cross-entropy over the batch's target tokens (float32)."""
         targets = batch.targets.to(self.accelerator.device)
         scored = targets != IGNORE  # the lm_head runs on these positions only
+        self._count_only(batch)
         out = self.model(**batch.model_inputs(self.accelerator.device), logits_at=scored)
         return F.cross_entropy(out.logits.float(), targets[scored], reduction="sum")
+
+    def _count_only(self, batch) -> None:
+        """Expert loads (for the bias update) count `batch`'s real tokens, not its padding; the
+        mask stays set through backward (gradient checkpointing re-runs the MoE forward).
+        None: count every token (reset after each step, so other inputs never meet a stale mask)."""
+        real = None if batch is None else (batch.segment_ids > 0).flatten().to(self.accelerator.device)
+        for layer in self.moe_layers:
+            layer.module.count_only = real
 
     def _aux_loss(self, batch) -> torch.Tensor:
         B, T = batch.segment_ids.shape
@@ -253,6 +263,7 @@ class Trainer:
             batch = pack([self.eval_data.sample(i) for i in mine[k:k + cfg.batch_size]],
                          row_length=cfg.row_length, pad_id=self._pad_id)
             totals += torch.stack([self._loss_sum(batch), torch.tensor(float(batch.num_target_tokens), device=acc.device)])
+        self._count_only(None)
         self.model.train()
         ce, n = acc.reduce(totals, reduction="sum").tolist()
         return ce / max(n, 1.0)

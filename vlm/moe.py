@@ -14,7 +14,7 @@ threads, D=512, F=256, 1024 tokens, top-4: E=32 1.1 s vs 4.0 s; E=64 1.7 s vs 10
 grouped_mm works on CPU float32 and bfloat16 with autograd in torch 2.14.
 
 The bias is not learned by gradient; the trainer moves it with `tokens_per_expert` (recorded on
-every forward). With `record_routing = True` the last scores and choices are kept for an
+every forward; with `count_only`, a (B*T,) bool mask the trainer sets, padding is not counted). With `record_routing = True` the last scores and choices are kept for an
 optional sequence-level balance loss.
 
 Shape legend: T tokens (batch*time flattened), D model width, E routed experts, K experts per
@@ -137,6 +137,7 @@ class MoE(nn.Module):
         self.shared_experts = SwiGLU(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts)
         self.register_buffer("tokens_per_expert", torch.zeros(cfg.n_routed_experts, dtype=torch.long), persistent=False)
         self.record_routing = False  # keep last_scores / last_topk_ids for a balance loss
+        self.count_only: torch.Tensor | None = None  # (B*T,) bool: the tokens tokens_per_expert counts
         self.last_scores: torch.Tensor | None = None
         self.last_topk_ids: torch.Tensor | None = None
 
@@ -145,7 +146,8 @@ class MoE(nn.Module):
         x_TD = x_BTD.reshape(-1, shape[-1])
         scores_TE, topk_ids_TK, topk_weights_TK = self.gate(x_TD)
         with torch.no_grad():
-            self.tokens_per_expert.copy_(torch.bincount(topk_ids_TK.reshape(-1), minlength=self.tokens_per_expert.numel()))
+            counted_TK = topk_ids_TK if self.count_only is None else topk_ids_TK[self.count_only]
+            self.tokens_per_expert.copy_(torch.bincount(counted_TK.reshape(-1), minlength=self.tokens_per_expert.numel()))
         if self.record_routing:
             self.last_scores, self.last_topk_ids = scores_TE, topk_ids_TK
         routed_TD = self.experts(x_TD, topk_ids_TK, topk_weights_TK)
