@@ -9,11 +9,11 @@ by transformers' `save_pretrained`; both models load the same files, in float32.
 
 The loop is the same for both: forward on a batch of `--rows` rows, each one 224x224 image
 (64 vision tokens) followed by text up to `--seq` tokens, token-mean cross-entropy over the text,
-backward, fused AdamW step (as
-the project trainer runs it; ~15x faster than foreach AdamW on CPU). Transformers runs with each of its experts implementations (eager and
-grouped_mm; batched_mm runs out of memory, see IMPLEMENTATIONS) and its fastest one is reported. Each number is the best of `--steps`
-timed steps after one warm-up step (the machine is shared; the minimum is the least disturbed
-estimate), ours and transformers' interleaved step by step.
+backward, fused AdamW step (as the project trainer runs it; ~15x faster than foreach AdamW on
+CPU). Transformers runs with each of its experts implementations (eager and grouped_mm;
+batched_mm runs out of memory, see IMPLEMENTATIONS) and its fastest one is reported. Each number
+is the best of `--steps` timed steps after one warm-up step (the machine is shared; the minimum
+is the least disturbed estimate), ours and transformers' interleaved step by step.
 """
 
 from __future__ import annotations
