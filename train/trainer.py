@@ -89,7 +89,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         cpu = not torch.cuda.is_available()
-        sharded = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() in ("1", "true")]
+        sharded = [name for name in ("FSDP", "DEEPSPEED")
+                   if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() in ("1", "true")]
         if cpu and sharded:  # accelerate would quietly fall back to replicated DDP on CPU
             raise RuntimeError(f"the accelerate config asks for {sharded[0]}, which needs CUDA devices; none is "
                                "available. On CPU use train/configs/cpu_2proc.yaml (DDP over gloo)")
@@ -212,17 +213,19 @@ class Trainer:
         scale = acc.num_processes / max(global_targets, 1.0)
         ce_total = torch.zeros((), device=acc.device)
         loads = torch.zeros(len(self.moe_layers), self._num_experts(), dtype=torch.float64)
-        for i, batch in enumerate(batches):
-            sync = i == len(batches) - 1
-            with contextlib.nullcontext() if sync else acc.no_sync(self.model):
-                ce_sum = self._loss_sum(batch)
-                loss = ce_sum * scale
-                if cfg.seq_aux_loss_coef > 0 and self.moe_layers:
-                    loss = loss + cfg.seq_aux_loss_coef * self._aux_loss(batch) / len(batches)
-                acc.backward(loss)
-            ce_total += ce_sum.detach()
-            loads += balance.current_loads(self.moe_layers)
-        self._count_only(None)
+        try:
+            for i, batch in enumerate(batches):
+                sync = i == len(batches) - 1
+                with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+                    ce_sum = self._loss_sum(batch)
+                    loss = ce_sum * scale
+                    if cfg.seq_aux_loss_coef > 0 and self.moe_layers:
+                        loss = loss + cfg.seq_aux_loss_coef * self._aux_loss(batch) / len(batches)
+                    acc.backward(loss)
+                ce_total += ce_sum.detach()
+                loads += balance.current_loads(self.moe_layers)
+        finally:
+            self._count_only(None)
         ce_global = acc.reduce(ce_total, reduction="sum").item()
         loads = acc.reduce(loads.to(acc.device), reduction="sum").cpu() if acc.num_processes > 1 else loads
         return ce_global / max(global_targets, 1.0), int(global_tokens), loads
@@ -238,7 +241,7 @@ class Trainer:
     def _count_only(self, batch) -> None:
         """Expert loads (for the bias update) count `batch`'s real tokens, not its padding; the
         mask stays set through backward (gradient checkpointing re-runs the MoE forward).
-        None: count every token (reset after each step, so other inputs never meet a stale mask)."""
+        None: count every token (reset after each step and eval, so other inputs never meet a stale mask)."""
         real = None if batch is None else (batch.segment_ids > 0).flatten().to(self.accelerator.device)
         for layer in self.moe_layers:
             layer.module.count_only = real
@@ -259,11 +262,14 @@ class Trainer:
         self.model.eval()
         mine = list(range(acc.process_index, len(self.eval_data), acc.num_processes))
         totals = torch.zeros(2, device=acc.device)
-        for k in range(0, len(mine), cfg.batch_size):
-            batch = pack([self.eval_data.sample(i) for i in mine[k:k + cfg.batch_size]],
-                         row_length=cfg.row_length, pad_id=self._pad_id)
-            totals += torch.stack([self._loss_sum(batch), torch.tensor(float(batch.num_target_tokens), device=acc.device)])
-        self._count_only(None)
+        try:
+            for k in range(0, len(mine), cfg.batch_size):
+                batch = pack([self.eval_data.sample(i) for i in mine[k:k + cfg.batch_size]],
+                             row_length=cfg.row_length, pad_id=self._pad_id)
+                totals += torch.stack([self._loss_sum(batch),
+                                       torch.tensor(float(batch.num_target_tokens), device=acc.device)])
+        finally:
+            self._count_only(None)
         self.model.train()
         ce, n = acc.reduce(totals, reduction="sum").tolist()
         return ce / max(n, 1.0)

@@ -14,8 +14,9 @@ threads, D=512, F=256, 1024 tokens, top-4: E=32 1.1 s vs 4.0 s; E=64 1.7 s vs 10
 grouped_mm works on CPU float32 and bfloat16 with autograd in torch 2.14.
 
 The bias is not learned by gradient; the trainer moves it with `tokens_per_expert` (recorded on
-every forward; with `count_only`, a (B*T,) bool mask the trainer sets, padding is not counted). With `record_routing = True` the last scores and choices are kept for an
-optional sequence-level balance loss.
+every forward; `count_only`, a (B*T,) bool mask the trainer sets, leaves padding out). With
+`record_routing = True` the last scores and choices are kept for an optional sequence-level
+balance loss.
 
 Shape legend: T tokens (batch*time flattened), D model width, E routed experts, K experts per
 token, F expert width, G expert groups, S = T*K (token, expert) slots sorted by expert.
