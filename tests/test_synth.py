@@ -40,6 +40,8 @@ def test_bad_config_names_the_value(tmp_path):
         SynthConfig(n=3, kinds=("grounding", "audio"))
     with pytest.raises(ValueError, match="n=0"):
         SynthConfig(n=0)
+    with pytest.raises(ValueError, match="grounding_turns=0"):
+        SynthConfig(n=1, grounding_turns=0)
     (tmp_path / "x").mkdir()
     with pytest.raises(FileExistsError, match="overwrite"):
         synthesize(SynthConfig(n=1, kinds=("video",)), tmp_path / "x", progress=False)

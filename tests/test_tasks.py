@@ -42,6 +42,23 @@ def test_grounding_answers_parse_to_a_box_that_contains_the_element(rendered_pag
 
 
 @pytest.mark.browser
+def test_multi_turn_grounding_asks_the_same_questions_about_one_image(rendered_pages):
+    rendered, _ = rendered_pages[0]
+    single = grounding_samples(rendered, "images/x.png", random.Random(5), n=7)
+    multi = grounding_samples(rendered, "images/x.png", random.Random(5), n=7, turns=3)
+    assert [len(s.messages) for s in multi] == [6, 6, 2]  # 3 + 3 + 1 questions
+    turns = [m for s in multi for m in s.messages]
+    assert [m["content"] for m in turns if m["role"] == "assistant"] == [s.messages[1]["content"] for s in single]
+    for sample in multi:
+        images = [p for m in sample.messages if m["role"] == "user" for p in m["content"] if p["type"] == "image"]
+        assert images == [{"type": "image", "image": "images/x.png"}]  # encoded once, before the first question
+        answers = [parse_box(m["content"]) for m in sample.messages if m["role"] == "assistant"]
+        assert [b.as_list() for b in answers] == sample.meta.get("boxes", [sample.meta["box"]])
+    with pytest.raises(ValueError, match="turns=0"):
+        grounding_samples(rendered, "images/x.png", random.Random(5), n=7, turns=0)
+
+
+@pytest.mark.browser
 @pytest.mark.parametrize("fmt", ["desktop", "mobile", "web"])
 def test_action_answers_parse_back_and_target_the_element(rendered_pages, fmt):
     n = 0

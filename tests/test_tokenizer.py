@@ -28,11 +28,11 @@ def test_vocab_and_special_tokens(tokenizer):
 def test_coordinates_tokenize_consistently(tokenizer):
     for n in range(1000):
         alone = tokenizer.tokenize(str(n))
-        assert len(alone) <= 2, n
+        assert alone == list(str(n)), n  # one token per digit, hundreds first
         # The same pieces in every context the model writes a coordinate in.
         assert tokenizer.tokenize(f"[{n},") [1:-1] == alone, n
         assert tokenizer.tokenize(f"({n})")[1:-1] == alone, n
-    assert tokenizer.tokenize("1234567") == ["123", "456", "7"]
+    assert tokenizer.tokenize("1234567") == list("1234567")
 
 
 def test_round_trip(tokenizer):
@@ -65,7 +65,15 @@ def test_training_is_deterministic_and_retrains_on_a_jsonl_corpus(tmp_path):
 
 @pytest.mark.slow
 def test_shipped_tokenizer_is_what_the_script_writes(tmp_path):
+    """Bit-exact while assets/model holds the built-in tokenizer. Once the default model ships,
+    its tokenizer was retrained on its training corpus (`train.default_model`, stage 2): the
+    vocabulary then differs, everything else the script decides must not."""
     script.main(["--out", str(tmp_path)])
     shipped = json.loads((ASSETS / "tokenizer.json").read_text())
     rebuilt = json.loads((tmp_path / "tokenizer.json").read_text())
-    assert rebuilt == shipped
+    if not (ASSETS / "config.json").is_file():
+        assert rebuilt == shipped
+        return
+    for key in ("added_tokens", "normalizer", "pre_tokenizer", "post_processor", "decoder"):
+        assert shipped[key] == rebuilt[key], key
+    assert len(shipped["model"]["vocab"]) == len(rebuilt["model"]["vocab"])

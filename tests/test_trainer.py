@@ -169,3 +169,38 @@ def test_expert_loads_count_real_tokens_not_padding(tmp_path):
     assert tokens == sum(lengths)
     assert loads_LE.sum(1).tolist() == [tokens * k] * len(trainer.moe_layers)
     assert all(layer.module.count_only is None for layer in trainer.moe_layers)  # no stale mask after the step
+
+
+def test_the_validation_pass_is_cached_until_the_data_media_or_encoder_change(tmp_path, monkeypatch):
+    from train.collate import Encoder
+    from train.data import BadRecords
+    from train.length_cache import cache_path
+    from train.trainer import Dataset
+    from vlm.processor import Processor
+
+    long_answer = json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                           {"role": "assistant", "content": "word " * 400}]})
+    data = write_dataset(tmp_path, 5, extra_lines=[long_answer])
+    processor = Processor.from_pretrained()
+    encoded = []
+    real_encode = Encoder.encode
+    monkeypatch.setattr(Encoder, "encode", lambda self, messages: encoded.append(1) or real_encode(self, messages))
+
+    def dataset(max_length=256):
+        bad = BadRecords()
+        encoded.clear()
+        ds = Dataset(str(data), Encoder(processor, max_length=max_length), bad=bad)
+        return ds, [(line, reason) for _, line, reason in bad.items], len(encoded)
+
+    first, bad_first, calls = dataset()
+    assert calls == 6 and cache_path(data).is_file() and [line for line, _ in bad_first] == [6]
+    again, bad_again, calls = dataset()
+    assert calls == 0 and again.lengths == first.lengths and bad_again == bad_first  # same result, no encoding
+    assert [again.sample(i).input_ids.numel() for i in range(len(again))] == first.lengths
+
+    stat = (tmp_path / "images" / "2.png").stat()  # a media file changed: everything is encoded again
+    os.utime(tmp_path / "images" / "2.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert dataset()[2] == 6 and dataset()[2] == 0
+    assert dataset(max_length=4096)[1] == [] and dataset(max_length=4096)[2] == 0  # the encoder changed
+    data.write_text(data.read_text().replace("What colour", "Which colour"))  # the data changed
+    assert dataset()[2] == 6

@@ -49,8 +49,14 @@ Size = Literal["small", "tiny"]
 Device = Literal["auto", "cpu", "cuda"]
 EVAL_TASKS = ("grounding", "action", "video", "episodes", "qa")
 EVAL_SEED = 1  # held-out stream seed for the reported numbers
-# Unit shares: every target task, episodes and actions most (their prompts are the hardest).
-DEFAULT_KINDS = "grounding:3,action:3,episode:2,video:2,qa:1"
+# Unit shares, chosen by compute rather than by count: an action or episode step carries the
+# released agent prompt (~1,800-2,200 tokens with our tokenizer) for one short answer, a
+# grounding unit is one ~430-token conversation of GROUNDING_TURNS questions about one
+# screenshot. With "grounding:6,action:3,..." 88% of the tokens were action prompts and a
+# checkpoint at step 306 of 699 had not yet learned the grounding answer's format. This mix
+# gives grounding (which actions and episodes need too) ~40% of the tokens.
+DEFAULT_KINDS = "grounding:24,action:1,episode:1,video:2,qa:1"
+GROUNDING_TURNS = 6
 IMAGE_MAX_PIXELS = 320_000  # counted over the duplicated frame pair: 1280x720 -> 532x280 = 190 tokens
 VIDEO_MAX_PIXELS = 320_000  # over all sampled frames: a 6-10 s clip at 2 fps -> 150-180 tokens
 TARGETS = {  # (task, group or None for the whole task) -> the issue's minimum
@@ -67,6 +73,7 @@ class Recipe:
     seed: int = 0
     samples: int = 6_000  # conversations generated; the pilot extrapolates ~4,500 seen in 2 CPU hours
     kinds: str = DEFAULT_KINDS
+    grounding_turns: int = GROUNDING_TURNS
     retrain_tokenizer: bool = True
     steps: int | None = None  # optimiser steps; None: from --hours and a measured step time
     hours: float = 2.0  # training budget when steps is None
@@ -124,7 +131,8 @@ def make_data(recipe: Recipe, work: Path, *, workers: int, progress: bool) -> Pa
 
     data = work / "data"
     if not (data / "data.jsonl").is_file():  # synthesize renames a complete directory into place
-        config = SynthConfig(n=recipe.samples, seed=recipe.seed, kinds=parse_kinds(recipe.kinds), split="train")
+        config = SynthConfig(n=recipe.samples, seed=recipe.seed, kinds=parse_kinds(recipe.kinds), split="train",
+                             grounding_turns=recipe.grounding_turns)
         synthesize(config, data, workers=workers, progress=progress, overwrite=True)
     return data / "data.jsonl"
 
@@ -166,13 +174,13 @@ def _chain(*iterables):
 
 
 def check_coordinates(directory: Path) -> None:
-    """Every model-space number 0-999 must be one token: boxes are then 4 tokens everywhere."""
+    """Every model-space number 0-999 must be its digits, one token each (coarse to fine)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    split = [n for n in range(1000) if len(tok.tokenize(str(n))) != 1]
-    if split:
-        raise RuntimeError(f"retrained tokenizer splits coordinates {split[:10]} into several tokens")
+    merged = [n for n in range(1000) if tok.tokenize(str(n)) != list(str(n))]
+    if merged:
+        raise RuntimeError(f"retrained tokenizer does not write coordinates {merged[:10]} digit by digit")
 
 
 def write_config(recipe: Recipe, init: Path) -> Any:
@@ -354,11 +362,12 @@ answers and acts on synthetic web pages and shape videos; it knows nothing else.
 - Vision: {v.depth} blocks, width {v.hidden_size}, patch {v.patch_size}, 2x2 merge; images at most
   {IMAGE_MAX_PIXELS // 2:,} pixels (a 1280x720 screenshot is 190 tokens), videos {VIDEO_MAX_PIXELS:,} over all frames.
 - Tokenizer: byte-level BPE, 8192 tokens, {'retrained on the training corpus' if recipe.retrain_tokenizer else 'the project tokenizer'};
-  every number 0-999 is one token.
+  numbers are written one digit per token.
 
 ## Training data
 
-`train.synth`, train split, seed {recipe.seed}: {data_stats.get('samples', '?')} conversations, unit mix `{recipe.kinds}`
+`train.synth`, train split, seed {recipe.seed}: {data_stats.get('samples', '?')} conversations, unit mix `{recipe.kinds}`,
+{recipe.grounding_turns} grounding questions per screenshot conversation
 ({', '.join(f'{k} {n}' for k, n in sorted(data_stats.get('kinds', {}).items()))}).
 Pages rendered by Chromium at 1280x720 and 390x844 (touch), boxes from the DOM; grounding with
 the released prompt wording, single GUI steps in the desktop, mobile and set-of-marks formats,
@@ -432,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--samples", type=int, default=d.samples, help="training conversations to generate")
     p.add_argument("--kinds", default=d.kinds, help="unit mix for train.synth (kind:weight,...)")
+    p.add_argument("--grounding-turns", type=int, default=d.grounding_turns,
+                   help="grounding questions per training conversation (one screenshot each)")
     p.add_argument("--keep-tokenizer", action="store_true", help="use assets/model's tokenizer instead of retraining")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -453,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device is available")
     recipe = Recipe(size=args.size, seed=args.seed, samples=args.samples, kinds=args.kinds,
+                    grounding_turns=args.grounding_turns,
                     retrain_tokenizer=not args.keep_tokenizer, steps=args.steps, hours=args.hours,
                     batch_size=args.batch_size, lr=args.lr, eval_n=args.eval_n)
     command = "python -m train.default_model " + " ".join(argv if argv is not None else sys.argv[1:])

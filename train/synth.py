@@ -52,10 +52,13 @@ class SynthConfig:
     kinds: tuple[Kind, ...] = KINDS
     viewport: ViewportMode = "both"
     split: Split = "train"
+    grounding_turns: int = 1  # grounding questions per conversation (one image, several turns)
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n={self.n} must be at least 1")
+        if self.grounding_turns < 1:
+            raise ValueError(f"grounding_turns={self.grounding_turns} must be at least 1")
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:
             raise ValueError(f"kinds {list(self.kinds)} must be a non-empty subset of {list(KINDS)}")
@@ -106,20 +109,22 @@ def make_unit(config: SynthConfig, index: int, out: Path) -> list[dict[str, Any]
     elif kind == "episode":
         samples = episodes.episode_samples(_worker_renderer(), seed, viewport, rng, media)
     else:
-        samples = _page_unit(kind, seed, viewport, rng, media)
+        samples = _page_unit(kind, seed, viewport, rng, media, grounding_turns=config.grounding_turns)
     for path, data in media.files.items():
         (out / path).write_bytes(data)
     return [s.to_json() for s in samples]
 
 
-def _page_unit(kind: Kind, seed: int, viewport: Viewport, rng: random.Random, media: agent_steps.Media) -> list[Sample]:
+def _page_unit(kind: Kind, seed: int, viewport: Viewport, rng: random.Random, media: agent_steps.Media, *,
+               grounding_turns: int) -> list[Sample]:
     renderer = _worker_renderer()
     page = generate_page(seed)
     tab = renderer.load(page, viewport)
     rendered = renderer.snapshot(tab, page, viewport)
     image = media.add_png(rendered.png)
     if kind == "grounding":
-        return tasks.grounding_samples(rendered, image, rng, n=SAMPLES_PER_UNIT["grounding"])
+        n = max(SAMPLES_PER_UNIT["grounding"], grounding_turns)
+        return tasks.grounding_samples(rendered, image, rng, n=n, turns=grounding_turns)
     if kind == "qa":
         return tasks.qa_samples(rendered, image, rng, n=SAMPLES_PER_UNIT["qa"])
     screen = agent_steps.Screen(agent_steps.decode(rendered.png), image)
@@ -226,11 +231,14 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"comma-separated subset of {','.join(KINDS)}; `kind:3` gives a kind 3 shares of the units")
     parser.add_argument("--viewport", default="both", choices=("desktop", "phone", "both"))
     parser.add_argument("--split", default="train", choices=("train", "heldout"))
+    parser.add_argument("--grounding-turns", type=int, default=1,
+                        help="grounding questions per conversation (the image is encoded once for all)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     kinds = parse_kinds(args.kinds)
-    config = SynthConfig(n=args.n, seed=args.seed, kinds=kinds, viewport=args.viewport, split=args.split)  # type: ignore[arg-type]
+    config = SynthConfig(n=args.n, seed=args.seed, kinds=kinds, viewport=args.viewport, split=args.split,  # type: ignore[arg-type]
+                         grounding_turns=args.grounding_turns)
     synthesize(config, args.out, workers=args.workers, overwrite=args.overwrite)
 
 

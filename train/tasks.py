@@ -68,16 +68,28 @@ def unique_targets(rendered: Rendered) -> list[Placed]:
     return [p for p in rendered.placed if counts[p.element.description] == 1]
 
 
-def grounding_samples(rendered: Rendered, image: str, rng: random.Random, *, n: int) -> list[Sample]:
-    """Up to `n` grounding questions about different visible elements of `rendered`."""
+def grounding_samples(rendered: Rendered, image: str, rng: random.Random, *, n: int, turns: int = 1) -> list[Sample]:
+    """Up to `n` grounding questions about different visible elements of `rendered`, `turns`
+    per conversation: the first question follows the image, the others follow the previous
+    answer, so the image is encoded once for all of them (`meta["box"]` is the first's box,
+    `meta["boxes"]` every turn's)."""
+    if turns < 1:
+        raise ValueError(f"turns={turns}: expected at least one question per conversation")
     targets = unique_targets(rendered)
+    chosen = rng.sample(targets, min(n, len(targets)))
     samples = []
-    for placed in rng.sample(targets, min(n, len(targets))):
-        question = rng.choice(GROUNDING_PROMPTS).format(description=placed.element.description)
-        meta = {**_base_meta(rendered, "grounding"), "element": placed.element.id,
-                "role": placed.element.role, "box": placed.box.as_list()}
-        samples.append(Sample(conversation([{"type": "image", "image": image}], question,
-                                           format_box(placed.box)), meta))
+    for start in range(0, len(chosen), turns):
+        group = chosen[start:start + turns]
+        messages: list[dict[str, Any]] = []
+        for placed in group:
+            question = rng.choice(GROUNDING_PROMPTS).format(description=placed.element.description)
+            media = [] if messages else [{"type": "image", "image": image}]
+            messages += conversation(media, question, format_box(placed.box))
+        meta = {**_base_meta(rendered, "grounding"), "element": group[0].element.id,
+                "role": group[0].element.role, "box": group[0].box.as_list()}
+        if len(group) > 1:
+            meta["boxes"] = [p.box.as_list() for p in group]
+        samples.append(Sample(messages, meta))
     return samples
 
 

@@ -5,8 +5,11 @@
 
 What is unusual here:
 
-- Digits are pre-split into runs of at most three (as GLM's own tokenizer does), so a 0-999
-  coordinate is always one pre-token and tokenizes the same way wherever it appears.
+- Every digit is its own token (GLM's own tokenizer keeps runs of up to three), so a 0-999
+  coordinate is written coarse to fine, hundreds digit first, and tokenizes the same way
+  wherever it appears. A small model trained from scratch learns a 10-way choice per digit;
+  with one token per number it has to learn 1,000 unrelated classes from a few thousand
+  boxes, and our first default-model run never did (see train/default_model.py).
 - The special tokens are GLM-4.5V's, by name, so prompts rendered for the released model
   render unchanged for ours; only their ids differ (they come first, ids 0..N-1).
 - The built-in corpus is generated, not downloaded: UI strings, prompts in the released
@@ -67,10 +70,10 @@ SPECIAL_TOKENS = [
     "</tool_response>",
 ]
 
-# GLM-4's split pattern: letters with one leading non-letter, digit runs of at most three,
+# GLM-4's split pattern with single digits: letters with one leading non-letter, one digit,
 # punctuation runs, newlines, then spaces.
 SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 

@@ -39,7 +39,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import balance, checkpoint, lora
+from . import balance, checkpoint, length_cache, lora
 from .collate import IGNORE, Encoder, Sample, epoch_order, pack
 from .config import TrainConfig
 from .data import BadRecords, Conversation, read_conversations
@@ -66,15 +66,27 @@ class Dataset:
         self.conversations: list[Conversation] = []
         self.lengths: list[int] = []
         # One encoding pass up front: finds unreadable media and over-long samples before
-        # training starts, and gives the lengths that batches are grouped by.
-        for conv in read_conversations(path, bad=bad):
-            try:
-                sample = encoder.encode(conv.messages)
-            except ValueError as e:
-                bad.add(path, conv.line, str(e))
+        # training starts, and gives the lengths that batches are grouped by. Its results are
+        # cached beside the data (`length_cache`), so a rerun or resume skips it.
+        conversations = read_conversations(path, bad=bad)
+        key = length_cache.fingerprint(Path(path), conversations, encoder)
+        cached = length_cache.load(Path(path), key)
+        results: dict[int, length_cache.Result] = {}
+        for conv in conversations:
+            result = cached.get(conv.line)
+            if result is None:
+                try:
+                    result = len(encoder.encode(conv.messages))
+                except ValueError as e:
+                    result = str(e)
+            results[conv.line] = result
+            if isinstance(result, str):
+                bad.add(path, conv.line, result)
                 continue
             self.conversations.append(conv)
-            self.lengths.append(len(sample))
+            self.lengths.append(result)
+        if results != cached:
+            length_cache.save(Path(path), key, results)
         if not self.conversations:
             raise ValueError(f"dataset {path!r}: every record is bad ({len(bad)})")
 
