@@ -25,7 +25,7 @@ How the weights script the text. Let `seq` be `<|assistant|> \\n <think> ... </t
 4. `lm_head` maps the current token to its successor in `seq` (weight S), and, where a token has
    several successors (the `,` between coordinates, the `\\n` before `<think>` and before the
    answer), tells the occurrences apart by the history (weight C << S): the marked tokens are
-   the predecessors of those occurrences (`120`, `250`, ... ; `<|assistant|>`, `</think>`), and the
+   the predecessors of those occurrences (`5`, `6`, ... ; `<|assistant|>`, `</think>`), and the
    j-th successor scores C * (h[pred_j] - h[pred_j+1]), which is largest exactly at occurrence j.
 
 The builder checks the result with transformers' own greedy decoding before returning. The
@@ -46,8 +46,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
                    "processor_config.json", "video_preprocessor_config.json")
 
 THINKING = "Looking for a red square."
-ANSWER = "Here it is: <|begin_of_box|>[120,250,610,880]<|end_of_box|>"
-BOX_0_999 = (120, 250, 610, 880)
+# The tokenizer writes numbers one digit per token, so the box's digits are all different (a
+# repeated token needs different neighbours each time), and the digits before its commas (5, 6,
+# 4) are not the video time indices 0-2 of the example clip (they would enter the history).
+ANSWER = "Here it is: <|begin_of_box|>[25,36,804,917]<|end_of_box|>"
+BOX_0_999 = (25, 36, 804, 917)
 
 _CUR_WEIGHT = 40.0  # S: successor of the current token
 _HISTORY_WEIGHT = 4.0  # C: disambiguation by history, well below S

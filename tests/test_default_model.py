@@ -9,6 +9,8 @@ the accuracy floor applies only to the shipped model, the pilot is too small to 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -88,3 +90,14 @@ def test_transformers_loads_the_default_model_and_computes_the_same_logits(defau
     ids = torch.randint(20, ours.cfg.text.vocab_size, (1, 12))
     with torch.no_grad():
         assert torch.allclose(ours(input_ids=ids).logits, theirs(input_ids=ids).logits, atol=1e-4)
+
+
+def test_training_hours_add_up_step_times_not_wall_time(tmp_path):
+    from train.default_model import training_stats
+
+    records = [{"step": 1, "loss": 9.0, "tokens": 3600, "tokens_per_s": 1.0},
+               {"step": 2, "eval_loss": 8.0},  # eval records carry no step time
+               {"step": 3, "loss": 7.0, "tokens": 5400, "tokens_per_s": 0.5}]  # 1800 tokens in 3600 s
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(map(json.dumps, records)) + "\n")
+    assert training_stats(metrics) == {"final_loss": 7.0, "hours": 2.0}

@@ -88,13 +88,13 @@ def test_chat_streams_the_answer_and_draws_its_box(vlm, scripted, tmp_path):
             page.wait_for_selector("#prompt img")  # the upload is attached to the message
             page.fill("#prompt textarea", "Where is the red square?")
             page.press("#prompt textarea", "Enter")
-            page.wait_for_function("document.querySelector('#chatbot').innerText.includes('610,880]')",
+            page.wait_for_function("document.querySelector('#chatbot').innerText.includes('804,917]')",
                                    timeout=60_000)
             page.wait_for_selector("#grounding img", timeout=30_000)
             page.screenshot(path=tmp_path / "demo.png", full_page=True)
 
             chat = page.inner_text("#chatbot")
-            assert "Here it is: [120,250,610,880]" in chat
+            assert "Here it is: [25,36,804,917]" in chat
             assert "<|begin_of_box|>" not in chat  # box tokens are not shown to the user
             assert "Thinking" in chat  # the reasoning is there, collapsible
             page.click("#chatbot >> text=Thinking")
@@ -102,7 +102,7 @@ def test_chat_streams_the_answer_and_draws_its_box(vlm, scripted, tmp_path):
 
             # streamed: the page showed the answer partly written before it was complete
             seen = page.evaluate("window.__chat")
-            partial = [t for t in seen if "Here it is" in t and "610,880]" not in t]
+            partial = [t for t in seen if "Here it is" in t and "804,917]" not in t]
             assert partial, f"no partial answer among {len(seen)} recorded states"
 
             # the box is painted on the image shown beside the chat, where the answer says

@@ -195,11 +195,11 @@ def test_greedy_tokens_equal_transformers(random_pair, picture):
 def test_stop_string_ends_the_answer_and_is_trimmed(scripted, picture):
     checkpoint, vlm = scripted
     full = vlm.generate("Where?", images=[picture], max_new_tokens=64, thinking=False)
-    gen = vlm.generate("Where?", images=[picture], max_new_tokens=64, thinking=False, stop=[",610", "nothing"])
-    assert gen.text == checkpoint.answer.split(",610")[0]
+    gen = vlm.generate("Where?", images=[picture], max_new_tokens=64, thinking=False, stop=[",804", "nothing"])
+    assert gen.text == checkpoint.answer.split(",804")[0]
     assert gen.finish_reason == "stop"
     assert len(gen.token_ids) < len(full.token_ids)  # it really stopped early
-    stream = vlm.generate("Where?", images=[picture], max_new_tokens=64, thinking=False, stop=",610", stream=True)
+    stream = vlm.generate("Where?", images=[picture], max_new_tokens=64, thinking=False, stop=",804", stream=True)
     assert "".join(stream) == gen.text
 
 

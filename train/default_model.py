@@ -265,6 +265,21 @@ def train_model(recipe: Recipe, work: Path, *, steps: int, progress: bool) -> Pa
     return run
 
 
+def training_stats(metrics_file: Path) -> dict[str, float]:
+    """Final loss and training hours from the step records. The hours add up each step's own
+    time (its tokens over its tokens/s), so a run resumed across sessions counts only steps."""
+    loss, seconds, previous = float("nan"), 0.0, 0
+    for record in map(json.loads, metrics_file.read_text().splitlines()):
+        if "tokens_per_s" not in record:
+            continue
+        loss = record["loss"]
+        if record["tokens"] < previous:  # restarted from a checkpoint: counts begin again there
+            previous = 0
+        seconds += (record["tokens"] - previous) / record["tokens_per_s"]
+        previous = record["tokens"]
+    return {"final_loss": loss, "hours": seconds / 3600}
+
+
 def evaluate_model(recipe: Recipe, model: Path, work: Path, *, workers: int) -> dict[str, Any]:
     """Every task on fresh held-out data; results cached per task in `work/eval/`."""
     from train import eval as heldout
@@ -411,12 +426,8 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
     config = write_config(recipe, init)
     plan = plan_steps(recipe, work, progress=progress)
     log.info("training plan: %s", plan)
-    started = time.perf_counter()
     run_dir = train_model(recipe, work, steps=plan["steps"], progress=progress)
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    losses = [m["loss"] for m in metrics if "loss" in m]
-    train_stats = {"final_loss": losses[-1] if losses else float("nan"),
-                   "hours": (time.perf_counter() - started) / 3600}
+    train_stats = training_stats(run_dir / "metrics.jsonl")
     results = evaluate_model(recipe, run_dir, work, workers=workers) if evaluate else {}
     kinds: dict[str, int] = {}
     for line in corpus.read_text(encoding="utf-8").splitlines():
