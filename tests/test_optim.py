@@ -57,6 +57,20 @@ def test_muon_adamw_trains_and_round_trips_its_state():
                        opt.muon.state_dict()["state"][0]["momentum_buffer"])
 
 
+def test_schedule_reaches_the_inner_optimisers_after_a_state_load():
+    """accelerate's `prepare` reloads the optimiser state on every run; the scheduler created
+    before it must still drive the optimisers that step (it once froze them at the warm-up lr)."""
+    opt = build_optimizer(Toy().named_parameters(), name="muon", lr=1e-2, weight_decay=0.0)
+    sched = build_scheduler(opt, warmup_steps=4, max_steps=10, min_lr_ratio=0.1)
+    opt.load_state_dict(opt.state_dict())
+    for _ in range(6):
+        opt.step(); sched.step()
+    expected = 1e-2 * lr_multiplier(6, warmup_steps=4, max_steps=10, min_lr_ratio=0.1)
+    inner = opt.muon.param_groups + opt.adamw.param_groups
+    assert [g["lr"] for g in inner] == pytest.approx([expected] * len(inner))
+    assert all(any(g is h for h in opt.param_groups) for g in inner)
+
+
 def test_adamw_only_and_frozen_parameters_are_left_out():
     model = Toy()
     model.lm_head.weight.requires_grad_(False)

@@ -92,6 +92,11 @@ class MuonAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
+        # torch's load_state_dict gives the inner optimisers new group dicts. Point ours at them,
+        # in place (schedulers and accelerate's wrapper hold this list): otherwise lr changes
+        # land in orphaned dicts and training runs on at the lr of the last load. accelerate's
+        # `prepare` loads the state once on every run, so this is not only about resuming.
+        self.param_groups[:] = self.muon.param_groups + self.adamw.param_groups
 
 
 def lr_multiplier(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
