@@ -41,9 +41,14 @@ def test_loss_falls_and_the_run_writes_a_loadable_checkpoint(tmp_path):
     data = write_dataset(tmp_path, 8)
     cfg = _config(tmp_path, data, max_steps=14, batch_size=4, grad_accum=1, lr=1e-2, optimizer="muon",
                   warmup_steps=2)
-    result = Trainer(cfg).train()
+    trainer = Trainer(cfg)
+    result = trainer.train()
     losses = [result.losses[s] for s in sorted(result.losses)]
     assert losses[-1] < 0.6 * losses[0], losses
+    # The optimisers that step follow the schedule (through accelerate's wrapper, which reloads
+    # the optimiser state in `prepare`): each group ends at the cosine floor, not at a warm-up lr.
+    inner = trainer.optimizer.optimizer.muon.param_groups + trainer.optimizer.optimizer.adamw.param_groups
+    assert [g["lr"] for g in inner] == pytest.approx([cfg.lr * cfg.min_lr_ratio] * len(inner))
     rows = metrics(Path(cfg.output))
     assert [r["step"] for r in rows] == list(range(1, 15))
     assert all(r["moe/max_over_mean"] >= 1.0 for r in rows)  # per-layer expert load is logged
