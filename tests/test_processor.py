@@ -1,6 +1,7 @@
 """The processor: same tensors as transformers' Glm4vProcessor on our shipped tokenizer and
 settings, and the chat template rendering the GLM-4.5V format string for string."""
 
+import json
 import subprocess
 
 import numpy as np
@@ -53,7 +54,9 @@ def assert_same(ours, expected):
 
 def test_loads_offline_with_a_transformers_tokenizer(processor):
     assert isinstance(processor.tokenizer, PreTrainedTokenizerBase)
-    assert processor.image_config.min_pixels == 12_544 and processor.image_config.max_pixels == 9_633_792
+    # The pixel budget is the checkpoint's own (the default model's is smaller than the released 12,544..9,633,792).
+    size = json.loads((ASSETS / "preprocessor_config.json").read_text())["size"]
+    assert (processor.image_config.min_pixels, processor.image_config.max_pixels) == (size["shortest_edge"], size["longest_edge"])
     assert len(set(processor.stop_token_ids)) == 3
 
 
