@@ -183,27 +183,35 @@ def active_bytes_per_token(model) -> int:
     return total
 
 
-def prefill_flop(model, inputs) -> float:
-    """Matmul + attention FLOPs of one prefill (2 per multiply-add)."""
+def forward_flop(model, *, rows: int, tokens: int, patches_per_row: int, logit_rows: int) -> float:
+    """Matmul + attention FLOPs (2 per multiply-add) of one forward over `rows` rows of `tokens`
+    tokens, each row holding one image of `patches_per_row` patches, with the lm_head applied to
+    `logit_rows` positions in all. Causal text attention counts its lower half only, the least
+    any implementation must compute."""
     text, vision = model.cfg.text, model.cfg.vision
-    T = inputs["input_ids"].shape[1]
-    patches = int(inputs["image_grid_thw"].prod(-1).sum())
+    T, patches = rows * tokens, rows * patches_per_row
     flop = 0.0
     for name, p in model.named_parameters():
         if p.ndim < 2 or name.endswith("embed_tokens.weight") or "position_embedding" in name:
             continue
         if name.startswith("visual."):
-            rows = patches // 4 if ("merger" in name or "downsample" in name) else patches
-            flop += 2 * rows * p.numel()
+            n = patches // 4 if ("merger" in name or "downsample" in name) else patches
+            flop += 2 * n * p.numel()
         elif name == "lm_head.weight":
-            flop += 2 * 1 * p.numel()
+            flop += 2 * logit_rows * p.numel()
         elif ".experts." in name:
             flop += 2 * T * p.numel() * text.num_experts_per_tok / text.n_routed_experts
         else:
             flop += 2 * T * p.numel()
-    flop += vision.depth * 4 * patches**2 * vision.hidden_size  # QK^T and PV, one image, bidirectional
-    flop += text.num_hidden_layers * 2 * T**2 * text.num_attention_heads * text.head_dim  # causal: half
+    flop += rows * vision.depth * 4 * patches_per_row**2 * vision.hidden_size  # QK^T and PV per image, bidirectional
+    flop += rows * text.num_hidden_layers * 2 * tokens**2 * text.num_attention_heads * text.head_dim  # causal: half
     return flop
+
+
+def prefill_flop(model, inputs) -> float:
+    """FLOPs of one prefill of `inputs` (one row, one image), logits at the last position."""
+    return forward_flop(model, rows=1, tokens=inputs["input_ids"].shape[1],
+                        patches_per_row=int(inputs["image_grid_thw"].prod(-1).sum()), logit_rows=1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,11 @@ CPU). Transformers runs with each of its experts implementations (eager and grou
 batched_mm runs out of memory, see IMPLEMENTATIONS) and its fastest one is reported. Each number
 is the best of `--steps` timed steps after one warm-up step (the machine is shared; the minimum
 is the least disturbed estimate), ours and transformers' interleaved step by step.
+
+The table also gives each model's achieved GFLOP/s: a step's matmul and attention FLOPs counted
+analytically (forward x 3 for forward + backward; causal attention at half) over its time,
+beside the float32 matmul peak measured in the same run. The peak bounds any implementation of
+this step, so it bounds the reachable speed-up too, which the last line prints.
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.generate import SPECIAL, TEXT, VISION
+from benchmarks.generate import SPECIAL, TEXT, VISION, forward_flop, matmul_gflop_s
 
 # batched_mm is left out by default: it gathers one (2F, D) weight matrix per (token, expert) pair,
 # (tokens * top_k * 2F * D floats: 4 GiB per layer for 2 x 512 tokens here), and the machine's OOM
 # killer ends the run. Pass --implementations to try it.
 IMPLEMENTATIONS = ("eager", "grouped_mm")
+PATCHES = 256  # per row: one 224x224 image, 16x16 patches of 14 px, 64 vision tokens after the 2x2 merge
 
 
 def write_checkpoint(directory: Path) -> None:
@@ -55,7 +61,7 @@ def make_batch(rows: int, seq: int) -> dict[str, torch.Tensor]:
     targets[:, :len(image)] = -100
     patch_dim = 3 * 2 * 14 * 14
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": is_image.long(),
-            "pixel_values": torch.randn(rows * 256, patch_dim, generator=g),
+            "pixel_values": torch.randn(rows * PATCHES, patch_dim, generator=g),
             "image_grid_thw": torch.tensor([[1, 16, 16]] * rows), "targets": targets}
 
 
@@ -117,19 +123,26 @@ def main() -> None:
                 ours.step(batch)
             runner.model = runner.optimizer = None
             theirs.append(runner)
+    step_gflop = 3 * forward_flop(ours.model, rows=args.rows, tokens=args.seq, patches_per_row=PATCHES,
+                                  logit_rows=tokens) / 1e9
+    peak = matmul_gflop_s(args.steps)
     runners = [ours, *theirs]
     best = min(theirs, key=lambda r: r.best_s)
     rows = [(r.name, tokens / r.best_s) for r in runners]
-    print(f"\ntraining step, {args.rows} x {args.seq} tokens (image + text), float32, {args.threads} threads\n")
-    print("| model | tokens/s | step s |\n|---|---|---|")
+    print(f"\ntraining step, {args.rows} x {args.seq} tokens (image + text), float32, {args.threads} threads,"
+          f" {step_gflop:.1f} GFLOP a step\n")
+    print("| model | tokens/s | step s | GFLOP/s |\n|---|---|---|---|")
     for runner in runners:
-        print(f"| {runner.name} | {tokens / runner.best_s:.0f} | {runner.best_s:.3f} |")
-    speedup = best.best_s / ours.best_s
-    print(f"\nours vs transformers' fastest ({best.name}): {speedup:.2f}x (goal >= 1.5x)")
+        print(f"| {runner.name} | {tokens / runner.best_s:.0f} | {runner.best_s:.3f} | {step_gflop / runner.best_s:.0f} |")
+    speedup, ceiling = best.best_s / ours.best_s, best.best_s * peak / step_gflop
+    print(f"\nmatmul peak {peak:.0f} GFLOP/s: ours at {step_gflop / ours.best_s / peak:.0%} of it,"
+          f" {best.name} at {step_gflop / best.best_s / peak:.0%}; a step at the peak would be {ceiling:.2f}x the latter")
+    print(f"ours vs transformers' fastest ({best.name}): {speedup:.2f}x (goal >= 1.5x)")
     if args.json:
         out = Path(args.json)
         tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"tokens_per_s": dict(rows), "speedup_vs_fastest": speedup,
+        tmp.write_text(json.dumps({"tokens_per_s": dict(rows), "speedup_vs_fastest": speedup, "step_gflop": step_gflop,
+                                   "matmul_peak_gflop_s": peak, "speedup_at_peak": ceiling,
                                    "threads": args.threads, "rows": args.rows, "seq": args.seq}, indent=2))
         os.replace(tmp, out)
 
