@@ -93,3 +93,16 @@ def test_training_hours_add_up_step_times_not_wall_time(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("\n".join(map(json.dumps, records)) + "\n")
     assert training_stats(metrics) == {"final_loss": 7.0, "hours": 2.0}
+
+
+def test_training_hours_of_a_resumed_run_count_each_step_once_from_its_predecessor(tmp_path):
+    from train.default_model import training_stats
+
+    # Killed after step 3, resumed from the checkpoint of step 2 (1,200 tokens): step 3 is redone.
+    tokens = [600, 1200, 1800, 1800, 2400]
+    records = [{"step": s, "loss": 1.0, "tokens": t, "tokens_per_s": 600.0}
+               for s, t in zip([1, 2, 3, 3, 4], tokens)]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(map(json.dumps, records)) + "\n")
+    assert training_stats(metrics)["hours"] == pytest.approx(5 / 3600)  # five steps of one second
+

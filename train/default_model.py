@@ -236,15 +236,8 @@ def calibrate(recipe: Recipe, work: Path, *, progress: bool, steps: int = 8) -> 
                               output=str(out), save_every=0)
     trainer = Trainer(cfg)
     trainer.train()
-    tokens = seconds = 0.0
-    previous = 0
-    for record in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()):
-        if "tokens_per_s" not in record:
-            continue
-        step_tokens, previous = record["tokens"] - previous, record["tokens"]
-        if record["step"] > 2:
-            tokens += step_tokens
-            seconds += step_tokens / record["tokens_per_s"]
+    timed = [r for r in step_records(out / "metrics.jsonl") if r["step"] > 2]
+    tokens, seconds = sum(r["step_tokens"] for r in timed), sum(r["seconds"] for r in timed)
     lengths = trainer.train_data.lengths
     step_tokens = trainer.global_batch * sum(lengths) / len(lengths)
     shutil.rmtree(out, ignore_errors=True)
@@ -265,19 +258,28 @@ def train_model(recipe: Recipe, work: Path, *, steps: int, progress: bool) -> Pa
     return run
 
 
-def training_stats(metrics_file: Path) -> dict[str, float]:
-    """Final loss and training hours from the step records. The hours add up each step's own
-    time (its tokens over its tokens/s), so a run resumed across sessions counts only steps."""
-    loss, seconds, previous = float("nan"), 0.0, 0
+def step_records(metrics_file: Path) -> list[dict[str, Any]]:
+    """The optimiser-step records of a `metrics.jsonl`, each with its own `step_tokens` and
+    `seconds` (its tokens over its tokens/s). A step's tokens are counted from the latest
+    earlier step's record, so a run resumed from a checkpoint (whose cumulative count restarts
+    at the checkpoint's) adds only what each step did."""
+    records, seen = [], {0: 0}  # step -> cumulative tokens after it
     for record in map(json.loads, metrics_file.read_text().splitlines()):
         if "tokens_per_s" not in record:
-            continue
-        loss = record["loss"]
-        if record["tokens"] < previous:  # restarted from a checkpoint: counts begin again there
-            previous = 0
-        seconds += (record["tokens"] - previous) / record["tokens_per_s"]
-        previous = record["tokens"]
-    return {"final_loss": loss, "hours": seconds / 3600}
+            continue  # eval records carry no step time
+        step = record["step"]
+        step_tokens = record["tokens"] - seen[max(k for k in seen if k < step)]
+        seen[step] = record["tokens"]
+        records.append({**record, "step_tokens": step_tokens, "seconds": step_tokens / record["tokens_per_s"]})
+    return records
+
+
+def training_stats(metrics_file: Path) -> dict[str, float]:
+    """Final loss and training hours, summed over the steps' own times (not wall time), so a
+    run resumed across sessions counts only its steps."""
+    records = step_records(metrics_file)
+    return {"final_loss": records[-1]["loss"] if records else float("nan"),
+            "hours": sum(r["seconds"] for r in records) / 3600}
 
 
 def evaluate_model(recipe: Recipe, model: Path, work: Path, *, workers: int) -> dict[str, Any]:
