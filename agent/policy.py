@@ -126,19 +126,23 @@ class OpenAIPolicy:
 
 
 class VLMPolicy:
-    """A local `VLM` as a policy: `vlm.generate(messages, max_new_tokens=..., temperature=...).text`."""
+    """A local `VLM` as a policy: `vlm.generate(messages, max_new_tokens=..., temperature=...,
+    thinking=...).text`; `thinking=None` follows the checkpoint's default."""
 
     accepts_pil = True
 
-    def __init__(self, vlm: Any, *, max_new_tokens: int = 2048, temperature: float = 0.0) -> None:
+    def __init__(self, vlm: Any, *, max_new_tokens: int = 2048, temperature: float = 0.0,
+                 thinking: bool | None = None) -> None:
         if not callable(getattr(vlm, "generate", None)):
             raise TypeError(f"{type(vlm).__name__} has no generate(messages, ...) method")
         self.vlm = vlm
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        self.thinking = thinking
 
     def __call__(self, messages: list[Message]) -> str:
-        result = self.vlm.generate(to_pil(messages), max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+        result = self.vlm.generate(to_pil(messages), max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                   thinking=self.thinking)
         return result.text
 
 

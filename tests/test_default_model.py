@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from train.default_model import IMAGE_MAX_PIXELS, SHIPPED, Recipe, make_processor, model_config, run
+from train.synth import parse_languages
 from vlm.processor import ASSETS
 
 QUESTIONS = 40  # held-out grounding questions, seed 11
@@ -62,12 +63,13 @@ def test_default_model_grounds_a_freshly_generated_page(default_model, tmp_path)
     path, shipped = default_model
     assert all((path / name).is_file() for name in (*SHIPPED, "generation_config.json", "README.md"))
     vlm = VLM.from_pretrained(path)
-    # The eval CLI's policy (thinking on, as the model was trained); constant boxes score <= 2 of 40 here.
-    policy = VLMPolicy(vlm, max_new_tokens=32, temperature=0.0)
-    result = evaluate("grounding", policy, n=QUESTIONS, seed=11, workdir=tmp_path)
-    assert result.total == QUESTIONS and set(result.groups) <= {"desktop", "phone"}
-    if shipped:
-        assert result.correct >= SHIPPED_MIN_HITS, result.report()
+    languages = parse_languages(Recipe().languages)  # the pages it was trained on
+    for thinking in (True, False):  # the recipe trains both modes; constant boxes score <= 2 of 40
+        policy = VLMPolicy(vlm, max_new_tokens=32, temperature=0.0, thinking=thinking)
+        result = evaluate("grounding", policy, n=QUESTIONS, seed=11, workdir=tmp_path, languages=languages)
+        assert result.total == QUESTIONS and set(result.groups) <= {"desktop", "phone"}
+        if shipped:
+            assert result.correct >= SHIPPED_MIN_HITS, (thinking, result.report())
 
 
 @pytest.mark.slow

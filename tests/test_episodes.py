@@ -39,5 +39,7 @@ def test_a_form_goal_fixes_the_number_of_fields_and_rejects_too_many():
     assert all(f'"{value}"' in goal.task for _, value in goal.fills)
     with pytest.raises(ValueError, match="fields=9"):
         plan_episode(3, "form", fields=9)
+    pinned, pinned_goal = plan_episode(3, "form", fields=2, language="ja")
+    assert pinned.language == "ja" and not any(pinned.element(eid).text.isascii() for eid, _ in pinned_goal.fills)
     with pytest.raises(ValueError, match="'signup'"):
         plan_episode(3, "signup")

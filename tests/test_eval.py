@@ -58,6 +58,13 @@ def test_a_model_that_knows_the_answers_scores_one_and_a_silent_one_zero(tmp_pat
     assert silent.accuracy == 0.0 and silent.report().splitlines()[-1] == "accuracy: 0.0000"
 
 
+@pytest.mark.browser
+def test_held_out_pages_are_in_the_languages_asked_for(tmp_path):
+    evaluate("grounding", lambda m: "", n=6, seed=3, workdir=tmp_path, languages=("es",))
+    records = [json.loads(line) for line in (tmp_path / "grounding" / "data.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and {r["meta"]["language"] for r in records} == {"es"}
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 def test_the_agent_loop_driven_by_an_expert_fills_the_form_and_giving_up_fails():

@@ -67,8 +67,8 @@ class FakeVLM:
     def __init__(self):
         self.seen = None
 
-    def generate(self, messages, *, max_new_tokens, temperature):
-        self.seen = (messages, max_new_tokens, temperature)
+    def generate(self, messages, *, max_new_tokens, temperature, thinking):
+        self.seen = (messages, max_new_tokens, temperature, thinking)
         return _Generated("DONE()")
 
     def __call__(self, *args):  # like an nn.Module: callable, but not a policy
@@ -80,9 +80,12 @@ def test_vlm_adapter_passes_pil_images_and_options():
     policy = as_policy(vlm)
     assert isinstance(policy, VLMPolicy)
     assert policy(_messages("data_url")) == "DONE()"
-    messages, max_new_tokens, temperature = vlm.seen
+    messages, max_new_tokens, temperature, thinking = vlm.seen
     images = [p for p in messages[0]["content"] if p["type"] == "image"]
     assert isinstance(images[0]["image"], Image.Image) and max_new_tokens == 2048 and temperature == 0.0
+    assert thinking is None  # the checkpoint's default
+    VLMPolicy(vlm, thinking=False)(_messages("data_url"))
+    assert vlm.seen[3] is False
 
 
 def test_scripted_policy_answers_in_order_and_runs_out_loudly():

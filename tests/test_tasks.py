@@ -10,7 +10,7 @@ from agent.parsing import parse_box, parse_response
 from agent.prompt_text import GROUNDING_TEMPLATE
 from train.agent_steps import Media, Screen, action_samples, decode
 from train.pages import generate_page
-from train.tasks import grounding_samples, qa_samples
+from train.tasks import grounding_samples, qa_samples, reading_samples
 from tests._data_engine_utils import renderer  # noqa: F401  (fixture)
 
 
@@ -101,3 +101,18 @@ def test_questions_only_count_fully_visible_blocks_and_answer_from_the_page(rend
                 blocks = [b for b in rendered.page.blocks if b.items and len(b.items) == int(answer)]
                 assert any(all(i in {p.element.id for p in rendered.placed} for i in b.items) for b in blocks)
     assert {"title", "text", "effect"} <= seen
+
+
+@pytest.mark.browser
+def test_reading_lists_every_visible_text_in_document_order_each_with_its_box(rendered_pages):
+    for rendered, _ in rendered_pages:
+        (sample,) = reading_samples(rendered, "images/x.png", random.Random(0))
+        assert sample.messages[0]["content"][0] == {"type": "image", "image": "images/x.png"}
+        lines = sample.messages[1]["content"].split("\n")
+        expected = [p for p in rendered.placed if p.element.text.strip()]
+        assert len(lines) == len(expected) > 5
+        for line, placed in zip(lines, expected):
+            text, _, box = line.partition(" <|begin_of_box|>")
+            assert text == placed.element.text
+            assert parse_box("<|begin_of_box|>" + box) == placed.box
+        assert sample.meta["items"] == [[p.element.text, p.box.as_list()] for p in expected]

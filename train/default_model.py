@@ -49,13 +49,19 @@ Size = Literal["small", "tiny"]
 Device = Literal["auto", "cpu", "cuda"]
 EVAL_TASKS = ("grounding", "action", "video", "episodes", "qa")
 EVAL_SEED = 1  # held-out stream seed for the reported numbers
+EVERY_LANGUAGE = "grounding_every_language"  # extra eval when the recipe's pages are not all six
 # Unit shares, chosen by compute rather than by count: an action or episode step carries the
 # released agent prompt (~1,800-2,200 tokens with our tokenizer) for one short answer, a
 # grounding unit is one ~430-token conversation of GROUNDING_TURNS questions about one
 # screenshot. With "grounding:6,action:3,..." 88% of the tokens were action prompts and a
 # checkpoint at step 306 of 699 had not yet learned the grounding answer's format. This mix
-# gives grounding (which actions and episodes need too) ~40% of the tokens.
-DEFAULT_KINDS = "grounding:24,action:1,episode:1,video:2,qa:1"
+# gives grounding (which actions and episodes need too) ~40% of the tokens. That model (trained
+# on six UI languages) learned the answer formats and the coarse layout but not to read: 12% of
+# grounding questions. Reading conversations (every element's text, then its box: dense
+# supervision of exactly what grounding needs) now take about as many tokens as grounding,
+# and the pages are English: a from-scratch 4-block ViT cannot learn six scripts' glyphs from
+# screenshots downscaled 2.4x in two CPU hours. Videos are cheap; their share doubled.
+DEFAULT_KINDS = "grounding:24,read:16,action:1,episode:1,video:4,qa:1"
 GROUNDING_TURNS = 6
 IMAGE_MAX_PIXELS = 320_000  # counted over the duplicated frame pair: 1280x720 -> 532x280 = 190 tokens
 VIDEO_MAX_PIXELS = 320_000  # over all sampled frames: a 6-10 s clip at 2 fps -> 150-180 tokens
@@ -71,9 +77,11 @@ class Recipe:
 
     size: Size = "small"
     seed: int = 0
-    samples: int = 6_000  # conversations generated; the pilot extrapolates ~4,500 seen in 2 CPU hours
+    samples: int = 7_000  # conversations generated; ~1.3 passes in 1.5 CPU hours
     kinds: str = DEFAULT_KINDS
     grounding_turns: int = GROUNDING_TURNS
+    languages: str = "en"  # UI languages of the training pages (and of the held-out eval)
+    nothink: float = 0.5  # share of conversations with /nothink: the model answers in both modes
     retrain_tokenizer: bool = True
     steps: int | None = None  # optimiser steps; None: from --hours and a measured step time
     hours: float = 2.0  # training budget when steps is None
@@ -93,6 +101,15 @@ class Recipe:
             raise ValueError(f"steps={self.steps}: expected a positive number of optimiser steps")
         if self.hours <= 0:
             raise ValueError(f"hours={self.hours}: expected a positive training budget")
+        self.synth_config(1)  # the data engine's own checks of languages and nothink, up front
+
+    def synth_config(self, n: int) -> Any:
+        """The `train.synth` config of this recipe's training data."""
+        from train.synth import SynthConfig, parse_kinds, parse_languages
+
+        return SynthConfig(n=n, seed=self.seed, kinds=parse_kinds(self.kinds), split="train",
+                           grounding_turns=self.grounding_turns, nothink=self.nothink,
+                           languages=parse_languages(self.languages))
 
 
 # ---- the model ------------------------------------------------------------------------------
@@ -127,13 +144,11 @@ def model_config(size: Size) -> Any:
 
 
 def make_data(recipe: Recipe, work: Path, *, workers: int, progress: bool) -> Path:
-    from train.synth import SynthConfig, parse_kinds, synthesize
+    from train.synth import synthesize
 
     data = work / "data"
     if not (data / "data.jsonl").is_file():  # synthesize renames a complete directory into place
-        config = SynthConfig(n=recipe.samples, seed=recipe.seed, kinds=parse_kinds(recipe.kinds), split="train",
-                             grounding_turns=recipe.grounding_turns)
-        synthesize(config, data, workers=workers, progress=progress, overwrite=True)
+        synthesize(recipe.synth_config(recipe.samples), data, workers=workers, progress=progress, overwrite=True)
     return data / "data.jsonl"
 
 
@@ -285,20 +300,27 @@ def training_stats(metrics_file: Path) -> dict[str, float]:
 def evaluate_model(recipe: Recipe, model: Path, work: Path, *, workers: int) -> dict[str, Any]:
     """Every task on fresh held-out data; results cached per task in `work/eval/`."""
     from train import eval as heldout
+    from train.synth import parse_languages
+    from train.vocab import LANGUAGES
 
     results: dict[str, Any] = {}
     policy = heldout.load_model(str(model))
-    for task in EVAL_TASKS:
-        cached = work / "eval" / f"{task}.json"
+    languages = parse_languages(recipe.languages)
+    runs = [(task, task, languages) for task in EVAL_TASKS]
+    if languages != LANGUAGES:  # how far it carries beyond its training languages
+        runs.append((EVERY_LANGUAGE, "grounding", LANGUAGES))
+    for name, task, langs in runs:
+        cached = work / "eval" / f"{name}.json"
         if cached.is_file():
-            results[task] = json.loads(cached.read_text())
+            results[name] = json.loads(cached.read_text())
             continue
         n = max(2, recipe.eval_n // 5) if task == "episodes" else recipe.eval_n
         started = time.perf_counter()
-        result = heldout.evaluate(task, policy, n=n, seed=EVAL_SEED, workdir=work / "eval" / "data", workers=workers)
-        results[task] = {"accuracy": result.accuracy, "n": result.total, "seconds": time.perf_counter() - started,
+        result = heldout.evaluate(task, policy, n=n, seed=EVAL_SEED, workdir=work / "eval" / "data", workers=workers,
+                                  languages=langs)
+        results[name] = {"accuracy": result.accuracy, "n": result.total, "seconds": time.perf_counter() - started,
                          "groups": {g: {"correct": c, "total": t} for g, (c, t) in sorted(result.groups.items())}}
-        _write_json(cached, results[task])
+        _write_json(cached, results[name])
         log.info("%s", result.report())
     return results
 
@@ -362,7 +384,8 @@ def model_card(recipe: Recipe, *, command: str, config: Any, plan: dict[str, Any
     rows = "\n".join(f"| {name} | {'not run' if m is None else f'{m:.1%}'} | {t:.0%} | "
                      f"{'n/a' if ok is None else ('yes' if ok else f'no (short by {t - m:.1%})')} |"
                      for name, m, t, ok in target_rows(results))
-    details = "\n".join(f"- {task}: {r['accuracy']:.1%} of {r['n']} ("
+    label = {EVERY_LANGUAGE: "grounding on pages in all six languages"}
+    details = "\n".join(f"- {label.get(task, task)}: {r['accuracy']:.1%} of {r['n']} ("
                         + ", ".join(f"{g} {v['correct']}/{v['total']}" for g, v in r["groups"].items()) + ")"
                         for task, r in results.items())
     t, v = config.text, config.vision
@@ -386,9 +409,12 @@ answers and acts on synthetic web pages and shape videos; it knows nothing else.
 `train.synth`, train split, seed {recipe.seed}: {data_stats.get('samples', '?')} conversations, unit mix `{recipe.kinds}`,
 {recipe.grounding_turns} grounding questions per screenshot conversation
 ({', '.join(f'{k} {n}' for k, n in sorted(data_stats.get('kinds', {}).items()))}).
-Pages rendered by Chromium at 1280x720 and 390x844 (touch), boxes from the DOM; grounding with
-the released prompt wording, single GUI steps in the desktop, mobile and set-of-marks formats,
+Pages in {_language_names(recipe.languages)}, rendered by Chromium at 1280x720 and 390x844 (touch),
+boxes from the DOM; grounding with the released prompt wording, reading (every element's text
+and box, in document order), single GUI steps in the desktop, mobile and set-of-marks formats,
 screenshot questions, expert multi-step episodes and shape videos with time questions.
+{recipe.nothink:.0%} of the conversations have thinking switched off (`/nothink`), so the model
+answers in both modes (`thinking=False` or the default).
 
 ## Recipe
 
@@ -400,7 +426,7 @@ Command:
 
     {command}
 
-## Evaluation (held-out seed stream, `python -m train.eval TASK --model assets/model --seed {EVAL_SEED}`)
+## Evaluation (held-out seed stream, `python -m train.eval TASK --model assets/model --seed {EVAL_SEED} --languages {recipe.languages}`)
 
 | target | measured | issue target | met |
 |---|---|---|---|
@@ -408,6 +434,15 @@ Command:
 
 {details}
 """
+
+
+def _language_names(languages: str) -> str:
+    from train.synth import parse_languages
+    from train.vocab import LANGUAGES
+
+    names = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "zh": "Chinese", "ja": "Japanese"}
+    chosen = parse_languages(languages)
+    return "all six UI languages" if chosen == LANGUAGES else " and ".join(names[c] for c in chosen) + " only"
 
 
 # ---- the command ----------------------------------------------------------------------------
@@ -456,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", default=d.kinds, help="unit mix for train.synth (kind:weight,...)")
     p.add_argument("--grounding-turns", type=int, default=d.grounding_turns,
                    help="grounding questions per training conversation (one screenshot each)")
+    p.add_argument("--languages", default=d.languages, help="UI languages of the training and held-out pages")
+    p.add_argument("--nothink", type=float, default=d.nothink, help="share of conversations with thinking off")
     p.add_argument("--keep-tokenizer", action="store_true", help="use assets/model's tokenizer instead of retraining")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -477,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device is available")
     recipe = Recipe(size=args.size, seed=args.seed, samples=args.samples, kinds=args.kinds,
-                    grounding_turns=args.grounding_turns,
+                    grounding_turns=args.grounding_turns, languages=args.languages, nothink=args.nothink,
                     retrain_tokenizer=not args.keep_tokenizer, steps=args.steps, hours=args.hours,
                     batch_size=args.batch_size, lr=args.lr, eval_n=args.eval_n)
     command = "python -m train.default_model " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -28,6 +28,7 @@ from train.agent_steps import (Format, Media, Screen, action_meta, answer, clock
 from train.pages import CARD_KINDS, Page, generate_page
 from train.render import Marked, Rendered, Renderer, Viewport
 from train.tasks import Sample
+from train.vocab import Language
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +60,17 @@ class Goal:
         return data.get("chosen") == self.item_text
 
 
-def plan_episode(seed: int, kind: EpisodeKind, *, fields: int | None = None) -> tuple[Page, Goal]:
-    """A page holding the card `kind` needs, and the goal; `fields` fixes a form's field count."""
+def plan_episode(seed: int, kind: EpisodeKind, *, fields: int | None = None,
+                 language: Language | None = None) -> tuple[Page, Goal]:
+    """A page holding the card `kind` needs, and the goal; `fields` fixes a form's field count,
+    `language` the page's UI language (else the seed picks it)."""
     if kind not in EPISODE_KINDS:
         raise ValueError(f"episode kind {kind!r} is not one of {EPISODE_KINDS}")
     rng = random.Random(seed)
     others = [k for k in CARD_KINDS if k not in ("login", "form", "menu", "dropdown")]
     cards = [kind, *rng.sample(others, rng.randint(0, 2))]
     rng.shuffle(cards)
-    page = generate_page(seed, cards=tuple(cards), dialog=False)
+    page = generate_page(seed, cards=tuple(cards), dialog=False, language=language)
     block = next(b for b in page.blocks if b.kind == kind)
     inside = [e for e in page.elements if e.block == block.id]
     if kind in ("login", "form"):
@@ -187,10 +190,11 @@ def choose_format(kind: EpisodeKind, viewport: Viewport, rng: random.Random) -> 
 
 
 def episode_samples(renderer: Renderer, seed: int, viewport: Viewport, rng: random.Random, media: Media, *,
-                    kind: EpisodeKind | None = None, fmt: Format | None = None) -> list[Sample]:
+                    kind: EpisodeKind | None = None, fmt: Format | None = None,
+                    language: Language | None = None) -> list[Sample]:
     """One expert episode as one sample per step; [] when it cannot be done on this page."""
     kind = kind or rng.choice(EPISODE_KINDS)
-    page, goal = plan_episode(seed, kind)
+    page, goal = plan_episode(seed, kind, language=language)
     fmt = fmt or choose_format(kind, viewport, rng)
     verb = "tap" if viewport == "phone" else "click"
     tab = renderer.load(page, viewport)

@@ -34,7 +34,8 @@ from train.episodes import plan_episode
 from train.pages import Page
 from train.render import VIEWPORTS, Viewport, prune
 from train.scoring import score
-from train.synth import SynthConfig, synthesize, unit_seed
+from train.synth import SynthConfig, parse_languages, synthesize, unit_seed
+from train.vocab import LANGUAGES, Language
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,12 @@ def with_media(messages_: list[dict[str, Any]], root: Path) -> list[dict[str, An
 
 
 def evaluate_samples(task: Task, model: ModelFn, *, n: int, seed: int, workdir: Path, workers: int = 1,
-                     viewport: Literal["desktop", "phone", "both"] = "both") -> EvalResult:
-    """Score `model` on `n` fresh held-out samples of one kind."""
+                     viewport: Literal["desktop", "phone", "both"] = "both",
+                     languages: tuple[Language, ...] = LANGUAGES) -> EvalResult:
+    """Score `model` on `n` fresh held-out samples of one kind, on pages in `languages`."""
     kind = {"grounding": "grounding", "action": "action", "qa": "qa", "video": "video"}[task]
-    data = synthesize(SynthConfig(n=n, seed=seed, kinds=(kind,), viewport=viewport, split="heldout"),
-                      workdir / task, workers=workers, overwrite=True)
+    config = SynthConfig(n=n, seed=seed, kinds=(kind,), viewport=viewport, split="heldout", languages=languages)
+    data = synthesize(config, workdir / task, workers=workers, overwrite=True)
     result = EvalResult(task)
     for line in (data / "data.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
@@ -153,12 +155,12 @@ def open_env(viewport: Viewport, *, set_of_marks: bool = False) -> Any:
 
 
 def run_episode(model: ModelFn, env: Any, server: PageServer, seed: int, viewport: Viewport, *,
-                fields: int = 2) -> bool:
+                fields: int = 2, language: Language | None = None) -> bool:
     """Let `model` fill and submit a held-out form through the agent loop (`agent.loop.Agent`)
     in `env`; whether the page received exactly the requested values."""
     from agent.loop import Agent
 
-    page, goal = plan_episode(seed, "form", fields=fields)
+    page, goal = plan_episode(seed, "form", fields=fields, language=language)
     fmt: Format = "desktop" if viewport == "desktop" else "mobile"
     env.goto(server.url(page))
     prune(env.page, viewport)
@@ -173,8 +175,10 @@ def run_episode(model: ModelFn, env: Any, server: PageServer, seed: int, viewpor
     return ok
 
 
-def evaluate_episodes(model: ModelFn, *, n: int, seed: int) -> EvalResult:
-    """`n` held-out form episodes (two fields, then submit), alternating desktop and phone."""
+def evaluate_episodes(model: ModelFn, *, n: int, seed: int, languages: tuple[Language, ...] = LANGUAGES) -> EvalResult:
+    """`n` held-out form episodes (two fields, then submit), alternating desktop and phone,
+    on pages in `languages` (as `train.synth` picks them)."""
+    picker = SynthConfig(n=1, languages=languages)
     result = EvalResult("episodes")
     server = PageServer()
     envs: dict[Viewport, Any] = {}
@@ -182,7 +186,9 @@ def evaluate_episodes(model: ModelFn, *, n: int, seed: int) -> EvalResult:
         for i in range(n):
             viewport: Viewport = "desktop" if i % 2 == 0 else "phone"
             env = envs.get(viewport) or envs.setdefault(viewport, open_env(viewport))
-            result.add(viewport, run_episode(model, env, server, unit_seed("heldout", seed, i), viewport))
+            page_seed = unit_seed("heldout", seed, i)
+            result.add(viewport, run_episode(model, env, server, page_seed, viewport,
+                                             language=picker.language(page_seed)))
     finally:
         for env in envs.values():
             env.close()
@@ -191,23 +197,23 @@ def evaluate_episodes(model: ModelFn, *, n: int, seed: int) -> EvalResult:
 
 
 def evaluate(task: Task, model: ModelFn, *, n: int, seed: int = 0, workdir: str | Path | None = None,
-             workers: int = 1) -> EvalResult:
+             workers: int = 1, languages: tuple[Language, ...] = LANGUAGES) -> EvalResult:
     if task not in TASKS:
         raise ValueError(f"task {task!r} is not one of {TASKS}")
     with tempfile.TemporaryDirectory(prefix="glmv-eval-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         if task == "episodes":
-            return evaluate_episodes(model, n=n, seed=seed)
-        return evaluate_samples(task, model, n=n, seed=seed, workdir=root, workers=workers)
+            return evaluate_episodes(model, n=n, seed=seed, languages=languages)
+        return evaluate_samples(task, model, n=n, seed=seed, workdir=root, workers=workers, languages=languages)
 
 
-def load_model(path: str, *, max_new_tokens: int = 256) -> ModelFn:
+def load_model(path: str, *, max_new_tokens: int = 256, thinking: bool | None = None) -> ModelFn:
     """`messages -> text` from a checkpoint directory: the agent's `VLMPolicy`, greedy."""
     from agent.policy import VLMPolicy
     from vlm import VLM
 
-    return VLMPolicy(VLM.from_pretrained(path), max_new_tokens=max_new_tokens, temperature=0.0)
+    return VLMPolicy(VLM.from_pretrained(path), max_new_tokens=max_new_tokens, temperature=0.0, thinking=thinking)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -218,10 +224,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="processes generating the held-out data")
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--languages", default=",".join(LANGUAGES),
+                        help="UI languages of the held-out pages (the default model is trained on en)")
+    parser.add_argument("--no-thinking", action="store_true", help="thinking off (/nothink) in every prompt")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = evaluate(args.task, load_model(args.model, max_new_tokens=args.max_new_tokens), n=args.n,
-                      seed=args.seed, workers=args.workers)
+    languages = parse_languages(args.languages)
+    SynthConfig(n=1, languages=languages)  # a clear error for an unknown language, before the model loads
+    model = load_model(args.model, max_new_tokens=args.max_new_tokens, thinking=False if args.no_thinking else None)
+    result = evaluate(args.task, model, n=args.n, seed=args.seed, workers=args.workers, languages=languages)
     print(result.report())
 
 

@@ -31,13 +31,14 @@ from tqdm import tqdm
 
 from train import agent_steps, episodes, tasks, videos
 from train.pages import generate_page
+from train.vocab import LANGUAGES, Language
 from train.render import Renderer, Viewport
 from train.tasks import Sample
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["grounding", "action", "qa", "episode", "video"]
-KINDS: tuple[Kind, ...] = ("grounding", "action", "qa", "episode", "video")
+Kind = Literal["grounding", "read", "action", "qa", "episode", "video"]
+KINDS: tuple[Kind, ...] = ("grounding", "read", "action", "qa", "episode", "video")
 Split = Literal["train", "heldout"]
 ViewportMode = Literal["desktop", "phone", "both"]
 SAMPLES_PER_UNIT = {"grounding": 4, "qa": 3, "action": 2, "video": 3}  # actions: per format
@@ -53,6 +54,8 @@ class SynthConfig:
     viewport: ViewportMode = "both"
     split: Split = "train"
     grounding_turns: int = 1  # grounding questions per conversation (one image, several turns)
+    languages: tuple[Language, ...] = LANGUAGES  # of the pages' UI text; a unit's seed picks one
+    nothink: float = 0.0  # share of conversations whose user turns end with /nothink
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -66,6 +69,18 @@ class SynthConfig:
             raise ValueError(f"viewport {self.viewport!r} is not 'desktop', 'phone' or 'both'")
         if self.split not in ("train", "heldout"):
             raise ValueError(f"split {self.split!r} is not 'train' or 'heldout'")
+        unknown = [lang for lang in self.languages if lang not in LANGUAGES]
+        if unknown or not self.languages:
+            raise ValueError(f"languages {list(self.languages)} must be a non-empty subset of {list(LANGUAGES)}")
+        if not 0.0 <= self.nothink <= 1.0:
+            raise ValueError(f"nothink={self.nothink} is a share of conversations: expected 0 to 1")
+
+    def language(self, seed: int) -> Language | None:
+        """The UI language of the page of unit `seed`; None (the page's own seeded choice among
+        all languages) when every language is allowed, so that stream stays what it always was."""
+        if self.languages == LANGUAGES:
+            return None
+        return self.languages[seed % len(self.languages)]
 
 
 def unit_seed(split: Split, seed: int, index: int) -> int:
@@ -107,18 +122,40 @@ def make_unit(config: SynthConfig, index: int, out: Path) -> list[dict[str, Any]
         videos.write_video(script, out / path)
         samples = videos.video_samples(script, path, rng, n=SAMPLES_PER_UNIT["video"])
     elif kind == "episode":
-        samples = episodes.episode_samples(_worker_renderer(), seed, viewport, rng, media)
+        samples = episodes.episode_samples(_worker_renderer(), seed, viewport, rng, media,
+                                           language=config.language(seed))
     else:
-        samples = _page_unit(kind, seed, viewport, rng, media, grounding_turns=config.grounding_turns)
+        samples = _page_unit(kind, seed, viewport, rng, media, grounding_turns=config.grounding_turns,
+                             language=config.language(seed))
     for path, data in media.files.items():
         (out / path).write_bytes(data)
-    return [s.to_json() for s in samples]
+    records = [s.to_json() for s in samples]
+    if config.nothink:  # its own stream, so the samples are the same for any share
+        switch = random.Random(f"nothink/{seed}")
+        for record in records:
+            if switch.random() < config.nothink:
+                thinking_off(record["messages"])
+    return records
+
+
+def thinking_off(messages: list[dict[str, Any]]) -> None:
+    """End every user turn with /nothink, as the chat template does for enable_thinking=False."""
+    for message in messages:
+        if message["role"] != "user":
+            continue
+        content = message["content"]
+        if isinstance(content, str):
+            message["content"] = content + "/nothink"
+        elif content and content[-1]["type"] == "text":
+            content[-1]["text"] += "/nothink"
+        else:  # the template appends it after the turn's media too
+            content.append({"type": "text", "text": "/nothink"})
 
 
 def _page_unit(kind: Kind, seed: int, viewport: Viewport, rng: random.Random, media: agent_steps.Media, *,
-               grounding_turns: int) -> list[Sample]:
+               grounding_turns: int, language: Language | None) -> list[Sample]:
     renderer = _worker_renderer()
-    page = generate_page(seed)
+    page = generate_page(seed, language=language)
     tab = renderer.load(page, viewport)
     rendered = renderer.snapshot(tab, page, viewport)
     image = media.add_png(rendered.png)
@@ -127,6 +164,8 @@ def _page_unit(kind: Kind, seed: int, viewport: Viewport, rng: random.Random, me
         return tasks.grounding_samples(rendered, image, rng, n=n, turns=grounding_turns)
     if kind == "qa":
         return tasks.qa_samples(rendered, image, rng, n=SAMPLES_PER_UNIT["qa"])
+    if kind == "read":
+        return tasks.reading_samples(rendered, image, rng)
     screen = agent_steps.Screen(agent_steps.decode(rendered.png), image)
     marked = renderer.snapshot_marks(tab, rendered)
     marked_screen = agent_steps.Screen(agent_steps.decode(marked.png), media.add_png(marked.png))
@@ -221,6 +260,11 @@ def parse_kinds(text: str) -> tuple[Kind, ...]:
     return tuple(kinds)
 
 
+def parse_languages(text: str) -> tuple[Language, ...]:
+    """`"en,de"` -> ("en", "de") (SynthConfig checks the names)."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())  # type: ignore[misc]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m train.synth", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output directory (data.jsonl, images/, videos/)")
@@ -233,12 +277,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="train", choices=("train", "heldout"))
     parser.add_argument("--grounding-turns", type=int, default=1,
                         help="grounding questions per conversation (the image is encoded once for all)")
+    parser.add_argument("--languages", default=",".join(LANGUAGES),
+                        help=f"comma-separated UI languages of the pages, from {','.join(LANGUAGES)}")
+    parser.add_argument("--nothink", type=float, default=0.0,
+                        help="share of conversations whose user turns end with /nothink (thinking off)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     kinds = parse_kinds(args.kinds)
     config = SynthConfig(n=args.n, seed=args.seed, kinds=kinds, viewport=args.viewport, split=args.split,  # type: ignore[arg-type]
-                         grounding_turns=args.grounding_turns)
+                         grounding_turns=args.grounding_turns, languages=parse_languages(args.languages),
+                         nothink=args.nothink)
     synthesize(config, args.out, workers=args.workers, overwrite=args.overwrite)
 
 

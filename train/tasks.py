@@ -8,7 +8,10 @@ Grounding uses the released model's prompt ("Help me to locate ... and give me i
 boxes.") and some paraphrases, answered with one box inside the box tokens; the box is the
 element's DOM box in model space. Questions only ask what the screenshot shows: a count is
 asked only when every counted item is visible, a text only for elements that show text.
-GUI actions in the three agent formats live in `train.actions`.
+A reading conversation asks for every visible element's text with its box, in document
+order: dense supervision that makes a model trained from scratch learn to read the screen, and
+each box in it is a grounding answer conditioned on the text just read.
+GUI actions in the three agent formats live in `train.agent_steps`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ GROUNDING_PROMPTS = (  # the first is the agent's (the released model's) own wor
     "Please locate {description} in this screenshot and give me its bounding box.",
     "Where is {description}? Answer with its bounding box.",
     "Find {description} and output its bounding box.",
+)
+READING_PROMPTS = (
+    "Read the text of every element on this screen, each followed by its bounding box.",
+    "List the texts in this screenshot in reading order, each with its bounding box.",
+    "What does this screen say? Give each element's text and bounding box.",
 )
 _SHOWS_TEXT = ("heading", "link", "button", "tab", "menu", "menuitem", "dropdown", "option",
                "listitem", "cell")
@@ -91,6 +99,17 @@ def grounding_samples(rendered: Rendered, image: str, rng: random.Random, *, n: 
             meta["boxes"] = [p.box.as_list() for p in group]
         samples.append(Sample(messages, meta))
     return samples
+
+
+def reading_samples(rendered: Rendered, image: str, rng: random.Random) -> list[Sample]:
+    """One conversation: every visible element that shows text, in document order, one per
+    line as `text <|begin_of_box|>[x1,y1,x2,y2]<|end_of_box|>` (`meta["items"]`: [text, box])."""
+    items = [(p.element.text, p.box) for p in rendered.placed if p.element.text.strip()]
+    if not items:
+        return []
+    answer = "\n".join(f"{text} {format_box(box)}" for text, box in items)
+    return [Sample(conversation([{"type": "image", "image": image}], rng.choice(READING_PROMPTS), answer),
+                   {**_base_meta(rendered, "read"), "items": [[text, box.as_list()] for text, box in items]})]
 
 
 def _questions(rendered: Rendered, rng: random.Random) -> list[tuple[str, str, str]]:
