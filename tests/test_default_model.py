@@ -19,7 +19,9 @@ from train.synth import parse_languages
 from vlm.processor import ASSETS
 
 QUESTIONS = 40  # held-out grounding questions, seed 11
-SHIPPED_MIN_HITS = 6  # the shipped model answers 10 of them (25%; 12% on the card's seed-1 eval)
+# The shipped model answers 10 of them (25%; 12% on the card's seed-1 eval), from the questions'
+# text and the pages' layouts: it does not look (`train.reliance` gap ~0). Constant boxes get <= 2.
+SHIPPED_MIN_HITS = 6
 
 
 def test_small_model_fits_the_size_limit_and_screenshots_cost_100_to_300_tokens(tmp_path):
@@ -63,8 +65,9 @@ def test_default_model_grounds_a_freshly_generated_page(default_model, tmp_path)
     path, shipped = default_model
     assert all((path / name).is_file() for name in (*SHIPPED, "generation_config.json", "README.md"))
     vlm = VLM.from_pretrained(path)
-    languages = parse_languages(Recipe().languages)  # the pages it was trained on
-    for thinking in (True, False):  # the recipe trains both modes; constant boxes score <= 2 of 40
+    recipe = Recipe()  # the shipped model's: its pages' languages, and whether it was taught thinking off
+    languages = parse_languages(recipe.languages)
+    for thinking in (True, False) if recipe.nothink else (True,):  # constant boxes score <= 2 of 40
         policy = VLMPolicy(vlm, max_new_tokens=32, temperature=0.0, thinking=thinking)
         result = evaluate("grounding", policy, n=QUESTIONS, seed=11, workdir=tmp_path, languages=languages)
         assert result.total == QUESTIONS and set(result.groups) <= {"desktop", "phone"}

@@ -5,8 +5,9 @@
 Stages, each kept in `--work` (default `runs/default_model`) and reused when the command runs
 again, so an interrupted run continues where it stopped:
 
-1. data: `train.synth` generates the train split (held-out data comes later, from the eval's
-   own seed stream, so no page, episode or video is shared);
+1. data: `train.synth` generates the train split, pages in `--languages`, a `--nothink` share
+   of the conversations with thinking off (held-out data comes later, from the eval's own seed
+   stream, so no page, episode or video is shared);
 2. tokenizer: a byte-level BPE retrained on that corpus plus the built-in multilingual one
    (`train.tokenizer`); the released prompt boilerplate then costs ~2.8x fewer tokens, and
    attention cost falls with its square. Its size stays 8192 and the special tokens keep their
@@ -15,7 +16,8 @@ again, so an interrupted run continues where it stopped:
    fitted to the tokenizer, with a pixel budget of ~190 vision tokens per screenshot;
 4. train: the project trainer from scratch (`pretrain` preset, Muon), resumed from its last
    checkpoint when there is one;
-5. eval: `train.eval` on fresh held-out data for every task the issue sets a target for;
+5. eval: `train.eval` on fresh held-out data in the training languages for every task the
+   issue sets a target for, plus grounding on pages in all six languages;
 6. ship: `config.json`, `model.safetensors`, tokenizer, chat template, preprocessor and
    generation configs and a `README.md` model card with the measured numbers into `--out`.
 
@@ -43,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from train.vocab import LANGUAGES
+
 log = logging.getLogger(__name__)
 
 Size = Literal["small", "tiny"]
@@ -55,13 +59,13 @@ EVERY_LANGUAGE = "grounding_every_language"  # extra eval when the recipe's page
 # grounding unit is one ~430-token conversation of GROUNDING_TURNS questions about one
 # screenshot. With "grounding:6,action:3,..." 88% of the tokens were action prompts and a
 # checkpoint at step 306 of 699 had not yet learned the grounding answer's format. This mix
-# gives grounding (which actions and episodes need too) ~40% of the tokens. That model (trained
-# on six UI languages) learned the answer formats and the coarse layout but not to read: 12% of
-# grounding questions. Reading conversations (every element's text, then its box: dense
-# supervision of exactly what grounding needs) now take about as many tokens as grounding,
-# and the pages are English: a from-scratch 4-block ViT cannot learn six scripts' glyphs from
-# screenshots downscaled 2.4x in two CPU hours. Videos are cheap; their share doubled.
-DEFAULT_KINDS = "grounding:24,read:16,action:1,episode:1,video:4,qa:1"
+# gives grounding (which actions and episodes need too) ~40% of the tokens; it is the shipped
+# model's mix. READING_KINDS adds reading conversations (every element's text, then its box) at
+# about grounding's token share and doubles the cheap videos. With `--languages en --nothink 0.5`
+# it was stopped at step 725 of 1,538: like the shipped model, it did not use the image at all
+# (`python -m train.reliance`), so more steps of it would not have helped.
+DEFAULT_KINDS = "grounding:24,action:1,episode:1,video:2,qa:1"
+READING_KINDS = "grounding:24,read:16,action:1,episode:1,video:4,qa:1"
 GROUNDING_TURNS = 6
 IMAGE_MAX_PIXELS = 320_000  # counted over the duplicated frame pair: 1280x720 -> 532x280 = 190 tokens
 VIDEO_MAX_PIXELS = 320_000  # over all sampled frames: a 6-10 s clip at 2 fps -> 150-180 tokens
@@ -77,11 +81,11 @@ class Recipe:
 
     size: Size = "small"
     seed: int = 0
-    samples: int = 7_000  # conversations generated; ~1.3 passes in 1.5 CPU hours
+    samples: int = 6_000  # conversations generated; the pilot extrapolates ~4,500 seen in 2 CPU hours
     kinds: str = DEFAULT_KINDS
     grounding_turns: int = GROUNDING_TURNS
-    languages: str = "en"  # UI languages of the training pages (and of the held-out eval)
-    nothink: float = 0.5  # share of conversations with /nothink: the model answers in both modes
+    languages: str = ",".join(LANGUAGES)  # UI languages of the training pages and the held-out eval
+    nothink: float = 0.0  # share of conversations with /nothink (0.5: it answers in both modes)
     retrain_tokenizer: bool = True
     steps: int | None = None  # optimiser steps; None: from --hours and a measured step time
     hours: float = 2.0  # training budget when steps is None
@@ -301,7 +305,6 @@ def evaluate_model(recipe: Recipe, model: Path, work: Path, *, workers: int) -> 
     """Every task on fresh held-out data; results cached per task in `work/eval/`."""
     from train import eval as heldout
     from train.synth import parse_languages
-    from train.vocab import LANGUAGES
 
     results: dict[str, Any] = {}
     policy = heldout.load_model(str(model))
@@ -316,13 +319,36 @@ def evaluate_model(recipe: Recipe, model: Path, work: Path, *, workers: int) -> 
             continue
         n = max(2, recipe.eval_n // 5) if task == "episodes" else recipe.eval_n
         started = time.perf_counter()
-        result = heldout.evaluate(task, policy, n=n, seed=EVAL_SEED, workdir=work / "eval" / "data", workers=workers,
-                                  languages=langs)
+        data = work / "eval" / ("data" if name == task else f"data-{name}")
+        result = heldout.evaluate(task, policy, n=n, seed=EVAL_SEED, workdir=data, workers=workers, languages=langs)
         results[name] = {"accuracy": result.accuracy, "n": result.total, "seconds": time.perf_counter() - started,
                          "groups": {g: {"correct": c, "total": t} for g, (c, t) in sorted(result.groups.items())}}
         _write_json(cached, results[name])
         log.info("%s", result.report())
     return results
+
+
+RELIANCE_KINDS = ("grounding", "qa", "video")
+
+
+def measure_reliance(model: Path, work: Path, *, n: int = 24) -> dict[str, Any]:
+    """`train.reliance` on the held-out data the eval just generated: does the model look?"""
+    from train import reliance
+    from vlm import VLM
+    from vlm.processor import Processor
+
+    cached = work / "eval" / "reliance.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    vlm, processor, out = VLM.from_pretrained(model).model.eval(), Processor.from_pretrained(model), {}
+    for kind in RELIANCE_KINDS:
+        data = work / "eval" / "data" / kind / "data.jsonl"
+        if data.is_file():
+            records = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+            for r in reliance.measure(vlm, processor, records, root=data.parent, n=n):
+                out[r.kind] = {"n": r.n, "own": r.own, "swapped": r.swapped, "gap": r.gap}
+    _write_json(cached, out)
+    return out
 
 
 def target_rows(results: dict[str, Any]) -> list[tuple[str, float | None, float, bool | None]]:
@@ -377,7 +403,7 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 def model_card(recipe: Recipe, *, command: str, config: Any, plan: dict[str, Any], data_stats: dict[str, Any],
-               train_stats: dict[str, Any], results: dict[str, Any]) -> str:
+               train_stats: dict[str, Any], results: dict[str, Any], reliance: dict[str, Any] | None = None) -> str:
     from vlm import VLM
 
     params = sum(p.numel() for p in VLM.from_config(config).model.parameters())
@@ -433,12 +459,29 @@ Command:
 {rows}
 
 {details}
+{_reliance_section(reliance or {})}"""
+
+
+def _reliance_section(reliance: dict[str, Any]) -> str:
+    if not reliance:
+        return ""
+    rows = "\n".join(f"| {kind} | {r['n']} | {r['own']:.4f} | {r['swapped']:.4f} | {r['gap']:+.4f} |"
+                     for kind, r in reliance.items())
+    return f"""
+## Does it look? (`python -m train.reliance` on the held-out data above)
+
+Mean loss of the answer tokens with each conversation's own media and with another
+conversation's in its place. A gap near 0 nats means the answers come from the question's text
+and the pages' predictable layouts, not from the pixels.
+
+| kind | n | own media | other media | gap (nats) |
+|---|---|---|---|---|
+{rows}
 """
 
 
 def _language_names(languages: str) -> str:
     from train.synth import parse_languages
-    from train.vocab import LANGUAGES
 
     names = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "zh": "Chinese", "ja": "Japanese"}
     chosen = parse_languages(languages)
@@ -466,11 +509,13 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
     run_dir = train_model(recipe, work, steps=plan["steps"], progress=progress)
     train_stats = training_stats(run_dir / "metrics.jsonl")
     results = evaluate_model(recipe, run_dir, work, workers=workers) if evaluate else {}
+    reliance = measure_reliance(run_dir, work) if evaluate else {}
     kinds: dict[str, int] = {}
     for line in corpus.read_text(encoding="utf-8").splitlines():
         kind = json.loads(line)["meta"].get("kind", "?")
         kinds[kind] = kinds.get(kind, 0) + 1
-    card = model_card(recipe, command=command, config=config, plan=plan, results=results, train_stats=train_stats,
+    card = model_card(recipe, command=command, config=config, plan=plan, results=results, reliance=reliance,
+                      train_stats=train_stats,
                       data_stats={"samples": sum(kinds.values()), "kinds": kinds})
     ship(run_dir, out, card=card, config=config)
     return results
