@@ -19,7 +19,8 @@ again, so an interrupted run continues where it stopped:
 5. eval: `train.eval` on fresh held-out data in the training languages for every task the
    issue sets a target for, plus grounding on pages in all six languages;
 6. ship: `config.json`, `model.safetensors`, tokenizer, chat template, preprocessor and
-   generation configs and a `README.md` model card with the measured numbers into `--out`.
+   generation configs and a `README.md` model card (`train.model_card`) with the measured
+   numbers into `--out`.
 
 Why float32 weights: on CPU the model runs in float32 (bfloat16 matmuls are hundreds of times
 slower on these CPUs), and a float32 checkpoint loads as float32 with no cast; at ~11M
@@ -69,10 +70,6 @@ READING_KINDS = "grounding:24,read:16,action:1,episode:1,video:4,qa:1"
 GROUNDING_TURNS = 6
 IMAGE_MAX_PIXELS = 320_000  # counted over the duplicated frame pair: 1280x720 -> 532x280 = 190 tokens
 VIDEO_MAX_PIXELS = 320_000  # over all sampled frames: a 6-10 s clip at 2 fps -> 150-180 tokens
-TARGETS = {  # (task, group or None for the whole task) -> the issue's minimum
-    ("grounding", "desktop"): 0.90, ("grounding", "phone"): 0.80, ("action", None): 0.85,
-    ("episodes", None): 0.60, ("video", "when"): 0.80,
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -351,22 +348,6 @@ def measure_reliance(model: Path, work: Path, *, n: int = 24) -> dict[str, Any]:
     return out
 
 
-def target_rows(results: dict[str, Any]) -> list[tuple[str, float | None, float, bool | None]]:
-    """(what, measured, target, met) for each of the issue's targets."""
-    rows = []
-    for (task, group), target in TARGETS.items():
-        measured = None
-        if task in results:
-            if group is None:
-                measured = results[task]["accuracy"]
-            elif group in results[task]["groups"]:
-                g = results[task]["groups"][group]
-                measured = g["correct"] / g["total"]
-        name = f"{task} ({group})" if group else task
-        rows.append((name, measured, target, None if measured is None else measured >= target))
-    return rows
-
-
 # ---- shipping -------------------------------------------------------------------------------
 
 SHIPPED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
@@ -402,92 +383,6 @@ def _write_json(path: Path, value: Any) -> None:
     _write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
-def model_card(recipe: Recipe, *, command: str, config: Any, plan: dict[str, Any], data_stats: dict[str, Any],
-               train_stats: dict[str, Any], results: dict[str, Any], reliance: dict[str, Any] | None = None) -> str:
-    from vlm import VLM
-
-    params = sum(p.numel() for p in VLM.from_config(config).model.parameters())
-    rows = "\n".join(f"| {name} | {'not run' if m is None else f'{m:.1%}'} | {t:.0%} | "
-                     f"{'n/a' if ok is None else ('yes' if ok else f'no (short by {t - m:.1%})')} |"
-                     for name, m, t, ok in target_rows(results))
-    label = {EVERY_LANGUAGE: "grounding on pages in all six languages"}
-    details = "\n".join(f"- {label.get(task, task)}: {r['accuracy']:.1%} of {r['n']} ("
-                        + ", ".join(f"{g} {v['correct']}/{v['total']}" for g, v in r["groups"].items()) + ")"
-                        for task, r in results.items())
-    t, v = config.text, config.vision
-    return f"""# glmv default model
-
-A small model with GLM-4.5V's architecture and checkpoint layout (`model_type` `glm4v_moe`:
-native-resolution ViT, 2x2-merge MLP projector, MoE language model with 3-axis M-RoPE),
-trained from scratch on this project's synthetic GUI and video data only. It grounds,
-answers and acts on synthetic web pages and shape videos; it knows nothing else.
-
-- Parameters: {params / 1e6:.1f}M, float32 safetensors ({params * 4 / 1e6:.0f} MB).
-- Text: {t.num_hidden_layers} layers, width {t.hidden_size}, {t.num_attention_heads} query / {t.num_key_value_heads} KV heads of {t.head_dim};
-  layer 0 dense, then {t.n_routed_experts} routed experts (top-{t.num_experts_per_tok}) + {t.n_shared_experts} shared, expert width {t.moe_intermediate_size}.
-- Vision: {v.depth} blocks, width {v.hidden_size}, patch {v.patch_size}, 2x2 merge; images at most
-  {IMAGE_MAX_PIXELS // 2:,} pixels (a 1280x720 screenshot is 190 tokens), videos {VIDEO_MAX_PIXELS:,} over all frames.
-- Tokenizer: byte-level BPE, 8192 tokens, {'retrained on the training corpus' if recipe.retrain_tokenizer else 'the project tokenizer'};
-  numbers are written one digit per token.
-
-## Training data
-
-`train.synth`, train split, seed {recipe.seed}: {data_stats.get('samples', '?')} conversations, unit mix `{recipe.kinds}`,
-{recipe.grounding_turns} grounding questions per screenshot conversation
-({', '.join(f'{k} {n}' for k, n in sorted(data_stats.get('kinds', {}).items()))}).
-Pages in {_language_names(recipe.languages)}, rendered by Chromium at 1280x720 and 390x844 (touch),
-boxes from the DOM; grounding with the released prompt wording, reading (every element's text
-and box, in document order), single GUI steps in the desktop, mobile and set-of-marks formats,
-screenshot questions, expert multi-step episodes and shape videos with time questions.
-{recipe.nothink:.0%} of the conversations have thinking switched off (`/nothink`), so the model
-answers in both modes (`thinking=False` or the default).
-
-## Recipe
-
-Trainer `pretrain` preset (Muon on hidden matrices, AdamW elsewhere), lr {recipe.lr}, warmup {recipe.warmup_steps},
-cosine to 10%, batch {recipe.batch_size} x {recipe.grad_accum}, {plan['steps']} steps ({plan['source']}), max length {recipe.max_length}.
-Training took {train_stats.get('hours', float('nan')):.2f} h; final loss {train_stats.get('final_loss', float('nan')):.3f}.
-
-Command:
-
-    {command}
-
-## Evaluation (held-out seed stream, `python -m train.eval TASK --model assets/model --seed {EVAL_SEED} --languages {recipe.languages}`)
-
-| target | measured | issue target | met |
-|---|---|---|---|
-{rows}
-
-{details}
-{_reliance_section(reliance or {})}"""
-
-
-def _reliance_section(reliance: dict[str, Any]) -> str:
-    if not reliance:
-        return ""
-    rows = "\n".join(f"| {kind} | {r['n']} | {r['own']:.4f} | {r['swapped']:.4f} | {r['gap']:+.4f} |"
-                     for kind, r in reliance.items())
-    return f"""
-## Does it look? (`python -m train.reliance` on the held-out data above)
-
-Mean loss of the answer tokens with each conversation's own media and with another
-conversation's in its place. A gap near 0 nats means the answers come from the question's text
-and the pages' predictable layouts, not from the pixels.
-
-| kind | n | own media | other media | gap (nats) |
-|---|---|---|---|---|
-{rows}
-"""
-
-
-def _language_names(languages: str) -> str:
-    from train.synth import parse_languages
-
-    names = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "zh": "Chinese", "ja": "Japanese"}
-    chosen = parse_languages(languages)
-    return "all six UI languages" if chosen == LANGUAGES else " and ".join(names[c] for c in chosen) + " only"
-
-
 # ---- the command ----------------------------------------------------------------------------
 
 
@@ -514,6 +409,8 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
     for line in corpus.read_text(encoding="utf-8").splitlines():
         kind = json.loads(line)["meta"].get("kind", "?")
         kinds[kind] = kinds.get(kind, 0) + 1
+    from train.model_card import model_card
+
     card = model_card(recipe, command=command, config=config, plan=plan, results=results, reliance=reliance,
                       train_stats=train_stats,
                       data_stats={"samples": sum(kinds.values()), "kinds": kinds})
@@ -565,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m train.default_model " + " ".join(argv if argv is not None else sys.argv[1:])
     results = run(recipe, out=Path(args.out), work=Path(args.work), workers=args.workers,
                   evaluate=not args.no_eval, progress=not args.no_progress, command=command)
+    from train.model_card import target_rows
+
     for name, measured, target, ok in target_rows(results):
         print(f"{name}: {'not run' if measured is None else f'{measured:.3f}'} (target {target:.2f})")
     print(f"checkpoint written to {args.out}")

@@ -34,7 +34,7 @@ from train.episodes import plan_episode
 from train.pages import Page
 from train.render import VIEWPORTS, Viewport, prune
 from train.scoring import score
-from train.synth import SynthConfig, parse_languages, synthesize, unit_seed
+from train.synth import SynthConfig, page_language, parse_languages, synthesize, unit_seed
 from train.vocab import LANGUAGES, Language
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,6 @@ def run_episode(model: ModelFn, env: Any, server: PageServer, seed: int, viewpor
 def evaluate_episodes(model: ModelFn, *, n: int, seed: int, languages: tuple[Language, ...] = LANGUAGES) -> EvalResult:
     """`n` held-out form episodes (two fields, then submit), alternating desktop and phone,
     on pages in `languages` (as `train.synth` picks them)."""
-    picker = SynthConfig(n=1, languages=languages)
     result = EvalResult("episodes")
     server = PageServer()
     envs: dict[Viewport, Any] = {}
@@ -188,7 +187,7 @@ def evaluate_episodes(model: ModelFn, *, n: int, seed: int, languages: tuple[Lan
             env = envs.get(viewport) or envs.setdefault(viewport, open_env(viewport))
             page_seed = unit_seed("heldout", seed, i)
             result.add(viewport, run_episode(model, env, server, page_seed, viewport,
-                                             language=picker.language(page_seed)))
+                                             language=page_language(languages, page_seed)))
     finally:
         for env in envs.values():
             env.close()
@@ -229,8 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-thinking", action="store_true", help="thinking off (/nothink) in every prompt")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    languages = parse_languages(args.languages)
-    SynthConfig(n=1, languages=languages)  # a clear error for an unknown language, before the model loads
+    languages = parse_languages(args.languages)  # a clear error for an unknown language, before the model loads
     model = load_model(args.model, max_new_tokens=args.max_new_tokens, thinking=False if args.no_thinking else None)
     result = evaluate(args.task, model, n=args.n, seed=args.seed, workers=args.workers, languages=languages)
     print(result.report())

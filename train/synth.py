@@ -31,9 +31,9 @@ from tqdm import tqdm
 
 from train import agent_steps, episodes, tasks, videos
 from train.pages import generate_page
-from train.vocab import LANGUAGES, Language
 from train.render import Renderer, Viewport
 from train.tasks import Sample
+from train.vocab import LANGUAGES, Language
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +69,26 @@ class SynthConfig:
             raise ValueError(f"viewport {self.viewport!r} is not 'desktop', 'phone' or 'both'")
         if self.split not in ("train", "heldout"):
             raise ValueError(f"split {self.split!r} is not 'train' or 'heldout'")
-        unknown = [lang for lang in self.languages if lang not in LANGUAGES]
-        if unknown or not self.languages:
-            raise ValueError(f"languages {list(self.languages)} must be a non-empty subset of {list(LANGUAGES)}")
+        check_languages(self.languages)
         if not 0.0 <= self.nothink <= 1.0:
             raise ValueError(f"nothink={self.nothink} is a share of conversations: expected 0 to 1")
 
     def language(self, seed: int) -> Language | None:
-        """The UI language of the page of unit `seed`; None (the page's own seeded choice among
-        all languages) when every language is allowed, so that stream stays what it always was."""
-        if self.languages == LANGUAGES:
-            return None
-        return self.languages[seed % len(self.languages)]
+        return page_language(self.languages, seed)
+
+
+def page_language(languages: tuple[Language, ...], seed: int) -> Language | None:
+    """The UI language of the page of unit `seed`; None (the page's own seeded choice among
+    all languages) when every language is allowed, so that stream stays what it always was."""
+    if languages == LANGUAGES:
+        return None
+    return languages[seed % len(languages)]
+
+
+def check_languages(languages: tuple[str, ...]) -> None:
+    unknown = [lang for lang in languages if lang not in LANGUAGES]
+    if unknown or not languages:
+        raise ValueError(f"languages {list(languages)} must be a non-empty subset of {list(LANGUAGES)}")
 
 
 def unit_seed(split: Split, seed: int, index: int) -> int:
@@ -261,8 +269,10 @@ def parse_kinds(text: str) -> tuple[Kind, ...]:
 
 
 def parse_languages(text: str) -> tuple[Language, ...]:
-    """`"en,de"` -> ("en", "de") (SynthConfig checks the names)."""
-    return tuple(part.strip() for part in text.split(",") if part.strip())  # type: ignore[misc]
+    """`"en,de"` -> ("en", "de"); unknown names are a ValueError naming them."""
+    languages = tuple(part.strip() for part in text.split(",") if part.strip())
+    check_languages(languages)
+    return languages  # type: ignore[return-value]
 
 
 def main(argv: list[str] | None = None) -> None:

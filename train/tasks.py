@@ -9,8 +9,8 @@ boxes.") and some paraphrases, answered with one box inside the box tokens; the 
 element's DOM box in model space. Questions only ask what the screenshot shows: a count is
 asked only when every counted item is visible, a text only for elements that show text.
 A reading conversation asks for every visible element's text with its box, in document
-order: dense supervision that makes a model trained from scratch learn to read the screen, and
-each box in it is a grounding answer conditioned on the text just read.
+order: dense supervision of reading the screen, and each box in it is a grounding answer
+conditioned on the text just read.
 GUI actions in the three agent formats live in `train.agent_steps`.
 """
 

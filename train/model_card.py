@@ -1,0 +1,139 @@
+"""The default model's card: `README.md` of the shipped checkpoint, from what the recipe
+(`train.default_model`) recorded: its options, data counts, training plan and time, and the
+held-out numbers against the issue's targets, with the image-reliance check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from train.default_model import EVAL_SEED, EVERY_LANGUAGE, IMAGE_MAX_PIXELS, VIDEO_MAX_PIXELS, Recipe
+from train.synth import parse_kinds, parse_languages
+from train.vocab import LANGUAGES
+
+TARGETS = {  # (task, group or None for the whole task) -> the issue's minimum
+    ("grounding", "desktop"): 0.90, ("grounding", "phone"): 0.80, ("action", None): 0.85,
+    ("episodes", None): 0.60, ("video", "when"): 0.80,
+}
+
+
+def target_rows(results: dict[str, Any]) -> list[tuple[str, float | None, float, bool | None]]:
+    """(what, measured, target, met) for each of the issue's targets."""
+    rows = []
+    for (task, group), target in TARGETS.items():
+        measured = None
+        if task in results:
+            if group is None:
+                measured = results[task]["accuracy"]
+            elif group in results[task]["groups"]:
+                g = results[task]["groups"][group]
+                measured = g["correct"] / g["total"]
+        name = f"{task} ({group})" if group else task
+        rows.append((name, measured, target, None if measured is None else measured >= target))
+    return rows
+
+
+
+
+def model_card(recipe: Recipe, *, command: str, config: Any, plan: dict[str, Any], data_stats: dict[str, Any],
+               train_stats: dict[str, Any], results: dict[str, Any], reliance: dict[str, Any] | None = None) -> str:
+    from vlm import VLM
+
+    params = sum(p.numel() for p in VLM.from_config(config).model.parameters())
+    rows = "\n".join(f"| {name} | {'not run' if m is None else f'{m:.1%}'} | {t:.0%} | "
+                     f"{'n/a' if ok is None else ('yes' if ok else f'no (short by {t - m:.1%})')} |"
+                     for name, m, t, ok in target_rows(results))
+    label = {EVERY_LANGUAGE: "grounding on pages in all six languages"}
+    details = "\n".join(f"- {label.get(task, task)}: {r['accuracy']:.1%} of {r['n']} ("
+                        + ", ".join(f"{g} {v['correct']}/{v['total']}" for g, v in r["groups"].items()) + ")"
+                        for task, r in results.items())
+    t, v = config.text, config.vision
+    return f"""# glmv default model
+
+A small model with GLM-4.5V's architecture and checkpoint layout (`model_type` `glm4v_moe`:
+native-resolution ViT, 2x2-merge MLP projector, MoE language model with 3-axis M-RoPE),
+trained from scratch on this project's synthetic GUI and video data only, to ground, answer
+and act on synthetic web pages and shape videos; it knows nothing else.
+
+- Parameters: {params / 1e6:.1f}M, float32 safetensors ({params * 4 / 1e6:.0f} MB).
+- Text: {t.num_hidden_layers} layers, width {t.hidden_size}, {t.num_attention_heads} query / {t.num_key_value_heads} KV heads of {t.head_dim};
+  layer 0 dense, then {t.n_routed_experts} routed experts (top-{t.num_experts_per_tok}) + {t.n_shared_experts} shared, expert width {t.moe_intermediate_size}.
+- Vision: {v.depth} blocks, width {v.hidden_size}, patch {v.patch_size}, 2x2 merge; images at most
+  {IMAGE_MAX_PIXELS // 2:,} pixels (a 1280x720 screenshot is 190 tokens), videos {VIDEO_MAX_PIXELS:,} over all frames.
+- Tokenizer: byte-level BPE, 8192 tokens, {'retrained on the training corpus' if recipe.retrain_tokenizer else 'the project tokenizer'};
+  numbers are written one digit per token.
+
+## Training data
+
+`train.synth`, train split, seed {recipe.seed}: {data_stats.get('samples', '?')} conversations, unit mix `{recipe.kinds}`,
+{recipe.grounding_turns} grounding questions per screenshot conversation
+({', '.join(f'{k} {n}' for k, n in sorted(data_stats.get('kinds', {}).items()))}).
+Pages in {_language_names(recipe.languages)}, rendered by Chromium at 1280x720 and 390x844 (touch),
+boxes from the DOM; {_kind_descriptions(recipe.kinds)}.
+{_thinking_sentence(recipe.nothink)}
+
+## Recipe
+
+Trainer `pretrain` preset (Muon on hidden matrices, AdamW elsewhere), lr {recipe.lr}, warmup {recipe.warmup_steps},
+cosine to 10%, batch {recipe.batch_size} x {recipe.grad_accum}, {plan['steps']} steps ({plan['source']}), max length {recipe.max_length}.
+Training took {train_stats.get('hours', float('nan')):.2f} h; final loss {train_stats.get('final_loss', float('nan')):.3f}.
+
+Command:
+
+    {command}
+
+## Evaluation (held-out seed stream, `python -m train.eval TASK --model assets/model --seed {EVAL_SEED} --languages {recipe.languages}`)
+
+| target | measured | issue target | met |
+|---|---|---|---|
+{rows}
+
+{details}
+{_reliance_section(reliance or {})}"""
+
+
+def _reliance_section(reliance: dict[str, Any]) -> str:
+    if not reliance:
+        return ""
+    rows = "\n".join(f"| {kind} | {r['n']} | {r['own']:.4f} | {r['swapped']:.4f} | {r['gap']:+.4f} |"
+                     for kind, r in reliance.items())
+    return f"""
+## Does it look? (`python -m train.reliance` on the held-out data above)
+
+Mean loss of the answer tokens with each conversation's own media and with another
+conversation's in its place. A gap near 0 nats means the answers come from the question's text
+and the pages' predictable layouts, not from the pixels.
+
+| kind | n | own media | other media | gap (nats) |
+|---|---|---|---|---|
+{rows}
+"""
+
+
+def _language_names(languages: str) -> str:
+    names = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "zh": "Chinese", "ja": "Japanese"}
+    chosen = parse_languages(languages)
+    return "all six UI languages" if chosen == LANGUAGES else " and ".join(names[c] for c in chosen) + " only"
+
+
+
+
+_KIND_TEXT = {
+    "grounding": "grounding with the released prompt wording",
+    "read": "reading (every element's text and box, in document order)",
+    "action": "single GUI steps in the desktop, mobile and set-of-marks formats",
+    "qa": "screenshot questions",
+    "episode": "expert multi-step episodes",
+    "video": "shape videos with time questions",
+}
+
+
+def _kind_descriptions(kinds: str) -> str:
+    return ", ".join(_KIND_TEXT[k] for k in dict.fromkeys(parse_kinds(kinds)))
+
+
+def _thinking_sentence(nothink: float) -> str:
+    if not nothink:
+        return "Every conversation has thinking on (an empty think block before the answer)."
+    return (f"{nothink:.0%} of the conversations have thinking switched off (`/nothink`), so the model "
+            "answers in both modes (`thinking=False` or the default).")
