@@ -120,7 +120,7 @@ def model_config(size: Size) -> Any:
     """GLM-4.5V's architecture at the default model's size (before fitting to the tokenizer).
 
     small: 6 text layers of width 256 (the first dense, five MoE with 8 routed experts, top-2,
-    plus one shared), 4 query / 2 KV heads of 64; a 4-block ViT of width 192. ~11M parameters,
+    plus one shared), 4 query / 2 KV heads of 64; a 4-block ViT of width 128. ~11M parameters,
     ~4M active per token besides the embeddings. tiny: the same shape at test size."""
     from vlm.config import TextConfig, VisionConfig, VLMConfig
 

@@ -1,0 +1,155 @@
+"""Can the vision encoder learn to see it? The default model's ViT alone, from scratch, told directly.
+
+    python -m train.learnability colour|word [--steps 150] [--size small] [--seed 0]
+
+The shipped default model does not use its images (`python -m train.reliance`). This takes the
+language model out of the question: the default model's vision encoder (ViT + projector, random
+init) with a linear head on its max- and mean-pooled tokens is trained to name one property of
+a generated 1280x720 picture, which the processor resizes to the default model's pixel budget as
+it resizes screenshots (to 532x280). Two tasks, 8 classes each (chance 0.125):
+
+- colour: one square, 50-190 px, in one of 8 colours, anywhere: what colour is it?
+- word: one of 8 UI words ("Home", "Search", ...) in 48-px DejaVu Sans (20 px after the
+  resize, three times UI text), anywhere: which word is it?
+
+Every step draws a fresh batch from the seed's stream; the held-out pictures come from another
+stream. Held-out accuracy is printed every `--every` steps; the last line is `accuracy: X`.
+Measured with the small (shipped) size, batch 16, on 2 CPU cores: colour 0.92 after 25 steps
+(0.98 after 50, 77 s); word 0.148 after 150 (6 min; the loss still ln 8): the encoder learns a
+colour at once but not to tell 8 large words apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from vlm.images import ImageConfig, preprocess_image
+
+Task = Literal["colour", "word"]
+TASKS: tuple[Task, ...] = ("colour", "word")
+CANVAS = (1280, 720)
+BACKGROUND = (245, 246, 248)
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30),
+           "purple": (140, 60, 180), "orange": (240, 130, 20), "black": (20, 20, 20), "cyan": (30, 190, 200)}
+WORDS = ("Home", "Search", "Submit", "Cancel", "Settings", "Profile", "Logout", "Pricing")
+FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+WORD_PX = 48
+
+
+def labels(task: Task) -> tuple[str, ...]:
+    return tuple(COLOURS) if task == "colour" else WORDS
+
+
+def picture(task: Task, rng: random.Random) -> tuple[Image.Image, int]:
+    """One 1280x720 picture of `task` and the index of its label."""
+    image = Image.new("RGB", CANVAS, BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    label = rng.randrange(8)
+    if task == "colour":
+        side = rng.randint(50, 190)
+        x, y = rng.randint(0, CANVAS[0] - side), rng.randint(0, CANVAS[1] - side)
+        draw.rectangle([x, y, x + side, y + side], fill=COLOURS[labels(task)[label]])
+    else:
+        font = ImageFont.truetype(str(FONT), WORD_PX)
+        left, top, right, bottom = draw.textbbox((0, 0), WORDS[label], font=font)
+        x, y = rng.randint(0, CANVAS[0] - right), rng.randint(0, CANVAS[1] - bottom)
+        draw.text((x, y), WORDS[label], fill=(29, 35, 48), font=font)
+    return image, label
+
+
+@dataclass
+class Batch:
+    pixel_values: torch.Tensor
+    grid_thw: torch.Tensor
+    labels: torch.Tensor
+
+
+def batch(task: Task, rng: random.Random, n: int, config: ImageConfig) -> Batch:
+    patches, grids, ys = [], [], []
+    for _ in range(n):
+        image, label = picture(task, rng)
+        p = preprocess_image(image, config)
+        patches.append(p.pixel_values), grids.append(p.grid_thw), ys.append(label)
+    return Batch(torch.cat(patches), torch.tensor(grids), torch.tensor(ys))
+
+
+class Probe(torch.nn.Module):
+    """The vision encoder and a linear head on [max; mean] of each picture's tokens."""
+
+    def __init__(self, vision: torch.nn.Module, width: int, classes: int) -> None:
+        super().__init__()
+        self.vision = vision
+        self.head = torch.nn.Linear(2 * width, classes)
+
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        tokens = self.vision(pixel_values, grid_thw)
+        merge = self.vision.cfg.spatial_merge_size ** 2
+        sizes = (grid_thw.prod(-1) // merge).tolist()
+        pooled = [torch.cat([t.max(0).values, t.mean(0)]) for t in tokens.split(sizes)]
+        return self.head(torch.stack(pooled))
+
+
+def run(task: Task, *, steps: int, size: str = "small", seed: int = 0, batch_size: int = 16, lr: float = 1e-3,
+        every: int = 25, n_test: int = 128, log=print) -> float:
+    """Train from scratch for `steps` steps; held-out accuracy at the end (and every `every`)."""
+    from train.default_model import IMAGE_MAX_PIXELS, model_config
+    from vlm.vision import VisionEncoder
+    from vlm.vlm import init_weights
+
+    if task not in TASKS:
+        raise ValueError(f"task {task!r}: expected one of {list(TASKS)}")
+    if steps < 1:
+        raise ValueError(f"steps={steps}: expected a positive number of steps")
+    torch.manual_seed(seed)
+    vision_cfg = model_config(size).vision  # type: ignore[arg-type]
+    model = Probe(VisionEncoder(vision_cfg), vision_cfg.out_hidden_size, len(labels(task)))
+    init_weights(model)
+    config = ImageConfig(max_pixels=IMAGE_MAX_PIXELS)
+    test = batch(task, random.Random(f"test/{seed}"), n_test, config)
+    train_rng = random.Random(f"train/{seed}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+
+    def accuracy() -> float:
+        model.eval()
+        with torch.no_grad():
+            predicted = model(test.pixel_values, test.grid_thw).argmax(-1)
+        model.train()
+        return (predicted == test.labels).float().mean().item()
+
+    for step in range(1, steps + 1):
+        b = batch(task, train_rng, batch_size, config)
+        loss = torch.nn.functional.cross_entropy(model(b.pixel_values, b.grid_thw), b.labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % every == 0 and step != steps:
+            log(f"step {step}: loss {loss.item():.3f}, held-out accuracy {accuracy():.3f}")
+    return accuracy()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.learnability", description=__doc__.split("\n\n")[0])
+    p.add_argument("task", choices=TASKS)
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--size", choices=("small", "tiny"), default="small")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--every", type=int, default=25)
+    args = p.parse_args(argv)
+    result = run(args.task, steps=args.steps, size=args.size, seed=args.seed, batch_size=args.batch_size,
+                 lr=args.lr, every=args.every, log=lambda line: print(line, flush=True))
+    print(f"accuracy: {result:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
