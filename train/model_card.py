@@ -5,6 +5,7 @@ held-out numbers against the issue's targets, with the image-reliance check.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from train.default_model import EVAL_SEED, EVERY_LANGUAGE, IMAGE_MAX_PIXELS, VIDEO_MAX_PIXELS, Recipe
@@ -68,8 +69,7 @@ and act on synthetic web pages and shape videos; it knows nothing else.
 `train.synth`, train split, seed {recipe.seed}: {data_stats.get('samples', '?')} conversations, unit mix `{recipe.kinds}`,
 {recipe.grounding_turns} grounding questions per screenshot conversation
 ({', '.join(f'{k} {n}' for k, n in sorted(data_stats.get('kinds', {}).items()))}).
-Pages in {_language_names(recipe.languages)}, rendered by Chromium at 1280x720 and 390x844 (touch),
-boxes from the DOM; {_kind_descriptions(recipe.kinds)}.
+{_data_sentence(recipe)}
 {_thinking_sentence(recipe.nothink)}
 
 ## Recipe
@@ -128,6 +128,11 @@ _KIND_TEXT = {
 }
 
 
+def _data_sentence(recipe: Recipe) -> str:
+    return textwrap.fill(f"Pages in {_language_names(recipe.languages)}, rendered by Chromium at 1280x720 and "
+                         f"390x844 (touch), boxes from the DOM; {_kind_descriptions(recipe.kinds)}.", width=95)
+
+
 def _kind_descriptions(kinds: str) -> str:
     return ", ".join(_KIND_TEXT[k] for k in dict.fromkeys(parse_kinds(kinds)))
 
@@ -135,5 +140,5 @@ def _kind_descriptions(kinds: str) -> str:
 def _thinking_sentence(nothink: float) -> str:
     if not nothink:
         return "Every conversation has thinking on (an empty think block before the answer)."
-    return (f"{nothink:.0%} of the conversations have thinking switched off (`/nothink`), so the model "
-            "answers in both modes (`thinking=False` or the default).")
+    return textwrap.fill(f"{nothink:.0%} of the conversations have thinking switched off (`/nothink`), so the "
+                         "model answers in both modes (`thinking=False` or the default).", width=95)

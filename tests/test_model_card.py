@@ -1,0 +1,37 @@
+"""The default model's card: targets against measurements, the recipe's own data and thinking."""
+
+from train.default_model import Recipe, model_config
+from train.model_card import model_card, target_rows
+
+
+def _result(correct_total: dict[str, tuple[int, int]]) -> dict:
+    correct = sum(c for c, _ in correct_total.values())
+    total = sum(t for _, t in correct_total.values())
+    return {"accuracy": correct / total, "n": total,
+            "groups": {g: {"correct": c, "total": t} for g, (c, t) in correct_total.items()}}
+
+
+RESULTS = {"grounding": _result({"desktop": (46, 50), "phone": (30, 50)}),
+           "video": _result({"when": (9, 10), "what": (1, 10)})}
+
+
+def test_targets_are_met_or_missed_by_their_group_and_unmeasured_ones_say_so():
+    rows = {name: (measured, target, met) for name, measured, target, met in target_rows(RESULTS)}
+    assert rows["grounding (desktop)"] == (0.92, 0.90, True)
+    assert rows["grounding (phone)"] == (0.60, 0.80, False)
+    assert rows["video (when)"] == (0.90, 0.80, True)  # the group, not the task's 50%
+    assert rows["action"] == (None, 0.85, None) and rows["episodes"][2] is None
+
+
+def test_the_card_follows_the_recipe():
+    recipe = Recipe(kinds="grounding:2,video:1", languages="en,de", nothink=0.5)
+    card = model_card(recipe, command="python -m train.default_model --out X", config=model_config("tiny"),
+                      plan={"steps": 10, "source": "--steps"}, data_stats={"samples": 3, "kinds": {"grounding": 2, "video": 1}},
+                      train_stats={"final_loss": 1.5, "hours": 0.1}, results=RESULTS,
+                      reliance={"grounding": {"n": 4, "own": 1.0, "swapped": 1.5, "gap": 0.5}})
+    assert "| grounding (phone) | 60.0% | 80% | no (short by 20.0%) |" in card
+    assert "| action | not run | 85% | n/a |" in card
+    assert "Pages in English and German" in card and "50% of the conversations have thinking switched off" in card
+    assert "episodes" not in card.split("## Training data")[1].split("## Recipe")[0]  # not in this recipe's kinds
+    assert "--languages en,de" in card and "+0.5000" in card
+    assert max(map(len, card.split("## Training data")[1].split("## Recipe")[0].splitlines())) <= 100
