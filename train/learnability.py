@@ -26,7 +26,7 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -77,7 +77,9 @@ def batch(task: Task, rng: random.Random, n: int, config: ImageConfig) -> Batch:
     for _ in range(n):
         image, label = picture(task, rng)
         p = preprocess_image(image, config)
-        patches.append(p.pixel_values), grids.append(p.grid_thw), ys.append(label)
+        patches.append(p.pixel_values)
+        grids.append(p.grid_thw)
+        ys.append(label)
     return Batch(torch.cat(patches), torch.tensor(grids), torch.tensor(ys))
 
 
@@ -98,7 +100,7 @@ class Probe(torch.nn.Module):
 
 
 def run(task: Task, *, steps: int, size: str = "small", seed: int = 0, batch_size: int = 16, lr: float = 1e-3,
-        every: int = 25, n_test: int = 128, log=print) -> float:
+        every: int = 25, n_test: int = 128, log: Callable[[str], Any] = print) -> float:
     """Train from scratch for `steps` steps; held-out accuracy at the end (and every `every`)."""
     from train.default_model import IMAGE_MAX_PIXELS, model_config
     from vlm.vision import VisionEncoder
