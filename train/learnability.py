@@ -22,6 +22,7 @@ colour at once but not to tell 8 large words apart.
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import sys
 from dataclasses import dataclass
@@ -48,18 +49,23 @@ def labels(task: Task) -> tuple[str, ...]:
     return tuple(COLOURS) if task == "colour" else WORDS
 
 
+@functools.cache
+def _font() -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(FONT), WORD_PX)
+
+
 def picture(task: Task, rng: random.Random) -> tuple[Image.Image, int]:
     """One 1280x720 picture of `task` and the index of its label."""
     image = Image.new("RGB", CANVAS, BACKGROUND)
     draw = ImageDraw.Draw(image)
-    label = rng.randrange(8)
+    label = rng.randrange(len(labels(task)))
     if task == "colour":
         side = rng.randint(50, 190)
         x, y = rng.randint(0, CANVAS[0] - side), rng.randint(0, CANVAS[1] - side)
         draw.rectangle([x, y, x + side, y + side], fill=COLOURS[labels(task)[label]])
     else:
-        font = ImageFont.truetype(str(FONT), WORD_PX)
-        left, top, right, bottom = draw.textbbox((0, 0), WORDS[label], font=font)
+        font = _font()
+        _, _, right, bottom = draw.textbbox((0, 0), WORDS[label], font=font)
         x, y = rng.randint(0, CANVAS[0] - right), rng.randint(0, CANVAS[1] - bottom)
         draw.text((x, y), WORDS[label], fill=(29, 35, 48), font=font)
     return image, label

@@ -34,8 +34,6 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, float | None, float,
     return rows
 
 
-
-
 def model_card(recipe: Recipe, *, command: str, config: Any, plan: dict[str, Any], data_stats: dict[str, Any],
                train_stats: dict[str, Any], results: dict[str, Any], reliance: dict[str, Any] | None = None) -> str:
     from vlm import VLM
@@ -114,8 +112,6 @@ def _language_names(languages: str) -> str:
     names = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "zh": "Chinese", "ja": "Japanese"}
     chosen = parse_languages(languages)
     return "all six UI languages" if chosen == LANGUAGES else " and ".join(names[c] for c in chosen) + " only"
-
-
 
 
 _KIND_TEXT = {

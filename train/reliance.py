@@ -5,9 +5,8 @@
 For up to `n` conversations of each kind in a `train.synth` JSONL, the mean loss of the
 assistant tokens (as the trainer counts it) with the conversation's own image or video, and
 with the media of the next conversation of the same kind that shows something else in its
-place. A model that reads the
-screen answers much worse about the wrong screenshot; one that answers from the question's
-text alone loses the same with either, a gap of ~0 nats. Accuracy cannot tell these apart on
+place. A model that reads the screen answers much worse about the wrong screenshot; one that
+answers from the question's text alone loses the same with either, a gap of ~0 nats. Accuracy cannot tell these apart on
 synthetic pages, whose layouts are predictable from the question (`the "Home" link in the
 navigation bar` is near the top left); this can, from a few dozen forward passes.
 
