@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from train.render import Renderer
+from synth.render import Renderer
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 freshly generated page.
 
 Until the trained model ships in `assets/model/` (its `config.json` appears there), the check
-runs on a pilot checkpoint that `train.default_model` builds at its tiny size in tmp_path, so
+runs on a pilot checkpoint that `recipes.default_model` builds at its tiny size in tmp_path, so
 the whole path (data engine -> trainer -> shipped directory -> load -> ground) is exercised;
 the accuracy floor applies only to the shipped model, the pilot is too small to learn it.
 """
@@ -14,13 +14,13 @@ import json
 import pytest
 import torch
 
-from train.default_model import IMAGE_MAX_PIXELS, SHIPPED, Recipe, make_processor, model_config, run
-from train.synth import parse_languages
+from recipes.default_model import IMAGE_MAX_PIXELS, SHIPPED, Recipe, make_processor, model_config, run
+from synth.dataset import parse_languages
 from vlm.processor import ASSETS
 
 QUESTIONS = 40  # held-out grounding questions, seed 11
 # The shipped model answers 10 of them (25%; 12% on the card's seed-1 eval), from the questions'
-# text and the pages' layouts: it does not look (`train.reliance` gap ~0). Constant boxes get <= 2.
+# text and the pages' layouts: it does not look (`recipes.reliance` gap ~0). Constant boxes get <= 2.
 SHIPPED_MIN_HITS = 6
 
 
@@ -59,7 +59,7 @@ def default_model(tmp_path_factory):
 @pytest.mark.browser
 def test_default_model_grounds_a_freshly_generated_page(default_model, tmp_path):
     from agent.policy import VLMPolicy
-    from train.eval import evaluate
+    from synth.eval import evaluate
     from vlm import VLM
 
     path, shipped = default_model
@@ -90,7 +90,7 @@ def test_transformers_loads_the_default_model_and_computes_the_same_logits(defau
 
 
 def test_training_hours_add_up_step_times_not_wall_time(tmp_path):
-    from train.default_model import training_stats
+    from recipes.default_model import training_stats
 
     records = [{"step": 1, "loss": 9.0, "tokens": 3600, "tokens_per_s": 1.0},
                {"step": 2, "eval_loss": 8.0},  # eval records carry no step time
@@ -101,7 +101,7 @@ def test_training_hours_add_up_step_times_not_wall_time(tmp_path):
 
 
 def test_training_hours_of_a_resumed_run_count_each_step_once_from_its_predecessor(tmp_path):
-    from train.default_model import training_stats
+    from recipes.default_model import training_stats
 
     # Killed after step 3, resumed from the checkpoint of step 2 (1,200 tokens): step 3 is redone.
     tokens = [600, 1200, 1800, 1800, 2400]

@@ -7,8 +7,8 @@ import pytest
 
 from agent.actions import Answer, Done
 from agent.parsing import parse_response
-from train.agent_steps import Media
-from train.episodes import EPISODE_KINDS, episode_samples, plan_episode
+from synth.agent_steps import Media
+from synth.episodes import EPISODE_KINDS, episode_samples, plan_episode
 from tests._data_engine_utils import renderer  # noqa: F401  (fixture)
 
 

@@ -12,11 +12,11 @@ from PIL import Image
 
 from agent.loop import Agent
 from agent.policy import ScriptedPolicy
-from train.agent_steps import Media, answer
-from train.episodes import Expert, episode_samples, plan_episode
-from train.eval import EvalResult, PageServer, evaluate, open_env, run_episode
-from train.render import Renderer, measure, prune
-from train.synth import unit_seed
+from synth.agent_steps import Media, answer
+from synth.episodes import Expert, episode_samples, plan_episode
+from synth.eval import EvalResult, PageServer, evaluate, open_env, run_episode
+from synth.render import Renderer, measure, prune
+from synth.dataset import unit_seed
 
 
 def _assert_same_screenshot(live, recorded, step):

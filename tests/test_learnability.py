@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from train.default_model import IMAGE_MAX_PIXELS
-from train.learnability import COLOURS, WORDS, batch, labels, main, picture, run
+from recipes.default_model import IMAGE_MAX_PIXELS
+from recipes.learnability import COLOURS, WORDS, batch, labels, main, picture, run
 from vlm.images import ImageConfig
 
 

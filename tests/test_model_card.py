@@ -1,7 +1,7 @@
 """The default model's card: targets against measurements, the recipe's own data and thinking."""
 
-from train.default_model import Recipe, model_config
-from train.model_card import model_card, target_rows
+from recipes.default_model import Recipe, model_config
+from recipes.model_card import model_card, target_rows
 
 
 def _result(correct_total: dict[str, tuple[int, int]]) -> dict:
@@ -25,7 +25,7 @@ def test_targets_are_met_or_missed_by_their_group_and_unmeasured_ones_say_so():
 
 def test_the_card_follows_the_recipe():
     recipe = Recipe(kinds="grounding:2,video:1", languages="en,de", nothink=0.5)
-    card = model_card(recipe, command="python -m train.default_model --out X", config=model_config("tiny"),
+    card = model_card(recipe, command="python -m recipes.default_model --out X", config=model_config("tiny"),
                       plan={"steps": 10, "source": "--steps"}, data_stats={"samples": 3, "kinds": {"grounding": 2, "video": 1}},
                       train_stats={"final_loss": 1.5, "hours": 0.1}, results=RESULTS,
                       reliance={"grounding": {"n": 4, "own": 1.0, "swapped": 1.5, "gap": 0.5}})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.pages import CARD_KINDS, generate_page
+from synth.pages import CARD_KINDS, generate_page
 from tests._data_engine_utils import renderer  # noqa: F401  (fixture)
 
 

@@ -3,9 +3,9 @@
 import torch
 from PIL import Image
 
-from train.default_model import model_config
+from recipes.default_model import model_config
 from train.model import fit_to_tokenizer
-from train.reliance import measure, report
+from recipes.reliance import measure, report
 from vlm import VLM
 from vlm.processor import Processor
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from train.pages import generate_page
-from train.render import to_model_box
+from synth.pages import generate_page
+from synth.render import to_model_box
 from tests._data_engine_utils import renderer  # noqa: F401  (fixture)
 
 # Record which tagged element each click reaches, and stop the page from reacting to it,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from train.scoring import normalise, score
+from synth.scoring import normalise, score
 
 GROUNDING = {"kind": "grounding", "box": [100, 200, 180, 240]}
 

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["vlm", "agent", "train", "demo", "timm", "torchvision", "decord",
+@pytest.mark.parametrize("name", ["vlm", "agent", "synth", "train", "recipes", "demo", "timm", "torchvision", "decord",
                                   "playwright", "gradio", "peft", "accelerate", "transformers"])
 def test_imports(name):
     importlib.import_module(name)

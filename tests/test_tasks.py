@@ -8,9 +8,9 @@ import pytest
 from agent.actions import Box, Click, Mark, Point, Type
 from agent.parsing import parse_box, parse_response
 from agent.prompt_text import GROUNDING_TEMPLATE
-from train.agent_steps import Media, Screen, action_samples, decode
-from train.pages import generate_page
-from train.tasks import grounding_samples, qa_samples, reading_samples
+from synth.agent_steps import Media, Screen, action_samples, decode
+from synth.pages import generate_page
+from synth.tasks import grounding_samples, qa_samples, reading_samples
 from tests._data_engine_utils import renderer  # noqa: F401  (fixture)
 
 

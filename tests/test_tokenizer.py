@@ -6,8 +6,8 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from train import tokenizer as script
-from train.tokenizer import SPECIAL_TOKENS, VOCAB_SIZE
+from recipes import tokenizer as script
+from recipes.tokenizer import SPECIAL_TOKENS, VOCAB_SIZE
 from vlm.processor import ASSETS
 
 
@@ -66,7 +66,7 @@ def test_training_is_deterministic_and_retrains_on_a_jsonl_corpus(tmp_path):
 @pytest.mark.slow
 def test_shipped_tokenizer_is_what_the_script_writes(tmp_path):
     """Bit-exact while assets/model holds the built-in tokenizer. Once the default model ships,
-    its tokenizer was retrained on its training corpus (`train.default_model`, stage 2): the
+    its tokenizer was retrained on its training corpus (`recipes.default_model`, stage 2): the
     vocabulary then differs, everything else the script decides must not."""
     script.main(["--out", str(tmp_path)])
     shipped = json.loads((ASSETS / "tokenizer.json").read_text())

@@ -6,7 +6,7 @@ import decord
 import numpy as np
 import pytest
 
-from train.videos import COLOURS, make_script, video_samples, write_video
+from synth.videos import COLOURS, make_script, video_samples, write_video
 
 
 def _nearest_colour(pixel: np.ndarray) -> str:

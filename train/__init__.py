@@ -1,2 +1,3 @@
 """train: trainers on accelerate (from scratch, full fine-tune, LoRA via peft), the
-conversation data pipeline, the fine-tuning CLI and the synthetic GUI/video data engine."""
+conversation data pipeline and the fine-tuning CLI. The synthetic data engine is `synth`, the
+default model's recipe `recipes`."""

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from agent.actions import Action, Answer, Click, Done, Mark, Point, Box, Type
-from train.agent_steps import (Format, Media, Screen, action_meta, answer, clock, click, decode,
+from synth.agent_steps import (Format, Media, Screen, action_meta, answer, clock, click, decode,
                                english_label, field_value, messages, past_step, type_into)
-from train.pages import CARD_KINDS, Page, generate_page
-from train.render import Marked, Rendered, Renderer, Viewport
-from train.tasks import Sample
-from train.vocab import Language
+from synth.pages import CARD_KINDS, Page, generate_page
+from synth.render import Marked, Rendered, Renderer, Viewport
+from synth.tasks import Sample
+from synth.vocab import Language
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Iterator, Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
-from train.tasks import Sample, conversation
+from synth.tasks import Sample, conversation
 
 ShapeKind = Literal["circle", "square", "triangle", "diamond"]
 EventKind = Literal["appear", "move", "colour"]

@@ -1,8 +1,8 @@
 """Does a model look at its images? Loss with each conversation's own media vs another's.
 
-    python -m train.reliance --model PATH --data DIR/data.jsonl [--n 24] [--kinds grounding,video]
+    python -m recipes.reliance --model PATH --data DIR/data.jsonl [--n 24] [--kinds grounding,video]
 
-For up to `n` conversations of each kind in a `train.synth` JSONL, the mean loss of the
+For up to `n` conversations of each kind in a `python -m synth` JSONL, the mean loss of the
 assistant tokens (as the trainer counts it) with the conversation's own image or video, and
 with the media of the next conversation of the same kind that shows something else in its
 place. A model that reads the screen answers much worse about the wrong screenshot; one that
@@ -60,7 +60,7 @@ def conversation_loss(model: Any, encoder: Encoder, messages: list[dict[str, Any
 def measure(model: Any, processor: Any, records: Sequence[dict[str, Any]], *, root: Path, n: int,
             kinds: Sequence[str] | None = None, max_length: int = 8192) -> list[Reliance]:
     """Own-media and swapped-media loss per kind, over the first `n` conversations of each kind
-    that carry exactly one image or video (the `train.synth` shape)."""
+    that carry exactly one image or video (the data engine's shape)."""
     encoder = Encoder(processor, max_length=max_length)
     by_kind: dict[str, list[list[dict[str, Any]]]] = {}
     for record in records:
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     from vlm import VLM
     from vlm.processor import Processor
 
-    parser = argparse.ArgumentParser(prog="python -m train.reliance", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recipes.reliance", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint directory")
-    parser.add_argument("--data", required=True, help="a train.synth data.jsonl (media paths relative to it)")
+    parser.add_argument("--data", required=True, help="a python -m synth data.jsonl (media paths relative to it)")
     parser.add_argument("--n", type=int, default=24, help="conversations per kind")
     parser.add_argument("--kinds", default=None, help="comma-separated kinds (default: every kind in the file)")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Train the small models' tokenizer: a byte-level BPE with every GLM special token.
 
-    python -m train.tokenizer                          # built-in corpus -> assets/model/
-    python -m train.tokenizer --corpus data.jsonl      # retrain on the data engine's output
+    python -m recipes.tokenizer                          # built-in corpus -> assets/model/
+    python -m recipes.tokenizer --corpus data.jsonl      # retrain on the data engine's output
 
 What is unusual here:
 
@@ -9,7 +9,7 @@ What is unusual here:
   coordinate is written coarse to fine, hundreds digit first, and tokenizes the same way
   wherever it appears. A small model trained from scratch learns a 10-way choice per digit;
   with one token per number it has to learn 1,000 unrelated classes from a few thousand
-  boxes, and our first default-model run never did (see train/default_model.py).
+  boxes, and our first default-model run never did (see recipes/default_model.py).
 - The special tokens are GLM-4.5V's, by name, so prompts rendered for the released model
   render unchanged for ours; only their ids differ (they come first, ids 0..N-1).
 - The built-in corpus is generated, not downloaded: UI strings, prompts in the released

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from train.synth import SynthConfig, parse_kinds, parse_languages, synthesize, thinking_off, unit_seed
+from synth.dataset import SynthConfig, parse_kinds, parse_languages, synthesize, thinking_off, unit_seed
 from vlm.processor import Processor
 
 

@@ -1,7 +1,7 @@
 """Training conversations from a rendered page: grounding and screenshot questions.
 
 Each `Sample` is one conversation in the project's training JSONL shape (user turn with the
-image part first, assistant answer) plus `meta`, the ground truth `train.scoring` grades
+image part first, assistant answer) plus `meta`, the ground truth `synth.scoring` grades
 answers against. Images are referred to by the path the caller will write them to.
 
 Grounding uses the released model's prompt ("Help me to locate ... and give me its bounding
@@ -11,7 +11,7 @@ asked only when every counted item is visible, a text only for elements that sho
 A reading conversation asks for every visible element's text with its box, in document
 order: dense supervision of reading the screen, and each box in it is a grounding answer
 conditioned on the text just read.
-GUI actions in the three agent formats live in `train.agent_steps`.
+GUI actions in the three agent formats live in `synth.agent_steps`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from agent.actions import Box
 from agent.formats.common import BOX_BEGIN, BOX_END
 from agent.prompt_text import GROUNDING_TEMPLATE
-from train.render import Placed, Rendered
+from synth.render import Placed, Rendered
 
 GROUNDING_PROMPTS = (  # the first is the agent's (the released model's) own wording
     GROUNDING_TEMPLATE,

@@ -1,5 +1,5 @@
 """The default model's card: `README.md` of the shipped checkpoint, from what the recipe
-(`train.default_model`) recorded: its options, data counts, training plan and time, and the
+(`recipes.default_model`) recorded: its options, data counts, training plan and time, and the
 held-out numbers against the issue's targets, with the image-reliance check.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from train.default_model import EVAL_SEED, EVERY_LANGUAGE, IMAGE_MAX_PIXELS, VIDEO_MAX_PIXELS, Recipe
-from train.synth import parse_kinds, parse_languages
-from train.vocab import LANGUAGES
+from recipes.default_model import EVAL_SEED, EVERY_LANGUAGE, IMAGE_MAX_PIXELS, VIDEO_MAX_PIXELS, Recipe
+from synth.dataset import parse_kinds, parse_languages
+from synth.vocab import LANGUAGES
 
 TARGETS = {  # (task, group or None for the whole task) -> the issue's minimum
     ("grounding", "desktop"): 0.90, ("grounding", "phone"): 0.80, ("action", None): 0.85,
@@ -64,7 +64,7 @@ and act on synthetic web pages and shape videos; it knows nothing else.
 
 ## Training data
 
-`train.synth`, train split, seed {recipe.seed}: {data_stats.get('samples', '?')} conversations, unit mix `{recipe.kinds}`,
+`python -m synth`, train split, seed {recipe.seed}: {data_stats.get('samples', '?')} conversations, unit mix `{recipe.kinds}`,
 {recipe.grounding_turns} grounding questions per screenshot conversation
 ({', '.join(f'{k} {n}' for k, n in sorted(data_stats.get('kinds', {}).items()))}).
 {_data_sentence(recipe)}
@@ -80,7 +80,7 @@ Command:
 
     {command}
 
-## Evaluation (held-out seed stream, `python -m train.eval TASK --model assets/model --seed {EVAL_SEED} --languages {recipe.languages}`)
+## Evaluation (held-out seed stream, `python -m synth.eval TASK --model assets/model --seed {EVAL_SEED} --languages {recipe.languages}`)
 
 | target | measured | issue target | met |
 |---|---|---|---|
@@ -96,7 +96,7 @@ def _reliance_section(reliance: dict[str, Any]) -> str:
     rows = "\n".join(f"| {kind} | {r['n']} | {r['own']:.4f} | {r['swapped']:.4f} | {r['gap']:+.4f} |"
                      for kind, r in reliance.items())
     return f"""
-## Does it look? (`python -m train.reliance` on the held-out data above)
+## Does it look? (`python -m recipes.reliance` on the held-out data above)
 
 Mean loss of the answer tokens with each conversation's own media and with another
 conversation's in its place. A gap near 0 nats means the answers come from the question's text

@@ -29,7 +29,7 @@ from agent.chromium import launch_chromium
 from agent.environment import ElementInfo
 from agent.loop import MAX_DESCRIBED_MARKS
 from agent.prompts import describe_marks
-from train.pages import Element, Page
+from synth.pages import Element, Page
 
 Viewport = Literal["desktop", "phone"]
 VIEWPORTS: dict[Viewport, dict[str, Any]] = {

@@ -27,9 +27,9 @@ from agent.actions import Action, Answer, Click, Done, Mark, Type
 from agent.formats.common import ParsedResponse
 from agent.parsing import parse_response, serialise_action, serialise_response
 from agent.prompts import PastStep
-from train import vocab
-from train.render import Marked, Placed, Rendered
-from train.tasks import Sample, unique_targets
+from synth import vocab
+from synth.render import Marked, Placed, Rendered
+from synth.tasks import Sample, unique_targets
 
 Format = Literal["desktop", "mobile", "web"]
 FORMATS: tuple[Format, ...] = ("desktop", "mobile", "web")
@@ -121,7 +121,7 @@ def clock(rng: random.Random) -> datetime:
 
 
 def action_meta(fmt: Format, action: Action, placed: Placed | None, mark: int | None) -> dict[str, Any]:
-    """What `train.scoring.score_action` needs to grade an answer to this step."""
+    """What `synth.scoring.score_action` needs to grade an answer to this step."""
     kind = {Click: "click", Type: "type", Done: "done", Answer: "answer"}[type(action)]
     return {"format": fmt, "action_type": kind, "expected": serialise_action(action, fmt),
             "element": placed.element.id if placed else None, "box": placed.box.as_list() if placed else None,

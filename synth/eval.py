@@ -1,8 +1,8 @@
-"""Evaluation on freshly generated held-out data: `python -m train.eval grounding --model DIR`.
+"""Evaluation on freshly generated held-out data: `python -m synth.eval grounding --model DIR`.
 
-    python -m train.eval grounding|action|qa|video|episodes --model PATH --n N --seed S
+    python -m synth.eval grounding|action|qa|video|episodes --model PATH --n N --seed S
 
-Held-out samples come from `train.synth` with `split="heldout"`, whose unit seeds are a
+Held-out samples come from `synth.dataset` with `split="heldout"`, whose unit seeds are a
 different hash stream from the training split's, so no page, video or episode is shared.
 A model is any callable `messages -> text` (`ModelFn`, the agent's policy protocol): image
 parts carry PIL images, video parts absolute paths. Episodes are three-step form episodes
@@ -29,13 +29,13 @@ from typing import Any, Callable, Literal
 
 from PIL import Image
 
-from train.agent_steps import Format
-from train.episodes import plan_episode
-from train.pages import Page
-from train.render import VIEWPORTS, Viewport, prune
-from train.scoring import score
-from train.synth import SynthConfig, page_language, parse_languages, synthesize, unit_seed
-from train.vocab import LANGUAGES, Language
+from synth.agent_steps import Format
+from synth.episodes import plan_episode
+from synth.pages import Page
+from synth.render import VIEWPORTS, Viewport, prune
+from synth.scoring import score
+from synth.dataset import SynthConfig, page_language, parse_languages, synthesize, unit_seed
+from synth.vocab import LANGUAGES, Language
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def run_episode(model: ModelFn, env: Any, server: PageServer, seed: int, viewpor
 
 def evaluate_episodes(model: ModelFn, *, n: int, seed: int, languages: tuple[Language, ...] = LANGUAGES) -> EvalResult:
     """`n` held-out form episodes (two fields, then submit), alternating desktop and phone,
-    on pages in `languages` (as `train.synth` picks them)."""
+    on pages in `languages` (as `synth.dataset` picks them)."""
     result = EvalResult("episodes")
     server = PageServer()
     envs: dict[Viewport, Any] = {}
@@ -216,7 +216,7 @@ def load_model(path: str, *, max_new_tokens: int = 256, thinking: bool | None = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m synth.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("task", choices=TASKS)
     parser.add_argument("--model", required=True, help="checkpoint directory")
     parser.add_argument("--n", type=int, default=200)

@@ -1,25 +1,25 @@
 """The embedded default model from nothing, in one command.
 
-    python -m train.default_model --out assets/model [--hours 2] [--device auto]
+    python -m recipes.default_model --out assets/model [--hours 2] [--device auto]
 
 Stages, each kept in `--work` (default `runs/default_model`) and reused when the command runs
 again, so an interrupted run continues where it stopped:
 
-1. data: `train.synth` generates the train split, pages in `--languages`, a `--nothink` share
+1. data: `synth.dataset` generates the train split, pages in `--languages`, a `--nothink` share
    of the conversations with thinking off (held-out data comes later, from the eval's own seed
    stream, so no page, episode or video is shared);
 2. tokenizer: a byte-level BPE retrained on that corpus plus the built-in multilingual one
-   (`train.tokenizer`); the released prompt boilerplate then costs ~2.8x fewer tokens, and
+   (`recipes.tokenizer`); the released prompt boilerplate then costs ~2.8x fewer tokens, and
    attention cost falls with its square. Its size stays 8192 and the special tokens keep their
    ids, so the model config is fixed only after this stage and never changes again;
 3. config: GLM-4.5V's layout (ViT + projector + MoE language model) at the `small()` size,
    fitted to the tokenizer, with a pixel budget of ~190 vision tokens per screenshot;
 4. train: the project trainer from scratch (`pretrain` preset, Muon), resumed from its last
    checkpoint when there is one;
-5. eval: `train.eval` on fresh held-out data in the training languages for every task the
+5. eval: `synth.eval` on fresh held-out data in the training languages for every task the
    issue sets a target for, plus grounding on pages in all six languages;
 6. ship: `config.json`, `model.safetensors`, tokenizer, chat template, preprocessor and
-   generation configs and a `README.md` model card (`train.model_card`) with the measured
+   generation configs and a `README.md` model card (`recipes.model_card`) with the measured
    numbers into `--out`.
 
 Why float32 weights: on CPU the model runs in float32 (bfloat16 matmuls are hundreds of times
@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from train.vocab import LANGUAGES
+from synth.vocab import LANGUAGES
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ EVERY_LANGUAGE = "grounding_every_language"  # extra eval when the recipe's page
 # model's mix. READING_KINDS adds reading conversations (every element's text, then its box) at
 # about grounding's token share and doubles the cheap videos. With `--languages en --nothink 0.5`
 # it was stopped at step 725 of 1,538: like the shipped model, it did not use the image at all
-# (`python -m train.reliance`), so more steps of it would not have helped.
+# (`python -m recipes.reliance`), so more steps of it would not have helped.
 DEFAULT_KINDS = "grounding:24,action:1,episode:1,video:2,qa:1"
 READING_KINDS = "grounding:24,read:16,action:1,episode:1,video:4,qa:1"
 GROUNDING_TURNS = 6
@@ -105,8 +105,8 @@ class Recipe:
         self.synth_config(1)  # the data engine's own checks of languages and nothink, up front
 
     def synth_config(self, n: int) -> Any:
-        """The `train.synth` config of this recipe's training data."""
-        from train.synth import SynthConfig, parse_kinds, parse_languages
+        """The `synth.dataset` config of this recipe's training data."""
+        from synth.dataset import SynthConfig, parse_kinds, parse_languages
 
         return SynthConfig(n=n, seed=self.seed, kinds=parse_kinds(self.kinds), split="train",
                            grounding_turns=self.grounding_turns, nothink=self.nothink,
@@ -145,7 +145,7 @@ def model_config(size: Size) -> Any:
 
 
 def make_data(recipe: Recipe, work: Path, *, workers: int, progress: bool) -> Path:
-    from train.synth import synthesize
+    from synth.dataset import synthesize
 
     data = work / "data"
     if not (data / "data.jsonl").is_file():  # synthesize renames a complete directory into place
@@ -164,7 +164,7 @@ def make_processor(recipe: Recipe, work: Path, corpus: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     if recipe.retrain_tokenizer:
-        from train import tokenizer as bpe
+        from recipes import tokenizer as bpe
 
         texts = _chain(bpe.jsonl_corpus(corpus), bpe.generated_corpus(seed=recipe.seed))
         tokenizer = bpe.train(texts)
@@ -203,7 +203,7 @@ def write_config(recipe: Recipe, init: Path) -> Any:
     from vlm.config import VLMConfig
     from vlm.processor import Processor
 
-    from .model import fit_to_tokenizer
+    from train.model import fit_to_tokenizer
 
     config = fit_to_tokenizer(model_config(recipe.size), Processor.from_pretrained(init).tokenizer)
     if (init / "config.json").is_file():  # fixed once written: the vocab must not change under it
@@ -216,7 +216,7 @@ def write_config(recipe: Recipe, init: Path) -> Any:
 
 
 def train_config(recipe: Recipe, work: Path, *, steps: int, progress: bool, resume: bool) -> Any:
-    from .config import pretrain
+    from train.config import pretrain
 
     return pretrain(model=str(work / "init"), from_scratch=True, data=str(work / "data" / "data.jsonl"),
                     output=str(work / "run"), max_steps=steps, lr=recipe.lr,
@@ -244,7 +244,7 @@ def calibrate(recipe: Recipe, work: Path, *, progress: bool, steps: int = 8) -> 
     """Seconds per optimiser step on this machine, from `steps` real steps (the first two are
     warm-up and not counted). Measured as tokens/s and converted to the dataset's mean step
     size, because the first steps' length group need not be typical."""
-    from .trainer import Trainer
+    from train.trainer import Trainer
 
     out = work / "calibrate"
     shutil.rmtree(out, ignore_errors=True)
@@ -262,8 +262,8 @@ def calibrate(recipe: Recipe, work: Path, *, progress: bool, steps: int = 8) -> 
 
 
 def train_model(recipe: Recipe, work: Path, *, steps: int, progress: bool) -> Path:
-    from . import checkpoint
-    from .trainer import Trainer
+    from train import checkpoint
+    from train.trainer import Trainer
 
     run = work / "run"
     if (run / "model.safetensors").is_file() and (run / "train_config.json").is_file():
@@ -300,8 +300,8 @@ def training_stats(metrics_file: Path) -> dict[str, float]:
 
 def evaluate_model(recipe: Recipe, model: Path, work: Path, *, workers: int) -> dict[str, Any]:
     """Every task on fresh held-out data; results cached per task in `work/eval/`."""
-    from train import eval as heldout
-    from train.synth import parse_languages
+    from synth import eval as heldout
+    from synth.dataset import parse_languages
 
     results: dict[str, Any] = {}
     policy = heldout.load_model(str(model))
@@ -329,8 +329,8 @@ RELIANCE_KINDS = ("grounding", "qa", "video")
 
 
 def measure_reliance(model: Path, work: Path, *, n: int = 24) -> dict[str, Any]:
-    """`train.reliance` on the held-out data the eval just generated: does the model look?"""
-    from train import reliance
+    """`recipes.reliance` on the held-out data the eval just generated: does the model look?"""
+    from recipes import reliance
     from vlm import VLM
     from vlm.processor import Processor
 
@@ -409,7 +409,7 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
     for line in corpus.read_text(encoding="utf-8").splitlines():
         kind = json.loads(line)["meta"].get("kind", "?")
         kinds[kind] = kinds.get(kind, 0) + 1
-    from train.model_card import model_card
+    from recipes.model_card import model_card
 
     card = model_card(recipe, command=command, config=config, plan=plan, results=results, reliance=reliance,
                       train_stats=train_stats,
@@ -420,7 +420,7 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
 
 def build_parser() -> argparse.ArgumentParser:
     d = Recipe()
-    p = argparse.ArgumentParser(prog="python -m train.default_model", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m recipes.default_model", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="checkpoint directory to write (assets/model ships it)")
     p.add_argument("--work", default="runs/default_model", help="stage outputs; rerun to resume")
@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=("small", "tiny"), default=d.size)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--samples", type=int, default=d.samples, help="training conversations to generate")
-    p.add_argument("--kinds", default=d.kinds, help="unit mix for train.synth (kind:weight,...)")
+    p.add_argument("--kinds", default=d.kinds, help="unit mix for python -m synth (kind:weight,...)")
     p.add_argument("--grounding-turns", type=int, default=d.grounding_turns,
                    help="grounding questions per training conversation (one screenshot each)")
     p.add_argument("--languages", default=d.languages, help="UI languages of the training and held-out pages")
@@ -459,10 +459,10 @@ def main(argv: list[str] | None = None) -> int:
                     grounding_turns=args.grounding_turns, languages=args.languages, nothink=args.nothink,
                     retrain_tokenizer=not args.keep_tokenizer, steps=args.steps, hours=args.hours,
                     batch_size=args.batch_size, lr=args.lr, eval_n=args.eval_n)
-    command = "python -m train.default_model " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m recipes.default_model " + " ".join(argv if argv is not None else sys.argv[1:])
     results = run(recipe, out=Path(args.out), work=Path(args.work), workers=args.workers,
                   evaluate=not args.no_eval, progress=not args.no_progress, command=command)
-    from train.model_card import target_rows
+    from recipes.model_card import target_rows
 
     for name, measured, target, ok in target_rows(results):
         print(f"{name}: {'not run' if measured is None else f'{measured:.3f}'} (target {target:.2f})")

@@ -12,7 +12,7 @@ English even on a German or Japanese page, quoting the visible text: the release
 prompts are English and users refer to elements by what they read on screen.
 
 The small script in every page makes menus, dropdowns, tabs and forms really work, so the
-episode recorder (`train.episodes`) can execute expert steps and check their outcome.
+episode recorder (`synth.episodes`) can execute expert steps and check their outcome.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
-from train import vocab
-from train.vocab import Language, Row, word
+from synth import vocab
+from synth.vocab import Language, Row, word
 
 Role = Literal["heading", "link", "button", "textbox", "checkbox", "tab", "menu", "menuitem",
                "dropdown", "option", "listitem", "cell"]

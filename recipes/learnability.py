@@ -1,8 +1,8 @@
 """Can the vision encoder learn to see it? The default model's ViT alone, from scratch, told directly.
 
-    python -m train.learnability colour|word [--steps 150] [--size small] [--seed 0]
+    python -m recipes.learnability colour|word [--steps 150] [--size small] [--seed 0]
 
-The shipped default model does not use its images (`python -m train.reliance`). This takes the
+The shipped default model does not use its images (`python -m recipes.reliance`). This takes the
 language model out of the question: the default model's vision encoder (ViT + projector, random
 init) with a linear head on its max- and mean-pooled tokens is trained to name one property of
 a generated 1280x720 picture, which the processor resizes to the default model's pixel budget as
@@ -108,7 +108,7 @@ class Probe(torch.nn.Module):
 def run(task: Task, *, steps: int, size: str = "small", seed: int = 0, batch_size: int = 16, lr: float = 1e-3,
         every: int = 25, n_test: int = 128, log: Callable[[str], Any] = print) -> float:
     """Train from scratch for `steps` steps; held-out accuracy at the end (and every `every`)."""
-    from train.default_model import IMAGE_MAX_PIXELS, model_config
+    from recipes.default_model import IMAGE_MAX_PIXELS, model_config
     from vlm.vision import VisionEncoder
     from vlm.vlm import init_weights
 
@@ -144,7 +144,7 @@ def run(task: Task, *, steps: int, size: str = "small", seed: int = 0, batch_siz
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.learnability", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m recipes.learnability", description=__doc__.split("\n\n")[0])
     p.add_argument("task", choices=TASKS)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--size", choices=("small", "tiny"), default="small")
