@@ -10,7 +10,8 @@ from PIL import Image
 from _train_utils import metrics, reference_checkpoint, write_dataset
 from train.__main__ import main
 from train.config import LoraOptions
-from train.lora import describe, load_adapter, merge, target_module_names, wrap
+from train.lora import describe, target_module_names, wrap
+from vlm.adapter import load_adapter, merge
 
 
 @pytest.fixture(autouse=True, scope="module")

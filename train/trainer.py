@@ -39,6 +39,8 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from vlm.adapter import save_adapter
+
 from . import balance, checkpoint, length_cache, lora
 from .collate import IGNORE, Encoder, Sample, epoch_order, pack
 from .config import TrainConfig
@@ -303,7 +305,7 @@ class Trainer:
             self.cfg.save(staging / "train_config.json")
             (staging / "world_size").write_text(f"{acc.num_processes}\n")
             if self.cfg.mode == "lora":
-                lora.save_adapter(acc.unwrap_model(self.model), staging / "adapter")
+                save_adapter(acc.unwrap_model(self.model), staging / "adapter")
         acc.wait_for_everyone()
         if acc.is_main_process:
             checkpoint.commit(self.output, step, keep_last=self.cfg.keep_last)
@@ -353,7 +355,7 @@ class Trainer:
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
             if self.cfg.mode == "lora":
-                lora.save_adapter(model, self.output)
+                save_adapter(model, self.output)
             else:
                 type(self.vlm)(model).save_pretrained(self.output)
                 copy_processor_files(processor_dir(self.cfg.model), self.output)

@@ -68,7 +68,7 @@ class VLM:
             model = VisionLanguageModel(config).cast(dtype)  # the routing bias stays float32
         load_weights(model, path, device=device, cfg=config)
         if adapter is not None:
-            from train.lora import load_adapter, merge  # peft and the key mapping live with the trainer
+            from .adapter import load_adapter, merge  # peft is imported only when an adapter is used
 
             model = merge(load_adapter(model, adapter))
         model.eval()

@@ -1,4 +1,5 @@
 """The ONLY file that knows checkpoint key names: load and save the released safetensors layout.
+(`adapter.py` maps LoRA adapter keys with `checkpoint_key` / `module_name` from here.)
 
 Layout (what transformers' `save_pretrained` writes for GLM-4.5V / GLM-4.1V): our module names
 with a `model.` prefix (except `lm_head`), experts ONE BY ONE
@@ -50,7 +51,13 @@ class Binding:
 
 
 def checkpoint_key(name: str) -> str:
+    """Our module/tensor name -> the released key (`model.` before everything but `lm_head`)."""
     return name if name.startswith("lm_head.") else f"model.{name}"
+
+
+def module_name(key: str) -> str:
+    """The inverse of `checkpoint_key`: a released name -> ours (names already ours pass through)."""
+    return key.removeprefix("model.")
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
