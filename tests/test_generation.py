@@ -17,7 +17,7 @@ from PIL import Image
 from _model_utils import MOE_TEXT, VISION
 from _scripted_checkpoint import build_scripted_checkpoint
 from vlm import VLM, Generation
-from vlm.generation import TokenStream, generate_ids
+from vlm.generation import GenerationOptions, TokenStream, generate_ids
 from vlm.sampling import Sampler, SamplingParams
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "model"
@@ -143,7 +143,7 @@ def test_cached_decode_equals_recomputation(random_pair, picture):
     prompts = [proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": t}]}])
                for t in ("Tell me.", "What do you see in this picture, in detail?")]
     inputs = {k: v for k, v in proc(text=prompts, images=[picture, picture]).items()}
-    new = generate_ids(vlm.model, inputs, max_new_tokens=8)  # greedy, no stop ids: 8 steps
+    new = generate_ids(vlm.model, inputs, GenerationOptions(max_new_tokens=8))  # greedy, no stop ids: 8 steps
 
     ids = torch.cat([inputs["input_ids"], new], dim=1)
     mask = torch.cat([inputs["attention_mask"], torch.ones_like(new)], dim=1)
@@ -288,6 +288,26 @@ def test_bad_arguments_raise_before_any_work(scripted, monkeypatch, kwargs, mess
     assert message in str(err.value)
 
 
+def test_generate_keywords_are_the_options_fields_with_their_defaults():
+    """`VLM.generate` spells the decoding options out as keywords; they must not drift from
+    `GenerationOptions`, which `generate_ids` takes."""
+    import dataclasses
+    import inspect
+
+    keywords = inspect.signature(VLM.generate).parameters
+    for field in dataclasses.fields(GenerationOptions):
+        assert keywords[field.name].default == field.default, field.name
+
+
+def test_generation_options_check_their_values():
+    with pytest.raises(ValueError, match="seed=1.5"):
+        GenerationOptions(seed=1.5)
+    with pytest.raises(ValueError, match="max_new_tokens=True"):
+        GenerationOptions(max_new_tokens=True)
+    with pytest.raises(ValueError, match="top_p=0"):
+        GenerationOptions(top_p=0)
+
+
 def test_streaming_a_batch_is_refused(scripted):
     _, vlm = scripted
     with pytest.raises(ValueError, match="stream=True takes one prompt"):
@@ -309,12 +329,12 @@ def test_decode_follows_weights_changed_after_an_earlier_generation(random_pair)
     vlm, _ = random_pair
     model = copy.deepcopy(vlm.model)
     ids = torch.tensor([[3, 50, 60, 70, 80, 90]])
-    generate_ids(model, {"input_ids": ids}, max_new_tokens=2)  # builds the plan
+    generate_ids(model, {"input_ids": ids}, GenerationOptions(max_new_tokens=2))  # builds the plan
     with torch.no_grad():
         for layer in model.language_model.layers:
             layer.self_attn.q_proj.weight.mul_(3.0)
             layer.self_attn.v_proj.bias.add_(0.5)
-    new = generate_ids(model, {"input_ids": ids}, max_new_tokens=4)
+    new = generate_ids(model, {"input_ids": ids}, GenerationOptions(max_new_tokens=4))
     full_ids = torch.cat([ids, new], dim=1)
     with torch.no_grad():
         full = model(full_ids).logits[0, ids.shape[1] - 1 : -1]

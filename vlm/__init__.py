@@ -4,7 +4,8 @@ GLM-4.5V / GLM-4.1V checkpoint layout unchanged."""
 
 from .config import VLMConfig
 from .engine import Generation, GenerationStream
+from .generation import GenerationOptions
 from .processor import Processor
 from .vlm import VLM
 
-__all__ = ["VLM", "VLMConfig", "Processor", "Generation", "GenerationStream"]
+__all__ = ["VLM", "VLMConfig", "Processor", "Generation", "GenerationStream", "GenerationOptions"]

@@ -4,6 +4,10 @@
     gen.text, gen.thinking, gen.boxes          # answer (box tokens kept), reasoning, boxes in pixels
     for piece in vlm.generate(messages, stream=True): ...
 
+Three stages, and the engine takes the network and the processor it needs, never the `VLM`:
+validate (`GenerationOptions`, `Chat.of`: what `VLM.generate` does with its keywords), `prepare`
+(chat template, processor, length check) and `run` (the decode loop as a `GenerationStream`).
+
 What is unusual here:
 - Every argument is checked, and every image opened, before the model does any work: a bad
   `top_p` or an unreadable file fails in microseconds with the value named.
@@ -27,19 +31,17 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
-from .generation import TokenStream
+from .config import TextConfig
+from .generation import GenerationOptions, TokenStream
 from .images import load_image
+from .model import VisionLanguageModel
 from .outputs import THINK_CLOSE, THINK_OPEN, parse_boxes, split_thinking, to_pixels
-from .sampling import Sampler, SamplingParams
-
-if TYPE_CHECKING:
-    from .vlm import VLM
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +177,7 @@ class _RowText:
 
 
 # ---------------------------------------------------------------------------------------------
-# Requests
+# Validate: the prompts of one call, checked, images opened
 
 
 @dataclass(frozen=True)
@@ -185,81 +187,108 @@ class _Request:
     videos: list[Any]
 
 
-def generate(
-    vlm: VLM,
-    prompt_or_messages: str | Sequence[Any],
-    *,
-    images: Sequence[Any] | Any | None = None,
-    videos: Sequence[Any] | Any | None = None,
-    system: str | None = None,
-    thinking: bool | None = None,
-    max_new_tokens: int = 512,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    repetition_penalty: float = 1.0,
-    stop: str | Sequence[str] | None = None,
-    seed: int | None = None,
-    stream: bool = False,
-) -> Generation | list[Generation] | GenerationStream:
-    """See `VLM.generate`."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer >= 0")
-    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
-    stop_strings = _stop_strings(stop)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"seed={seed!r}: expected an integer or None")
-    if thinking is not None and not isinstance(thinking, bool):
-        raise ValueError(f"thinking={thinking!r}: expected True, False or None (the checkpoint's default)")
-    if system is not None and not isinstance(system, str):
-        raise ValueError(f"system={system!r:.80}: expected a string or None")
-    if not isinstance(stream, bool):
-        raise ValueError(f"stream={stream!r}: expected True or False")
-    requests, batched = _requests(prompt_or_messages, images=images, videos=videos, system=system)
-    if stream and batched:
-        raise ValueError(f"stream=True takes one prompt, got a batch of {len(requests)}; stream them one by one")
-    processor = vlm.require_processor()
+@dataclass(frozen=True)
+class Chat:
+    """What one `VLM.generate` call asks, apart from the decoding options: the prompts (system
+    message added, images opened), the thinking switch, stop strings and streaming."""
 
-    prompts = [_render(processor, r.messages, thinking) for r in requests]
+    requests: list[_Request]
+    batched: bool  # a list of prompts was given: the answer is a list
+    thinking: bool | None
+    stop: tuple[str, ...]
+    stream: bool
+
+    @classmethod
+    def of(
+        cls, prompt_or_messages: str | Sequence[Any], *, images: Any, videos: Any, system: str | None,
+        thinking: bool | None, stop: str | Sequence[str] | None, stream: bool,
+    ) -> Chat:
+        """Check every argument and open every image, before the model does any work."""
+        stops = _stop_strings(stop)
+        if thinking is not None and not isinstance(thinking, bool):
+            raise ValueError(f"thinking={thinking!r}: expected True, False or None (the checkpoint's default)")
+        if system is not None and not isinstance(system, str):
+            raise ValueError(f"system={system!r:.80}: expected a string or None")
+        if not isinstance(stream, bool):
+            raise ValueError(f"stream={stream!r}: expected True or False")
+        requests, batched = _requests(prompt_or_messages, images=images, videos=videos, system=system)
+        if stream and batched:
+            raise ValueError(f"stream=True takes one prompt, got a batch of {len(requests)}; stream them one by one")
+        return cls(requests=requests, batched=batched, thinking=thinking, stop=stops, stream=stream)
+
+
+def generate(
+    model: VisionLanguageModel, processor: Any, chat: Chat, options: GenerationOptions, *,
+    stop_token_ids: tuple[int, ...],
+) -> Generation | list[Generation] | GenerationStream:
+    """Prepare the model inputs, then run the decode loop (see `VLM.generate`): a stream when
+    `chat.stream`, else the finished generation (a list for a batch)."""
+    batch = prepare(model, processor, chat, max_new_tokens=options.max_new_tokens)
+    stream = run(model, processor, chat, batch, options, stop_token_ids=stop_token_ids)
+    if chat.stream:
+        return stream
+    for _ in stream.events():
+        pass
+    return stream._results if chat.batched else stream.result
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepare: chat template, processor, length check, device
+
+
+@dataclass(frozen=True)
+class _Batch:
+    inputs: dict[str, torch.Tensor]  # model inputs on the model's device
+    prompt_tokens: list[int]  # real (unpadded) prompt length per row
+    sizes: list[tuple[int, int] | None]  # (width, height) of each row's last image, for boxes in pixels
+
+
+def prepare(model: VisionLanguageModel, processor: Any, chat: Chat, *, max_new_tokens: int) -> _Batch:
+    requests = chat.requests
+    prompts = [_render(processor, r.messages, chat.thinking) for r in requests]
     inputs = processor(
         text=prompts, images=[i for r in requests for i in r.images] or None,
         videos=[v for r in requests for v in r.videos] or None,
     )
     prompt_tokens = inputs["attention_mask"].sum(-1).tolist()
-    limit = vlm.config.text.max_position_embeddings
+    limit = model.cfg.text.max_position_embeddings
     if max(prompt_tokens) + max_new_tokens > limit:
         raise ValueError(
             f"prompt of {max(prompt_tokens)} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
             f"{limit} positions"
         )
-    device = vlm.model.lm_head.weight.device
+    device = model.lm_head.weight.device
     inputs = {k: v.to(device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    sampler = Sampler(
-        params, batch=len(requests), vocab_size=vlm.config.text.vocab_size, device=device, generator=generator
-    )
-    stop_ids = stop_token_ids(vlm)
-    tokens = TokenStream(
-        vlm.model, inputs, max_new_tokens=max_new_tokens, sampler=sampler, stop_token_ids=stop_ids,
-        pad_token_id=_pad_id(vlm, stop_ids),
-    )
-    rows = [_RowText(processor.decode, stop_strings) for _ in requests]
     sizes = [r.images[-1].size if r.images else None for r in requests]
+    return _Batch(inputs=inputs, prompt_tokens=prompt_tokens, sizes=sizes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run: decode, detokenise, stop strings, results
+
+
+def run(
+    model: VisionLanguageModel, processor: Any, chat: Chat, batch: _Batch, options: GenerationOptions, *,
+    stop_token_ids: tuple[int, ...],
+) -> GenerationStream:
+    """The decode loop as a stream of (channel, piece) events; `.result` once drained."""
+    text = model.cfg.text
+    sampler = options.sampler(batch=len(chat.requests), vocab_size=text.vocab_size, device=model.lm_head.weight.device)
+    tokens = TokenStream(
+        model, batch.inputs, max_new_tokens=options.max_new_tokens, sampler=sampler, stop_token_ids=stop_token_ids,
+        pad_token_id=text.pad_token_id,
+    )
+    rows = [_RowText(processor.decode, chat.stop) for _ in chat.requests]
     results: list[Generation] = []
-    events = _run(tokens, rows, set(stop_ids), prompt_tokens, sizes, results, streaming=stream)
-    if stream:
-        return GenerationStream(events, results)
-    for _ in events:
-        pass
-    return results if batched else results[0]
+    events = _events(tokens, rows, set(stop_token_ids), batch, results, streaming=chat.stream)
+    return GenerationStream(events, results)
 
 
-def _run(
+def _events(
     tokens: TokenStream,
     rows: list[_RowText],
     stop_ids: set[int],
-    prompt_tokens: list[int],
-    sizes: list[tuple[int, int] | None],
+    batch: _Batch,
     results: list[Generation],
     *,
     streaming: bool,
@@ -286,11 +315,12 @@ def _run(
     rate = tokens.decode_steps / tokens.decode_s if tokens.decode_s > 0 else 0.0
     for b, row in enumerate(rows):
         answer, thinking = row.split(final=True)
-        boxes = [to_pixels(t, width=sizes[b][0], height=sizes[b][1]) for t in parse_boxes(answer)] if sizes[b] else []
+        size = batch.sizes[b]
+        boxes = [to_pixels(t, width=size[0], height=size[1]) for t in parse_boxes(answer)] if size else []
         results.append(
             Generation(
                 text=answer, thinking=thinking, boxes=boxes, token_ids=row.ids,
-                finish_reason="stop" if stopped[b] else "length", prompt_tokens=int(prompt_tokens[b]),
+                finish_reason="stop" if stopped[b] else "length", prompt_tokens=int(batch.prompt_tokens[b]),
                 prefill_s=tokens.prefill_s, decode_tokens_per_s=rate,
             )
         )
@@ -383,18 +413,14 @@ def _render(processor: Any, messages: list[dict[str, Any]], thinking: bool | Non
 # Checkpoint settings
 
 
-def stop_token_ids(vlm: VLM) -> tuple[int, ...]:
-    """Ids that end a generation: generation_config.json, config eos ids, the tokenizer's turn ends."""
-    ids: list[int] = list(vlm.config.text.eos_token_ids)
-    ids += read_generation_config(getattr(vlm, "path", None)).get("eos_token_ids", [])
-    if vlm.processor is not None and hasattr(vlm.processor, "stop_token_ids"):
-        ids += [i for i in vlm.processor.stop_token_ids if isinstance(i, int) and i >= 0]
+def stop_token_ids(text: TextConfig, processor: Any, checkpoint: str | os.PathLike | None) -> tuple[int, ...]:
+    """Ids that end a generation: the config's eos ids, the checkpoint directory's
+    generation_config.json, the tokenizer's turn ends."""
+    ids: list[int] = list(text.eos_token_ids)
+    ids += read_generation_config(checkpoint).get("eos_token_ids", [])
+    if processor is not None and hasattr(processor, "stop_token_ids"):
+        ids += [i for i in processor.stop_token_ids if isinstance(i, int) and i >= 0]
     return tuple(dict.fromkeys(ids))
-
-
-def _pad_id(vlm: VLM, stop_ids: tuple[int, ...]) -> int:
-    pad = vlm.config.text.pad_token_id
-    return pad if pad is not None else (stop_ids[0] if stop_ids else 0)
 
 
 def read_generation_config(path: str | os.PathLike | None) -> dict[str, list[int]]:

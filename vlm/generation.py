@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,37 @@ from .sampling import Sampler, SamplingParams
 
 logger = logging.getLogger(__name__)
 
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to decode: length, sampling and seed, shared by `VLM.generate` (which builds one from its
+    keywords) and `generate_ids`. Checked on construction: a bad value raises `ValueError` naming it."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus mass in (0, 1]; 1 keeps everything
+    top_k: int = 0  # keep the k most likely tokens; 0 keeps everything
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the row; 1 is off
+    seed: int | None = None  # makes sampling reproducible; None draws from torch's global generator
+
+    def __post_init__(self) -> None:
+        n = self.max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"max_new_tokens={n!r}: expected an integer >= 0")
+        _ = self.sampling  # SamplingParams checks the sampling values
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed={self.seed!r}: expected an integer or None")
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              repetition_penalty=self.repetition_penalty)
+
+    def sampler(self, *, batch: int, vocab_size: int, device: torch.device | str) -> Sampler:
+        """A fresh sampler for one generation (seeded on `device` when `seed` is set)."""
+        generator = torch.Generator(device=device).manual_seed(self.seed) if self.seed is not None else None
+        return Sampler(self.sampling, batch=batch, vocab_size=vocab_size, device=device, generator=generator)
+
+
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 _IGNORED_INPUTS = ("mm_token_type_ids",)  # the reference processor's; our model reads types from the ids
 
@@ -42,8 +74,8 @@ class TokenStream:
     """Iterate to get, per step, the new token id of every row (a list of B ints).
 
     Stops after `max_new_tokens` steps or when every row has produced a stop token; a row that
-    has stopped keeps yielding its stop token's row value `pad_token_id`. Close the iterator (or
-    stop iterating) to end early. Timings are filled in as it runs.
+    has stopped keeps yielding `pad_token_id` (None: the first stop id, else 0). Close the
+    iterator (or stop iterating) to end early. Timings are filled in as it runs.
     """
 
     def __init__(
@@ -54,7 +86,7 @@ class TokenStream:
         max_new_tokens: int,
         sampler: Sampler,
         stop_token_ids: tuple[int, ...] = (),
-        pad_token_id: int = 0,
+        pad_token_id: int | None = None,
     ) -> None:
         unknown = set(inputs) - set(MODEL_INPUTS) - set(_IGNORED_INPUTS)
         if unknown:
@@ -66,7 +98,7 @@ class TokenStream:
         self.max_new_tokens = max_new_tokens
         self.sampler = sampler
         self.stop_token_ids = frozenset(stop_token_ids)
-        self.pad_token_id = pad_token_id
+        self.pad_token_id = pad_token_id if pad_token_id is not None else (stop_token_ids[0] if stop_token_ids else 0)
         self.prefill_s = 0.0  # prompt forward (vision included) and the first token
         self.decode_s = 0.0  # every later step
         self.decode_steps = 0
@@ -296,32 +328,17 @@ def _moe_few_tokens(moe: MoE, x_TD: torch.Tensor, shared_TD: torch.Tensor) -> to
 def generate_ids(
     model: VisionLanguageModel,
     inputs: Mapping[str, torch.Tensor],
+    options: GenerationOptions = GenerationOptions(),
     *,
-    max_new_tokens: int,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    eos_token_ids: tuple[int, ...] = (),
+    stop_token_ids: tuple[int, ...] = (),
     pad_token_id: int | None = None,
-    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """New token ids only, (B, new) with new <= max_new_tokens; rows that stopped hold the pad id."""
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens}: expected an integer >= 0")
-    params = SamplingParams(temperature=temperature if do_sample else 0.0, top_p=top_p, top_k=top_k)
+    """New token ids only, (B, new) with new <= max_new_tokens; rows that stopped hold the pad id
+    (`pad_token_id`, else the first stop id, else 0)."""
     input_ids = inputs["input_ids"]
-    sampler = Sampler(
-        params, batch=input_ids.shape[0], vocab_size=model.cfg.text.vocab_size, device=input_ids.device,
-        generator=generator,
-    )
-    pad = pad_token_id if pad_token_id is not None else (eos_token_ids[0] if eos_token_ids else 0)
-    steps = list(
-        TokenStream(
-            model, inputs, max_new_tokens=max_new_tokens, sampler=sampler, stop_token_ids=eos_token_ids,
-            pad_token_id=pad,
-        )
-    )
+    sampler = options.sampler(batch=input_ids.shape[0], vocab_size=model.cfg.text.vocab_size, device=input_ids.device)
+    steps = list(TokenStream(model, inputs, max_new_tokens=options.max_new_tokens, sampler=sampler,
+                             stop_token_ids=stop_token_ids, pad_token_id=pad_token_id))
     if not steps:
         return input_ids.new_zeros(input_ids.shape[0], 0)
     return torch.tensor(steps, dtype=torch.long, device=input_ids.device).T

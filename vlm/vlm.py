@@ -7,6 +7,7 @@ loads; `processor` is then None and methods that need text raise a clear error.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -18,7 +19,7 @@ import torch
 from . import engine
 from .config import VLMConfig
 from .engine import Generation, GenerationStream
-from .generation import generate_ids
+from .generation import GenerationOptions, generate_ids
 from .model import VisionLanguageModel
 from .weights import checkpoint_dtype, load_weights, save_weights
 
@@ -84,21 +85,16 @@ class VLM:
             self.processor.save_pretrained(path)
 
     def generate_ids(
-        self,
-        inputs: Mapping[str, torch.Tensor],
-        *,
-        max_new_tokens: int,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
+        self, inputs: Mapping[str, torch.Tensor], options: GenerationOptions | None = None, **changes: Any
     ) -> torch.Tensor:
-        """New token ids (B, new) for model inputs (input_ids, attention_mask, pixel values, grids)."""
+        """New token ids (B, new) for model inputs (input_ids, attention_mask, pixel values, grids).
+
+        `options` (default `GenerationOptions()`: greedy, 512 new tokens), with `changes` to its
+        fields applied: `vlm.generate_ids(inputs, max_new_tokens=8)`. Stops at the config's eos ids.
+        """
+        options = dataclasses.replace(options or GenerationOptions(), **changes)
         text = self.config.text
-        return generate_ids(
-            self.model, inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-            top_p=top_p, top_k=top_k, eos_token_ids=text.eos_token_ids, pad_token_id=text.pad_token_id,
-        )
+        return generate_ids(self.model, inputs, options, stop_token_ids=text.eos_token_ids, pad_token_id=text.pad_token_id)
 
     def generate(
         self,
@@ -125,12 +121,17 @@ class VLM:
         stop tokens always apply. `seed` makes sampling reproducible. `stream=True` returns a
         `GenerationStream` of answer pieces (`.events()` adds the reasoning), `.result` once drained.
         Bad arguments and unreadable images raise `ValueError` / `FileNotFoundError` before any work.
+        The decoding keywords are the fields of `GenerationOptions` (the same defaults).
         """
-        return engine.generate(
-            self, prompt_or_messages, images=images, videos=videos, system=system, thinking=thinking,
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-            repetition_penalty=repetition_penalty, stop=stop, seed=seed, stream=stream,
-        )
+        options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                    repetition_penalty=repetition_penalty, seed=seed)
+        chat = engine.Chat.of(prompt_or_messages, images=images, videos=videos, system=system, thinking=thinking,
+                              stop=stop, stream=stream)
+        return engine.generate(self.model, self.require_processor(), chat, options, stop_token_ids=self.stop_token_ids())
+
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """Ids that end a generation (see `engine.stop_token_ids`)."""
+        return engine.stop_token_ids(self.config.text, self.processor, self.path)
 
     def require_processor(self) -> object:
         """The processor, or a clear error when the checkpoint has no tokenizer files."""
