@@ -1,6 +1,6 @@
 """Preallocated key/value cache for decoding.
 
-One tensor per K and V for all layers, allocated once at (layers, B, kv_heads, max_len, head_dim)
+One tensor per K and V for all layers, allocated once at (layers, B, KV heads, max_len, head_dim)
 and written in place at the current length: no per-step concatenation, no reallocation, and a
 layout SDPA reads directly. The model writes every layer at `length` and then calls `advance`.
 """
@@ -13,15 +13,15 @@ import torch
 class KVCache:
     def __init__(
         self,
-        num_layers: int,
+        num_hidden_layers: int,
         batch: int,
         max_len: int,
-        num_kv_heads: int,
+        num_key_value_heads: int,
         head_dim: int,
         device: torch.device | str,
         dtype: torch.dtype,
     ) -> None:
-        shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
+        shape = (num_hidden_layers, batch, num_key_value_heads, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len

@@ -165,7 +165,7 @@ class _LayerPlan:
 
     def __init__(self, layer: nn.Module) -> None:
         attn = layer.self_attn
-        H, Hkv, hd = attn.num_heads, attn.num_kv_heads, attn.head_dim
+        H, Hkv, hd = attn.num_attention_heads, attn.num_key_value_heads, attn.head_dim
         self.H, self.Hkv, self.hd, self.layout = H, Hkv, hd, attn.layout
         scale = hd**-0.5  # folded into the q rows: SDPA's default scale, applied before rotary (linear)
         projs = (attn.q_proj, attn.k_proj, attn.v_proj)

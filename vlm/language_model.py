@@ -29,9 +29,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: TextConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.num_attention_heads, self.num_key_value_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
         self.layout = cfg.rotary_layout
-        D, H, Hkv, hd = cfg.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
+        D, H, Hkv, hd = cfg.hidden_size, self.num_attention_heads, self.num_key_value_heads, self.head_dim
         self.q_proj = nn.Linear(D, H * hd, bias=cfg.attention_bias)
         self.k_proj = nn.Linear(D, Hkv * hd, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(D, Hkv * hd, bias=cfg.attention_bias)
@@ -41,15 +42,16 @@ class Attention(nn.Module):
         self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None
     ) -> torch.Tensor:
         B, T, _ = x_BTD.shape
-        q = self.q_proj(x_BTD).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x_BTD).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = self.v_proj(x_BTD).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        H, Hkv, hd = self.num_attention_heads, self.num_key_value_heads, self.head_dim
+        q = self.q_proj(x_BTD).view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x_BTD).view(B, T, Hkv, hd).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = self.v_proj(x_BTD).view(B, T, Hkv, hd).transpose(1, 2)
         cos, sin = cos[:, None].to(q.dtype), sin[:, None].to(q.dtype)
         q, k = apply_rotary(q, cos, sin, self.layout), apply_rotary(k, cos, sin, self.layout)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, enable_gqa=self.num_kv_heads != self.num_heads
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, enable_gqa=Hkv != H
         )
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 

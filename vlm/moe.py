@@ -37,7 +37,7 @@ class Router(nn.Module):
 
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
-        self.top_k = cfg.num_experts_per_tok
+        self.num_experts_per_tok = cfg.num_experts_per_tok
         self.n_group = cfg.n_group
         self.topk_group = cfg.topk_group
         self.norm_topk_prob = cfg.norm_topk_prob
@@ -58,7 +58,7 @@ class Router(nn.Module):
             keep_TG = torch.zeros_like(group_scores_TG, dtype=torch.bool)
             keep_TG.scatter_(1, group_scores_TG.topk(self.topk_group, dim=-1, sorted=False).indices, True)
             choice_TE = choice_TGe.masked_fill(~keep_TG[..., None], float("-inf")).view(T, E)
-        topk_ids_TK = choice_TE.topk(self.top_k, dim=-1, sorted=False).indices
+        topk_ids_TK = choice_TE.topk(self.num_experts_per_tok, dim=-1, sorted=False).indices
         topk_weights_TK = scores_TE.gather(1, topk_ids_TK)
         if self.norm_topk_prob:
             topk_weights_TK = topk_weights_TK / (topk_weights_TK.sum(-1, keepdim=True) + 1e-20)
@@ -68,14 +68,14 @@ class Router(nn.Module):
 class Experts(nn.Module):
     """All routed experts as stacked weights (an in-memory choice; on disk they are one by one).
 
-    gate_up_proj_EGD holds [gate; up] rows per expert (shape (E, 2F, D)), down_proj (E, D, F):
-    the orientation of `nn.Linear` weights, so one expert's slice equals its checkpoint tensors.
+    gate_up_proj (E, 2F, D) holds [gate; up] rows per expert, down_proj (E, D, F): the orientation
+    of `nn.Linear` weights, so one expert's slice equals its checkpoint tensors.
     """
 
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
         E, D, F_ = cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size
-        self.num_experts = E
+        self.n_routed_experts = E
         self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * F_, D))
         self.down_proj = nn.Parameter(torch.empty(E, D, F_))
 
@@ -85,7 +85,7 @@ class Experts(nn.Module):
         order_S = flat_ids_S.argsort(stable=True)
         inverse_S = torch.empty_like(order_S)
         inverse_S[order_S] = torch.arange(order_S.numel(), device=order_S.device)
-        counts_E = torch.bincount(flat_ids_S, minlength=self.num_experts)
+        counts_E = torch.bincount(flat_ids_S, minlength=self.n_routed_experts)
         offs_E = counts_E.cumsum(0).to(torch.int32)  # end row of each expert's range
 
         w_gate_up = self.gate_up_proj
