@@ -32,7 +32,10 @@ from typing import Any, Callable, Literal
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from recipes.recipe import IMAGE_MAX_PIXELS, model_config
 from vlm.images import ImageConfig, preprocess_image
+from vlm.vision import VisionEncoder
+from vlm.vlm import init_weights
 
 Task = Literal["colour", "word"]
 TASKS: tuple[Task, ...] = ("colour", "word")
@@ -108,10 +111,6 @@ class Probe(torch.nn.Module):
 def run(task: Task, *, steps: int, size: str = "small", seed: int = 0, batch_size: int = 16, lr: float = 1e-3,
         every: int = 25, n_test: int = 128, log: Callable[[str], Any] = print) -> float:
     """Train from scratch for `steps` steps; held-out accuracy at the end (and every `every`)."""
-    from recipes.default_model import IMAGE_MAX_PIXELS, model_config
-    from vlm.vision import VisionEncoder
-    from vlm.vlm import init_weights
-
     if task not in TASKS:
         raise ValueError(f"task {task!r}: expected one of {list(TASKS)}")
     if steps < 1:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from recipes.default_model import EVAL_SEED, EVERY_LANGUAGE, IMAGE_MAX_PIXELS, VIDEO_MAX_PIXELS, Recipe
+from recipes.recipe import EVAL_SEED, EVERY_LANGUAGE, IMAGE_MAX_PIXELS, VIDEO_MAX_PIXELS, Recipe
 from synth.dataset import parse_kinds, parse_languages
 from synth.vocab import LANGUAGES
+from vlm import VLM
+from vlm.config import VLMConfig
 
 TARGETS = {  # (task, group or None for the whole task) -> the issue's minimum
     ("grounding", "desktop"): 0.90, ("grounding", "phone"): 0.80, ("action", None): 0.85,
@@ -34,10 +36,8 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, float | None, float,
     return rows
 
 
-def model_card(recipe: Recipe, *, command: str, config: Any, plan: dict[str, Any], data_stats: dict[str, Any],
+def model_card(recipe: Recipe, *, command: str, config: VLMConfig, plan: dict[str, Any], data_stats: dict[str, Any],
                train_stats: dict[str, Any], results: dict[str, Any], reliance: dict[str, Any] | None = None) -> str:
-    from vlm import VLM
-
     params = sum(p.numel() for p in VLM.from_config(config).model.parameters())
     rows = "\n".join(f"| {name} | {'not run' if m is None else f'{m:.1%}'} | {t:.0%} | "
                      f"{'n/a' if ok is None else ('yes' if ok else f'no (short by {t - m:.1%})')} |"

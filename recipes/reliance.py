@@ -26,6 +26,8 @@ import torch
 
 from train.collate import IGNORE, Encoder, pack
 from train.data import parse_record
+from vlm import VLM
+from vlm.processor import Processor
 
 MEDIA = ("image", "video")
 
@@ -96,9 +98,6 @@ def report(results: Sequence[Reliance]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from vlm import VLM
-    from vlm.processor import Processor
-
     parser = argparse.ArgumentParser(prog="python -m recipes.reliance", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint directory")
     parser.add_argument("--data", required=True, help="a python -m synth data.jsonl (media paths relative to it)")

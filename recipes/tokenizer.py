@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
@@ -312,8 +313,6 @@ def jsonl_corpus(path: Path) -> Iterator[str]:
 
 def save(tokenizer: Tokenizer, out_dir: Path) -> None:
     """Write a transformers tokenizer directory, atomically (built aside, then swapped in)."""
-    from transformers import PreTrainedTokenizerFast
-
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|endoftext|>",

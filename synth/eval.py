@@ -29,13 +29,17 @@ from typing import Any, Callable, Literal
 
 from PIL import Image
 
+from agent.browser import BrowserEnv
+from agent.loop import Agent
+from agent.policy import VLMPolicy
 from synth.agent_steps import Format
+from synth.dataset import SynthConfig, page_language, parse_languages, synthesize, unit_seed
 from synth.episodes import plan_episode
 from synth.pages import Page
 from synth.render import VIEWPORTS, Viewport, prune
 from synth.scoring import score
-from synth.dataset import SynthConfig, page_language, parse_languages, synthesize, unit_seed
 from synth.vocab import LANGUAGES, Language
+from vlm import VLM
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +151,8 @@ class _PILPolicy:
         return self.model(messages_)
 
 
-def open_env(viewport: Viewport, *, set_of_marks: bool = False) -> Any:
+def open_env(viewport: Viewport, *, set_of_marks: bool = False) -> BrowserEnv:
     """The agent's `BrowserEnv` at the data engine's desktop or phone viewport."""
-    from agent.browser import BrowserEnv
-
     return BrowserEnv(device=dict(VIEWPORTS[viewport]), set_of_marks=set_of_marks)
 
 
@@ -158,8 +160,6 @@ def run_episode(model: ModelFn, env: Any, server: PageServer, seed: int, viewpor
                 fields: int = 2, language: Language | None = None) -> bool:
     """Let `model` fill and submit a held-out form through the agent loop (`agent.loop.Agent`)
     in `env`; whether the page received exactly the requested values."""
-    from agent.loop import Agent
-
     page, goal = plan_episode(seed, "form", fields=fields, language=language)
     fmt: Format = "desktop" if viewport == "desktop" else "mobile"
     env.goto(server.url(page))
@@ -209,9 +209,6 @@ def evaluate(task: Task, model: ModelFn, *, n: int, seed: int = 0, workdir: str 
 
 def load_model(path: str, *, max_new_tokens: int = 256, thinking: bool | None = None) -> ModelFn:
     """`messages -> text` from a checkpoint directory: the agent's `VLMPolicy`, greedy."""
-    from agent.policy import VLMPolicy
-    from vlm import VLM
-
     return VLMPolicy(VLM.from_pretrained(path), max_new_tokens=max_new_tokens, temperature=0.0, thinking=thinking)
 
 

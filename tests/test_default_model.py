@@ -14,7 +14,9 @@ import json
 import pytest
 import torch
 
-from recipes.default_model import IMAGE_MAX_PIXELS, SHIPPED, Recipe, make_processor, model_config, run
+from recipes.default_model import run
+from recipes.recipe import IMAGE_MAX_PIXELS, Recipe, model_config
+from recipes.stages import SHIPPED, make_processor
 from synth.dataset import parse_languages
 from vlm.processor import ASSETS
 
@@ -90,7 +92,7 @@ def test_transformers_loads_the_default_model_and_computes_the_same_logits(defau
 
 
 def test_training_hours_add_up_step_times_not_wall_time(tmp_path):
-    from recipes.default_model import training_stats
+    from recipes.stages import training_stats
 
     records = [{"step": 1, "loss": 9.0, "tokens": 3600, "tokens_per_s": 1.0},
                {"step": 2, "eval_loss": 8.0},  # eval records carry no step time
@@ -101,7 +103,7 @@ def test_training_hours_add_up_step_times_not_wall_time(tmp_path):
 
 
 def test_training_hours_of_a_resumed_run_count_each_step_once_from_its_predecessor(tmp_path):
-    from recipes.default_model import training_stats
+    from recipes.stages import training_stats
 
     # Killed after step 3, resumed from the checkpoint of step 2 (1,200 tokens): step 3 is redone.
     tokens = [600, 1200, 1800, 1800, 2400]

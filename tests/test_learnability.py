@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from recipes.default_model import IMAGE_MAX_PIXELS
+from recipes.recipe import IMAGE_MAX_PIXELS
 from recipes.learnability import COLOURS, WORDS, batch, labels, main, picture, run
 from vlm.images import ImageConfig
 

@@ -1,6 +1,6 @@
 """The default model's card: targets against measurements, the recipe's own data and thinking."""
 
-from recipes.default_model import Recipe, model_config
+from recipes.recipe import Recipe, model_config
 from recipes.model_card import model_card, target_rows
 
 

@@ -3,7 +3,7 @@
 import torch
 from PIL import Image
 
-from recipes.default_model import model_config
+from recipes.recipe import model_config
 from train.model import fit_to_tokenizer
 from recipes.reliance import measure, report
 from vlm import VLM

@@ -1,0 +1,97 @@
+"""The default model's recipe: the options that decide it (`Recipe`), its architecture
+(`model_config`) and the constants the recipe's stages and its model card share.
+
+One module that both `recipes.default_model` (which runs the recipe) and `recipes.model_card`
+(which describes it) import, so neither imports the other's internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from synth.dataset import SynthConfig, parse_kinds, parse_languages
+from synth.vocab import LANGUAGES
+from vlm.config import TextConfig, VisionConfig, VLMConfig
+
+Size = Literal["small", "tiny"]
+EVAL_TASKS = ("grounding", "action", "video", "episodes", "qa")
+EVAL_SEED = 1  # held-out stream seed for the reported numbers
+EVERY_LANGUAGE = "grounding_every_language"  # extra eval when the recipe's pages are not all six
+# Unit shares, chosen by compute rather than by count: an action or episode step carries the
+# released agent prompt (~1,800-2,200 tokens with our tokenizer) for one short answer, a
+# grounding unit is one ~430-token conversation of GROUNDING_TURNS questions about one
+# screenshot. With "grounding:6,action:3,..." 88% of the tokens were action prompts and a
+# checkpoint at step 306 of 699 had not yet learned the grounding answer's format. This mix
+# gives grounding (which actions and episodes need too) ~40% of the tokens; it is the shipped
+# model's mix. READING_KINDS adds reading conversations (every element's text, then its box) at
+# about grounding's token share and doubles the cheap videos. With `--languages en --nothink 0.5`
+# it was stopped at step 725 of 1,538: like the shipped model, it did not use the image at all
+# (`python -m recipes.reliance`), so more steps of it would not have helped.
+DEFAULT_KINDS = "grounding:24,action:1,episode:1,video:2,qa:1"
+READING_KINDS = "grounding:24,read:16,action:1,episode:1,video:4,qa:1"
+GROUNDING_TURNS = 6
+IMAGE_MAX_PIXELS = 320_000  # counted over the duplicated frame pair: 1280x720 -> 532x280 = 190 tokens
+VIDEO_MAX_PIXELS = 320_000  # over all sampled frames: a 6-10 s clip at 2 fps -> 150-180 tokens
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """Everything that decides the model. Saved as `work/recipe.json`; a rerun must match it."""
+
+    size: Size = "small"
+    seed: int = 0
+    samples: int = 6_000  # conversations generated; the pilot extrapolates ~4,500 seen in 2 CPU hours
+    kinds: str = DEFAULT_KINDS
+    grounding_turns: int = GROUNDING_TURNS
+    languages: str = ",".join(LANGUAGES)  # UI languages of the training pages and the held-out eval
+    nothink: float = 0.0  # share of conversations with /nothink (0.5: it answers in both modes)
+    retrain_tokenizer: bool = True
+    steps: int | None = None  # optimiser steps; None: from --hours and a measured step time
+    hours: float = 2.0  # training budget when steps is None
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    max_length: int = 3072  # longer samples (rare multi-step prompts) are skipped and counted
+    eval_n: int = 100  # held-out samples per task (episodes: eval_n // 5)
+
+    def __post_init__(self) -> None:
+        if self.size not in ("small", "tiny"):
+            raise ValueError(f"size {self.size!r}: expected 'small' or 'tiny'")
+        if self.samples < self.batch_size * self.grad_accum:
+            raise ValueError(f"samples={self.samples} is less than one batch ({self.batch_size * self.grad_accum})")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps={self.steps}: expected a positive number of optimiser steps")
+        if self.hours <= 0:
+            raise ValueError(f"hours={self.hours}: expected a positive training budget")
+        self.synth_config(1)  # the data engine's own checks of languages and nothink, up front
+
+    def synth_config(self, n: int) -> SynthConfig:
+        """The `synth.dataset` config of this recipe's training data."""
+        return SynthConfig(n=n, seed=self.seed, kinds=parse_kinds(self.kinds), split="train",
+                           grounding_turns=self.grounding_turns, nothink=self.nothink,
+                           languages=parse_languages(self.languages))
+
+
+def model_config(size: Size) -> VLMConfig:
+    """GLM-4.5V's architecture at the default model's size (before fitting to the tokenizer).
+
+    small: 6 text layers of width 256 (the first dense, five MoE with 8 routed experts, top-2,
+    plus one shared), 4 query / 2 KV heads of 64; a 4-block ViT of width 128. ~11M parameters,
+    ~4M active per token besides the embeddings. tiny: the same shape at test size."""
+    if size == "tiny":
+        text = TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                          num_key_value_heads=1, head_dim=32, mrope_section=(2, 3, 3), max_position_embeddings=8192,
+                          n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=32,
+                          first_k_dense_replace=1)
+        vision = VisionConfig(depth=1, hidden_size=32, num_heads=1, out_hidden_size=64, intermediate_size=96,
+                              image_size=336)
+    else:
+        text = TextConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=64, mrope_section=(4, 6, 6), max_position_embeddings=8192,
+                          n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=128,
+                          first_k_dense_replace=1)
+        vision = VisionConfig(depth=4, hidden_size=128, num_heads=2, out_hidden_size=256, intermediate_size=512,
+                              image_size=336)
+    return VLMConfig(model_type="glm4v_moe", text=text, vision=vision)

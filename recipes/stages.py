@@ -1,0 +1,240 @@
+"""The default model's stages, each cached in the work directory so a rerun resumes: data,
+processor (tokenizer and pixel budgets), config, step plan, training, held-out eval, the
+image-reliance check, and shipping the checkpoint. `recipes.default_model` runs them in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer
+
+from recipes import reliance
+from recipes import tokenizer as bpe
+from recipes.recipe import (EVAL_SEED, EVAL_TASKS, EVERY_LANGUAGE, IMAGE_MAX_PIXELS, VIDEO_MAX_PIXELS, Recipe,
+                            model_config)
+from synth import eval as heldout
+from synth.dataset import parse_languages, synthesize
+from synth.vocab import LANGUAGES
+from train import checkpoint
+from train.config import TrainConfig, pretrain
+from train.model import fit_to_tokenizer
+from train.trainer import Trainer
+from vlm import VLM
+from vlm.config import VLMConfig
+from vlm.processor import ASSETS, Processor
+
+log = logging.getLogger(__name__)
+
+
+def make_data(recipe: Recipe, work: Path, *, workers: int, progress: bool) -> Path:
+    data = work / "data"
+    if not (data / "data.jsonl").is_file():  # synthesize renames a complete directory into place
+        synthesize(recipe.synth_config(recipe.samples), data, workers=workers, progress=progress, overwrite=True)
+    return data / "data.jsonl"
+
+
+def make_processor(recipe: Recipe, work: Path, corpus: Path) -> Path:
+    """`work/init/`: tokenizer, chat template and preprocessing settings with our pixel budget."""
+    init = work / "init"
+    if (init / "tokenizer.json").is_file():
+        return init
+    staging = work / ".init.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    if recipe.retrain_tokenizer:
+        texts = itertools.chain(bpe.jsonl_corpus(corpus), bpe.generated_corpus(seed=recipe.seed))
+        tokenizer = bpe.train(texts)
+        bpe.save(tokenizer, staging)
+        check_coordinates(staging)
+    else:
+        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            shutil.copyfile(ASSETS / name, staging / name)
+    shutil.copyfile(ASSETS / "processor_config.json", staging / "processor_config.json")
+    for name, budget in (("preprocessor_config.json", IMAGE_MAX_PIXELS),
+                         ("video_preprocessor_config.json", VIDEO_MAX_PIXELS)):
+        settings = json.loads((ASSETS / name).read_text())
+        settings["size"] = {**settings.get("size", {}), "longest_edge": budget}
+        (staging / name).write_text(json.dumps(settings, indent=2) + "\n")
+    shutil.rmtree(init, ignore_errors=True)
+    os.replace(staging, init)
+    return init
+
+
+def check_coordinates(directory: Path) -> None:
+    """Every model-space number 0-999 must be its digits, one token each (coarse to fine)."""
+    tok = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    merged = [n for n in range(1000) if tok.tokenize(str(n)) != list(str(n))]
+    if merged:
+        raise RuntimeError(f"retrained tokenizer does not write coordinates {merged[:10]} digit by digit")
+
+
+def write_config(recipe: Recipe, init: Path) -> VLMConfig:
+    config = fit_to_tokenizer(model_config(recipe.size), Processor.from_pretrained(init).tokenizer)
+    if (init / "config.json").is_file():  # fixed once written: the vocab must not change under it
+        if VLMConfig.load(init) != config:
+            raise ValueError(f"{init / 'config.json'} differs from the recipe's config: another run's work "
+                             "directory? choose another --work")
+        return config
+    config.save(init)
+    return config
+
+
+def train_config(recipe: Recipe, work: Path, *, steps: int, progress: bool, resume: bool) -> TrainConfig:
+    return pretrain(model=str(work / "init"), from_scratch=True, data=str(work / "data" / "data.jsonl"),
+                    output=str(work / "run"), max_steps=steps, lr=recipe.lr,
+                    warmup_steps=min(recipe.warmup_steps, steps), batch_size=recipe.batch_size,
+                    grad_accum=recipe.grad_accum, max_length=recipe.max_length, seed=recipe.seed,
+                    save_every=max(1, steps // 20), keep_last=2, log_every=1, progress=progress, resume=resume)
+
+
+def plan_steps(recipe: Recipe, work: Path, *, progress: bool) -> dict[str, Any]:
+    """The number of optimiser steps: the recipe's, or what fits `hours` at the measured speed.
+    Written once to `work/plan.json` and reused by every rerun."""
+    plan_file = work / "plan.json"
+    if plan_file.is_file():
+        return json.loads(plan_file.read_text())
+    plan: dict[str, Any] = {"steps": recipe.steps, "source": "--steps"}
+    if recipe.steps is None:
+        plan = calibrate(recipe, work, progress=progress)
+        plan["steps"] = max(1, int(recipe.hours * 3600 / plan["seconds_per_step"]))
+        plan["source"] = f"--hours {recipe.hours}"
+    write_json(plan_file, plan)
+    return plan
+
+
+def calibrate(recipe: Recipe, work: Path, *, progress: bool, steps: int = 8) -> dict[str, Any]:
+    """Seconds per optimiser step on this machine, from `steps` real steps (the first two are
+    warm-up and not counted). Measured as tokens/s and converted to the dataset's mean step
+    size, because the first steps' length group need not be typical."""
+    out = work / "calibrate"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = dataclasses.replace(train_config(recipe, work, steps=steps, progress=progress, resume=False),
+                              output=str(out), save_every=0)
+    trainer = Trainer(cfg)
+    trainer.train()
+    timed = [r for r in step_records(out / "metrics.jsonl") if r["step"] > 2]
+    tokens, seconds = sum(r["step_tokens"] for r in timed), sum(r["seconds"] for r in timed)
+    lengths = trainer.train_data.lengths
+    step_tokens = trainer.global_batch * sum(lengths) / len(lengths)
+    shutil.rmtree(out, ignore_errors=True)
+    return {"tokens_per_s": tokens / seconds, "mean_step_tokens": step_tokens,
+            "seconds_per_step": step_tokens * seconds / tokens, "calibration_steps": steps}
+
+
+def train_model(recipe: Recipe, work: Path, *, steps: int, progress: bool) -> Path:
+    run = work / "run"
+    if (run / "model.safetensors").is_file() and (run / "train_config.json").is_file():
+        return run  # finished
+    resume = checkpoint.latest(run) is not None
+    result = Trainer(train_config(recipe, work, steps=steps, progress=progress, resume=resume)).train()
+    log.info("trained %d steps; %s", steps, result.bad_records.summary())
+    return run
+
+
+def step_records(metrics_file: Path) -> list[dict[str, Any]]:
+    """The optimiser-step records of a `metrics.jsonl`, each with its own `step_tokens` and
+    `seconds` (its tokens over its tokens/s). A step's tokens are counted from the latest
+    earlier step's record, so a run resumed from a checkpoint (whose cumulative count restarts
+    at the checkpoint's) adds only what each step did."""
+    records, seen = [], {0: 0}  # step -> cumulative tokens after it
+    for record in map(json.loads, metrics_file.read_text().splitlines()):
+        if "tokens_per_s" not in record:
+            continue  # eval records carry no step time
+        step = record["step"]
+        step_tokens = record["tokens"] - seen[max(k for k in seen if k < step)]
+        seen[step] = record["tokens"]
+        records.append({**record, "step_tokens": step_tokens, "seconds": step_tokens / record["tokens_per_s"]})
+    return records
+
+
+def training_stats(metrics_file: Path) -> dict[str, float]:
+    """Final loss and training hours, summed over the steps' own times (not wall time), so a
+    run resumed across sessions counts only its steps."""
+    records = step_records(metrics_file)
+    return {"final_loss": records[-1]["loss"] if records else float("nan"),
+            "hours": sum(r["seconds"] for r in records) / 3600}
+
+
+def evaluate_model(recipe: Recipe, model: Path, work: Path, *, workers: int) -> dict[str, Any]:
+    """Every task on fresh held-out data; results cached per task in `work/eval/`."""
+    results: dict[str, Any] = {}
+    policy = heldout.load_model(str(model))
+    languages = parse_languages(recipe.languages)
+    runs = [(task, task, languages) for task in EVAL_TASKS]
+    if languages != LANGUAGES:  # how far it carries beyond its training languages
+        runs.append((EVERY_LANGUAGE, "grounding", LANGUAGES))
+    for name, task, langs in runs:
+        cached = work / "eval" / f"{name}.json"
+        if cached.is_file():
+            results[name] = json.loads(cached.read_text())
+            continue
+        n = max(2, recipe.eval_n // 5) if task == "episodes" else recipe.eval_n
+        started = time.perf_counter()
+        data = work / "eval" / ("data" if name == task else f"data-{name}")
+        result = heldout.evaluate(task, policy, n=n, seed=EVAL_SEED, workdir=data, workers=workers, languages=langs)
+        results[name] = {"accuracy": result.accuracy, "n": result.total, "seconds": time.perf_counter() - started,
+                         "groups": {g: {"correct": c, "total": t} for g, (c, t) in sorted(result.groups.items())}}
+        write_json(cached, results[name])
+        log.info("%s", result.report())
+    return results
+
+
+RELIANCE_KINDS = ("grounding", "qa", "video")
+
+
+def measure_reliance(model: Path, work: Path, *, n: int = 24) -> dict[str, Any]:
+    """`recipes.reliance` on the held-out data the eval just generated: does the model look?"""
+    cached = work / "eval" / "reliance.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    vlm, processor, out = VLM.from_pretrained(model).model.eval(), Processor.from_pretrained(model), {}
+    for kind in RELIANCE_KINDS:
+        data = work / "eval" / "data" / kind / "data.jsonl"
+        if data.is_file():
+            records = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+            for r in reliance.measure(vlm, processor, records, root=data.parent, n=n):
+                out[r.kind] = {"n": r.n, "own": r.own, "swapped": r.swapped, "gap": r.gap}
+    write_json(cached, out)
+    return out
+
+
+SHIPPED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+           "preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json")
+
+
+def ship(run: Path, out: Path, *, card: str, config: VLMConfig) -> None:
+    """Copy the checkpoint into `out`, one atomic rename per file (`out` may hold other files)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in SHIPPED:
+        _copy_atomic(run / name, out / name)
+    text = config.text
+    generation = {"eos_token_id": list(text.eos_token_ids), "pad_token_id": text.pad_token_id,
+                  "do_sample": False, "max_new_tokens": 512}
+    write_json(out / "generation_config.json", generation)
+    _write_text(out / "README.md", card)
+
+
+def _copy_atomic(source: Path, destination: Path) -> None:
+    tmp = destination.with_name(f".{destination.name}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, destination)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    _write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
