@@ -36,10 +36,10 @@ from typing import Literal
 from PIL import Image
 
 from agent.actions import (
-    Action, Answer, Back, Click, Done, Drag, Fail, Home, Hover, Key, LongPress,
-    Navigate, OpenApp, Scroll, Swipe, Target, Type, Wait)
+    TERMINAL_ACTIONS, Action, Back, Click, Drag, Home, Hover, Key, LongPress, Navigate, OpenApp, Scroll, Swipe,
+    Target, Type, Wait)
 from agent.domains import DomainRules
-from agent.environment import ElementInfo, Observation, screen_pixels
+from agent.environment import ActionHandlers, ElementInfo, Observation, UnsupportedAction, screen_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def input_text_chunks(text: str) -> list[str]:
     return [chunk.replace(" ", "%s") for chunk in chunks if chunk]
 
 
-class AndroidEnv:
+class AndroidEnv(ActionHandlers):
     """An Android device driven through `adb`; see the module docstring for set-up.
 
     `serial` picks a device (`adb -s`); `adb` is the executable (looked up on PATH);
@@ -173,15 +173,23 @@ class AndroidEnv:
     # --- execute --------------------------------------------------------------------------
 
     def execute(self, action: Action, observation: Observation) -> None:
-        """Perform `action` (coordinates relative to `observation.screenshot`)."""
-        if isinstance(action, (Answer, Done, Fail)):
+        """Perform `action` (coordinates relative to `observation.screenshot`); raises
+        `UnsupportedAction` for Hover and for right or middle clicks, which touch has not."""
+        if isinstance(action, TERMINAL_ACTIONS):
             return
-        handler = getattr(self, "_do_" + type(action).__name__.lower(), None)
-        if handler is None:
-            raise ValueError(f"{type(action).__name__} cannot be executed on Android")
-        handler(action, observation)
+        self.perform(action, observation)
         if self.settle_s:
             time.sleep(self.settle_s)
+
+    def goto(self, url: str) -> None:
+        """Open `url` as `Navigate` does (raises `BlockedURL` if the rules refuse it)."""
+        self._open_url(url)
+        if self.settle_s:
+            time.sleep(self.settle_s)
+
+    def _open_url(self, url: str) -> None:
+        self.rules.check(url)
+        self.shell("am", "start", "-a", "android.intent.action.VIEW", "-d", url)
 
     def _swipe_path(self, direction: str, target: Target | None, observation: Observation) -> list[int]:
         width, height = observation.screenshot.size
@@ -196,7 +204,7 @@ class AndroidEnv:
 
     def _do_click(self, action: Click, observation: Observation) -> None:
         if action.button != "left":
-            raise ValueError(f"a {action.button} click has no touch equivalent on Android")
+            raise UnsupportedAction(action, self, f"a {action.button} click has no touch equivalent")
         x, y = screen_pixels(action.target, observation)
         for _ in range(action.count):
             self._input("tap", x, y)
@@ -217,7 +225,7 @@ class AndroidEnv:
         self._input("swipe", x1, y1, x2, y2, DRAG_MS)
 
     def _do_hover(self, action: Hover, observation: Observation) -> None:
-        raise ValueError("Hover has no touch equivalent on Android")
+        raise UnsupportedAction(action, self, "it has no touch equivalent")
 
     def _do_type(self, action: Type, observation: Observation) -> None:
         if action.target is not None:
@@ -268,8 +276,7 @@ class AndroidEnv:
                          "pass AndroidEnv(apps={name: package}) or use the package name")
 
     def _do_navigate(self, action: Navigate, observation: Observation) -> None:
-        self.rules.check(action.url)
-        self.shell("am", "start", "-a", "android.intent.action.VIEW", "-d", action.url)
+        self._open_url(action.url)
 
     def _do_wait(self, action: Wait, observation: Observation) -> None:
         time.sleep(action.seconds)

@@ -9,18 +9,10 @@ more step is needed on phones: a page without a `<meta name=viewport>` is laid o
 than the screen and zoomed out, and input takes layout (client) coordinates, so a screenshot
 point is divided by `visualViewport.scale` and offset by the visual viewport's position.
 
-URL rules (`DomainRules`) are enforced in two layers. A context-level route refuses every
-request whose URL is refused (navigations, popups, iframes, sub-resources) before it is sent;
-service workers are blocked because their requests bypass routing. Playwright does not route
-redirect hops, and fetching documents ourselves to inspect their `Location` would change the
-document's security context (Chromium then treats it as public and refuses its requests to
-local addresses), so hops are handled a layer lower: Chromium's `--host-resolver-rules` make
-blocked host names (and, with an allow-list, every other name) fail to resolve, so no request
-reaches them at any redirect depth. The route still sees each hop as a `request` event and
-records it; only a hop to an IP address outside the rules can be sent before it is refused.
-The rules are fixed when the browser starts. A blocked main-frame navigation is raised as
-`BlockedURL` from `execute` / `goto`, or from the next `observe` when it happened between
-actions (a timer, a meta refresh).
+URL rules (`DomainRules`) are enforced on every request by a `RequestFilter` (see
+`agent.request_filter`: a context route, and Chromium's resolver for redirect hops), fixed
+when the browser starts. A blocked main-frame navigation is raised as `BlockedURL` from
+`execute` / `goto`, or from the next `observe` when it happened between actions.
 
 Touch devices (`device="Pixel 7"` or any descriptor with `has_touch`) tap instead of
 clicking; long press and swipe are raw touch sequences sent over CDP, because Playwright's
@@ -42,11 +34,12 @@ from playwright.sync_api import sync_playwright
 
 from agent import set_of_marks
 from agent.actions import (
-    Action, Answer, Back, Box, Click, Done, Drag, Fail, Home, Hover, Key, LongPress, Mark,
-    Navigate, OpenApp, Point, Scroll, Swipe, Target, Type, Wait)
+    TERMINAL_ACTIONS, Action, Back, Box, Click, Drag, Home, Hover, Key, LongPress, Mark, Navigate, OpenApp, Point,
+    Scroll, Swipe, Target, Type, Wait)
 from agent.chromium import launch_chromium
 from agent.domains import BlockedURL, DomainRules
-from agent.environment import ElementInfo, Observation
+from agent.environment import ActionHandlers, ElementInfo, Observation, UnsupportedAction
+from agent.request_filter import RequestFilter, with_resolver_rules
 
 logger = logging.getLogger(__name__)
 
@@ -105,41 +98,12 @@ def _release_playwright() -> None:
         _local.playwright = None
 
 
-def resolver_rules(rules: DomainRules) -> str:
-    """Chromium `--host-resolver-rules` that make refused host names unresolvable.
-
-    Ports are not part of host rules; IP addresses are never resolved, so an allow-list
-    excludes its IPs from the catch-all and blocked IPs rely on the route alone.
-    Chromium checks EXCLUDE before MAP, so a blocked subdomain of an allowed domain also
-    relies on the route.
-    """
-    entries = []
-    for rule in rules.blocked:
-        if not rule.is_ip:
-            entries += [f"MAP {rule.host} ~NOTFOUND", f"MAP *.{rule.host} ~NOTFOUND"]
-    if rules.allowed is not None:
-        for rule in rules.allowed:
-            entries += [f"EXCLUDE {rule.host}"] + ([] if rule.is_ip else [f"EXCLUDE *.{rule.host}"])
-        entries.append("MAP * ~NOTFOUND")
-    return ", ".join(entries)
-
-
-def _with_resolver_rules(args: tuple[str, ...], rules: DomainRules) -> tuple[str, ...]:
-    """`args` with our resolver rules placed before any the caller passed (first match wins)."""
-    ours = resolver_rules(rules)
-    prefix = "--host-resolver-rules="
-    theirs = [a[len(prefix):] for a in args if a.startswith(prefix)]
-    others = tuple(a for a in args if not a.startswith(prefix))
-    merged = ", ".join(r for r in [ours, *theirs] if r)
-    return others + ((prefix + merged,) if merged else ())
-
-
 def key_name(key: str) -> str:
     """A desktop-format key name ('ctrl', 'pagedown', 'a') as a Playwright key name."""
     return KEY_NAMES.get(key.lower(), key if len(key) == 1 else key[:1].upper() + key[1:])
 
 
-class BrowserEnv:
+class BrowserEnv(ActionHandlers):
     """A Chromium page the agent observes and acts on.
 
     `viewport` is (width, height) in CSS pixels (default 1280x720, or the device's);
@@ -166,27 +130,22 @@ class BrowserEnv:
         self.screenshot_format = screenshot_format
         self.settle_ms = settle_ms
         self.timeout_ms = timeout_ms
-        self.blocked: list[BlockedURL] = []  # every refused request, in order
+        self._requests = RequestFilter(self._rules)
+        self.blocked: list[BlockedURL] = self._requests.blocked  # every refused request, in order
         self.home_url: str | None = None  # `Home` returns here; the first URL `goto` loaded
-        # a refused main-frame navigation not yet raised (an aborted one commits an error page)
-        self._pending_block: BlockedURL | None = None
-        self._navigations: set[Any] = set()  # main-frame document requests in flight
         self._cdp: dict[Any, Any] = {}
 
         self._playwright = _acquire_playwright()
         self._browser = None
         try:
-            args = _with_resolver_rules(tuple(launch_args), self._rules)
+            args = with_resolver_rules(tuple(launch_args), self._rules)
             self._browser = launch_chromium(self._playwright, headless=headless, args=args)
             options = self._context_options(viewport, device, device_scale_factor)
             self.has_touch = bool(options.get("has_touch"))
             self.is_mobile = bool(options.get("is_mobile"))
             self._context = self._browser.new_context(service_workers="block", **options)
             self._context.set_default_timeout(timeout_ms)
-            self._context.route("**/*", self._route)
-            self._context.on("request", self._on_request)
-            self._context.on("requestfinished", self._on_request_done)
-            self._context.on("requestfailed", self._on_request_done)
+            self._requests.attach(self._context)
             self._context.on("page", self._adopt)
             self._pages: list[Any] = []
             self._adopt(self._context.new_page())
@@ -225,7 +184,7 @@ class BrowserEnv:
     def _adopt(self, page: Any) -> None:
         if page not in self._pages:
             self._pages.append(page)
-            page.on("framenavigated", self._on_framenavigated)
+            self._requests.watch(page)
 
     @property
     def rules(self) -> DomainRules:
@@ -249,62 +208,9 @@ class BrowserEnv:
             self.home_url = self.page.url
         self._raise_pending()
 
-    # --- URL rules --------------------------------------------------------------------------
-
-    def _route(self, route: Any, request: Any) -> None:
-        blocked = self._rules.refusal(request.url)
-        if blocked is None:
-            route.continue_()
-            return
-        self._record(blocked, main_navigation=self._is_main_navigation(request))
-        route.abort("blockedbyclient")
-
-    def _record(self, blocked: BlockedURL, *, main_navigation: bool) -> None:
-        self.blocked.append(blocked)
-        logger.info("%s", blocked)
-        if main_navigation:
-            self._pending_block = blocked
-
-    def _is_main_navigation(self, request: Any) -> bool:
-        try:
-            return request.is_navigation_request() and request.frame.parent_frame is None
-        except PlaywrightError:  # a popup's frame may not exist yet
-            return request.is_navigation_request()
-
-    def _on_request(self, request: Any) -> None:
-        main_navigation = self._is_main_navigation(request)
-        if main_navigation:
-            self._navigations.add(request)
-        if request.redirected_from is not None:  # hops are not routed; the resolver stopped it
-            blocked = self._rules.refusal(request.url)
-            if blocked is not None:
-                self._record(blocked, main_navigation=main_navigation)
-
-    def _on_request_done(self, request: Any) -> None:
-        self._navigations.discard(request)
-
-    def _on_framenavigated(self, frame: Any) -> None:
-        # the last line of defence: a refused document committed in a tab (e.g. an IP hop)
-        if frame.parent_frame is None and not frame.url.startswith("chrome-error:"):
-            blocked = self._rules.refusal(frame.url)
-            if blocked is not None and self._pending_block is None:
-                self._record(blocked, main_navigation=True)
-
     def _raise_pending(self) -> None:
-        if self._pending_block is None:
-            return
-        blocked, self._pending_block = self._pending_block, None
-        page = self.page
-        # let the error page (or the refused page, for a hop the resolver could not stop)
-        # commit now, not in the middle of the next navigation
-        landed = lambda url: url.startswith("chrome-error:") or not self._rules.allows(url)  # noqa: E731
-        try:
-            page.wait_for_url(landed, timeout=min(self.timeout_ms, 10_000))
-            if not page.url.startswith("chrome-error:"):
-                page.goto("about:blank")
-        except PlaywrightError as error:
-            logger.debug("after refusing %s: %s", blocked.url, error)
-        raise blocked
+        if self._requests.pending is not None:
+            self._requests.raise_pending(self.page, timeout_ms=self.timeout_ms)
 
     # --- observe --------------------------------------------------------------------------
 
@@ -332,14 +238,11 @@ class BrowserEnv:
     def execute(self, action: Action, observation: Observation) -> None:
         """Perform `action` (coordinates relative to `observation.screenshot`), then wait for
         what it triggered to load. Raises `BlockedURL` for a refused navigation and
-        `ValueError` for an action a browser cannot perform."""
-        if isinstance(action, (Answer, Done, Fail)):
+        `UnsupportedAction` for OpenApp, which a browser cannot perform."""
+        if isinstance(action, TERMINAL_ACTIONS):
             return
-        handler = getattr(self, "_do_" + type(action).__name__.lower(), None)
-        if handler is None:
-            raise ValueError(f"{type(action).__name__} cannot be executed in a browser")
         try:
-            handler(action, observation)
+            self.perform(action, observation)
         except PlaywrightError:
             self._raise_pending()  # a navigation error caused by the rules says so
             raise
@@ -350,7 +253,7 @@ class BrowserEnv:
         page = self.page
         page.wait_for_timeout(self.settle_ms)  # also lets Playwright deliver pending events
         deadline = time.monotonic() + self.timeout_ms / 1000
-        while self._navigations and time.monotonic() < deadline:
+        while self._requests.navigations and time.monotonic() < deadline:
             page.wait_for_timeout(10)
         page = self.page  # a popup may have opened
         try:
@@ -497,7 +400,7 @@ class BrowserEnv:
         self.page.wait_for_timeout(action.seconds * 1000)
 
     def _do_openapp(self, action: OpenApp, observation: Observation) -> None:
-        raise ValueError(f"OpenApp({action.name!r}) cannot be executed in a browser; use Navigate")
+        raise UnsupportedAction(action, self, f"a browser opens pages, not apps ({action.name!r}); use Navigate")
 
     # --- describe / close -----------------------------------------------------------------
 

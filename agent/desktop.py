@@ -37,8 +37,9 @@ from collections.abc import Mapping, Sequence
 from PIL import ImageGrab
 
 from agent.actions import (
-    Action, Answer, Click, Done, Drag, Fail, Hover, Key, LongPress, OpenApp, Scroll, Swipe, Target, Type, Wait)
-from agent.environment import ElementInfo, Observation, screen_pixels
+    TERMINAL_ACTIONS, Action, Click, Drag, Hover, Key, LongPress, Navigate, OpenApp, Scroll, Swipe, Target, Type, Wait)
+from agent.domains import DomainRules
+from agent.environment import ActionHandlers, ElementInfo, Observation, UnsupportedAction, screen_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def start_xvfb(size: tuple[int, int]) -> tuple[subprocess.Popen, str]:
     return process, f":{number.decode().strip()}"
 
 
-class DesktopEnv:
+class DesktopEnv(ActionHandlers):
     """An X11 desktop. `display` is ':N' (default `$DISPLAY`, else a new Xvfb of `size`).
 
     `apps` maps app names to argv lists for `OpenApp` (e.g. {"terminal": ["xterm"]});
@@ -151,6 +152,7 @@ class DesktopEnv:
     """
 
     platform = "desktop"
+    rules: DomainRules | None = None  # a desktop opens no URLs itself
 
     def __init__(self, *, display: str | None = None, size: tuple[int, int] = (1280, 800),
                  apps: Mapping[str, Sequence[str]] | None = None, settle_s: float = 0.15) -> None:
@@ -194,15 +196,17 @@ class DesktopEnv:
     # --- execute --------------------------------------------------------------------------
 
     def execute(self, action: Action, observation: Observation) -> None:
-        """Perform `action` (coordinates relative to `observation.screenshot`)."""
-        if isinstance(action, (Answer, Done, Fail)):
+        """Perform `action` (coordinates relative to `observation.screenshot`); raises
+        `UnsupportedAction` for Navigate, Back and Home: a desktop has no one address bar or history."""
+        if isinstance(action, TERMINAL_ACTIONS):
             return
-        handler = getattr(self, "_do_" + type(action).__name__.lower(), None)
-        if handler is None:
-            raise ValueError(f"{type(action).__name__} cannot be executed on an X11 desktop")
-        handler(action, observation)
+        self.perform(action, observation)
         if self.settle_s:
             time.sleep(self.settle_s)
+
+    def goto(self, url: str) -> None:
+        """Refused: a desktop has no address bar of its own; open a browser with `OpenApp`."""
+        raise UnsupportedAction(Navigate(url), self, "open a browser with OpenApp and type the URL")
 
     @staticmethod
     def _pixels(target: Target, observation: Observation) -> tuple[str, str]:

@@ -76,7 +76,7 @@ class Agent:
         self.policy: Callable[[list], str] = as_policy(policy)
         self.env = env
         self.platform: Platform = platform
-        self.rules = rules or getattr(env, "rules", None) or DomainRules()
+        self.rules = rules or env.rules or DomainRules()
         self.confirm = confirm
         self.secrets = secrets if isinstance(secrets, Secrets) else Secrets(secrets)
         self.record = record
@@ -86,9 +86,15 @@ class Agent:
 
     # --- the run --------------------------------------------------------------------------
 
-    def run(self, task: str, *, start_url: str | None = None, max_steps: int = 30,
-            timeout_s: float = 600.0) -> Trajectory:
-        """Run `task` to completion or budget; the returned `Trajectory` has the steps and status."""
+    def run(self, task: str, *, start_url: str | None = None, max_steps: int = 30, timeout_s: float = 600.0,
+            on_step: Callable[[Step], None] | None = None) -> Trajectory:
+        """Run `task` to completion or budget; the returned `Trajectory` has the steps and status.
+
+        `on_step` is called with each step's record as soon as the step ends (after it is
+        recorded), for live display. An exception it raises ends the run: a `PolicyError`
+        with status "error" and its message as the note (the demo's Stop button), any other
+        after recording it, as an environment's error would.
+        """
         if max_steps < 1 or timeout_s <= 0:
             raise ValueError(f"max_steps={max_steps} must be >= 1 and timeout_s={timeout_s} > 0")
         trajectory = Trajectory(task=self.secrets.scrub(task) or "", platform=self.platform)
@@ -108,6 +114,8 @@ class Agent:
                     trajectory.steps.append(step)
                     if recorder:
                         recorder.add(step)
+                    if on_step is not None:
+                        on_step(step)
         except BlockedURL as error:
             self._stop(trajectory, "blocked", self.secrets.scrub(str(error)))
         except PolicyError as error:
@@ -122,11 +130,7 @@ class Agent:
 
     def _start(self, url: str) -> None:
         self.rules.check(url)
-        goto = getattr(self.env, "goto", None)
-        if callable(goto):
-            goto(url)
-        else:
-            self.env.execute(Navigate(url), self.env.observe())
+        self.env.goto(url)
 
     @staticmethod
     def _stop(trajectory: Trajectory, status: str, note: str) -> None:

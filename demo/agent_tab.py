@@ -1,13 +1,12 @@
 """The demo's Agent tab: the loaded model drives a real browser, step by step, on screen.
 
-The agent loop (`agent.loop.Agent`) returns its trajectory only at the end, so the tab watches
-it through thin wrappers instead: `_Watched` wraps the environment (each observation's
-screenshot, each executed action) and the policy (each model response), and puts events on a
-queue the Gradio generator drains. Playwright's sync API is bound to the thread that started
-it, so the whole run (browser included) lives on one worker thread.
+The agent loop (`agent.loop.Agent.run`) reports each step as it ends through its `on_step`
+callback, which puts an event on a queue the Gradio generator drains: the screen the model
+saw, its reasoning, its answer and the action executed. Playwright's sync API is bound to the
+thread that started it, so the whole run (browser included) lives on one worker thread.
 
 Stopping: the Stop button cancels the Gradio event; the generator's `finally` sets a flag, and
-the wrappers raise at the next observation or model call, which ends the run cleanly and
+the policy raises `StoppedByUser` at the next model call, which ends the run cleanly and
 closes the browser.
 """
 
@@ -26,6 +25,7 @@ from agent.policy import PolicyError, to_pil
 from vlm.outputs import strip_special_tokens
 
 if TYPE_CHECKING:
+    from agent.trajectory import Step
     from vlm import VLM
 
 logger = logging.getLogger(__name__)
@@ -40,56 +40,29 @@ class StoppedByUser(PolicyError):
 
 @dataclass
 class _Event:
-    kind: Literal["screen", "response", "action", "end", "error"]
-    step: int = 0
+    kind: Literal["step", "end", "error"]
+    step: int = 0  # counted from 1, as shown
     screenshot: Image.Image | None = None
-    text: str = ""
+    text: str = ""  # the model's answer; the outcome for "end" and "error"
     thinking: str = ""
+    action: str = ""  # the executed action in the run's format; empty when none was executed
 
 
-class _Watched:
-    """An environment and a policy (the local model) that report to `events` and stop when
-    `stop` is set. The policy calls `vlm.generate` itself rather than through `VLMPolicy`,
-    which returns only the answer: the tab shows the reasoning too."""
+class _ModelPolicy:
+    """The local model as the agent's policy, stopping when `stop` is set. It calls
+    `vlm.generate` itself rather than through `VLMPolicy`, which returns only the answer, and
+    keeps the reasoning of its latest answer for the tab to show."""
 
-    def __init__(self, env: Any, vlm: VLM, events: queue.Queue[_Event], stop: threading.Event,
-                 format: Format, max_new_tokens: int = 1024) -> None:
-        self.env, self.vlm, self.events, self.stop, self.format = env, vlm, events, stop, format
-        self.max_new_tokens = max_new_tokens
-        self.platform = env.platform
-        self.step = 0
+    def __init__(self, vlm: VLM, stop: threading.Event, max_new_tokens: int = 1024) -> None:
+        self.vlm, self.stop, self.max_new_tokens = vlm, stop, max_new_tokens
+        self.thinking = ""
 
-    # --- Environment protocol ---
-    def observe(self) -> Any:
-        self._check()
-        observation = self.env.observe()
-        self.step += 1
-        self.events.put(_Event("screen", self.step, screenshot=observation.screenshot))
-        return observation
-
-    def execute(self, action: Any, observation: Any) -> None:
-        self.env.execute(action, observation)
-        self.events.put(_Event("action", self.step, text=_action_text(action, self.format)))
-
-    def describe(self, target: Any, observation: Any) -> Any:
-        return self.env.describe(target, observation)
-
-    def close(self) -> None:
-        self.env.close()
-
-    def __getattr__(self, name: str) -> Any:  # goto, rules, page: the environment's own
-        return getattr(self.env, name)
-
-    # --- Policy ---
-    def ask(self, messages: list) -> str:
-        self._check()
-        generation = self.vlm.generate(to_pil(messages), max_new_tokens=self.max_new_tokens, temperature=0.0)
-        self.events.put(_Event("response", self.step, text=generation.text, thinking=generation.thinking or ""))
-        return generation.text
-
-    def _check(self) -> None:
+    def __call__(self, messages: list) -> str:
         if self.stop.is_set():
             raise StoppedByUser("stopped by the user")
+        generation = self.vlm.generate(to_pil(messages), max_new_tokens=self.max_new_tokens, temperature=0.0)
+        self.thinking = generation.thinking or ""
+        return generation.text
 
 
 def _action_text(action: Any, format: Format) -> str:
@@ -103,18 +76,24 @@ def _action_text(action: Any, format: Format) -> str:
 
 def run_agent(vlm: VLM, url: str, task: str, *, max_steps: int, format: Format,
               stop: threading.Event) -> Iterator[_Event]:
-    """Run the agent on a worker thread and yield its events as they happen."""
+    """Run the agent on a worker thread and yield an event per step as each ends, then "end"
+    (or "error")."""
     from agent.browser import BrowserEnv
     from agent.loop import Agent
 
     events: queue.Queue[_Event] = queue.Queue()
+    policy = _ModelPolicy(vlm, stop)
+
+    def on_step(step: Step) -> None:
+        executed = step.status == "executed" and step.action is not None
+        events.put(_Event("step", step.index + 1, screenshot=step.screenshot, text=step.response,
+                          thinking=policy.thinking, action=_action_text(step.action, format) if executed else ""))
 
     def work() -> None:
         try:
             with BrowserEnv(VIEWPORT, set_of_marks=format == "web") as env:
-                watched = _Watched(env, vlm, events, stop, format)
-                agent = Agent(policy=watched.ask, env=watched, platform=format)
-                trajectory = agent.run(task, start_url=url, max_steps=max_steps)
+                agent = Agent(policy=policy, env=env, platform=format)
+                trajectory = agent.run(task, start_url=url, max_steps=max_steps, on_step=on_step)
             note = f"{trajectory.status}: {trajectory.note or ''}"
             if trajectory.answer:
                 note += f"\n\nAnswer: {trajectory.answer}"
@@ -159,19 +138,12 @@ def build_agent_tab(vlm: VLM, *, concurrency_id: str) -> None:
         flag = threading.Event()
         shown: list[dict[str, Any]] = []
         image = None
+        yield image, shown, "Running: step 1"
         try:
             for event in run_agent(vlm, url, task.strip(), max_steps=int(max_steps), format=format, stop=flag):
-                if event.kind == "screen":
+                if event.kind == "step":
                     image = event.screenshot
-                    shown.append({"role": "user", "content": f"Step {event.step}: screen observed"})
-                elif event.kind == "response":
-                    if event.thinking:
-                        shown.append({"role": "assistant", "content": event.thinking,
-                                      "metadata": {"title": f"Step {event.step}: thinking", "status": "done"}})
-                    shown.append({"role": "assistant",
-                                  "content": f"Step {event.step}: {strip_special_tokens(event.text)}"})
-                elif event.kind == "action":
-                    shown.append({"role": "assistant", "content": f"Step {event.step} executed: `{event.text}`"})
+                    shown += _step_messages(event)
                 yield image, shown, _status(event)
         finally:
             flag.set()  # on Stop (the generator is closed) or at the end
@@ -180,9 +152,21 @@ def build_agent_tab(vlm: VLM, *, concurrency_id: str) -> None:
     stop.click(None, None, None, cancels=[running])
 
 
+def _step_messages(event: _Event) -> list[dict[str, Any]]:
+    """The chat lines for one step: screen, reasoning (folded), answer, executed action."""
+    shown: list[dict[str, Any]] = [{"role": "user", "content": f"Step {event.step}: screen observed"}]
+    if event.thinking:
+        shown.append({"role": "assistant", "content": event.thinking,
+                      "metadata": {"title": f"Step {event.step}: thinking", "status": "done"}})
+    shown.append({"role": "assistant", "content": f"Step {event.step}: {strip_special_tokens(event.text)}"})
+    if event.action:
+        shown.append({"role": "assistant", "content": f"Step {event.step} executed: `{event.action}`"})
+    return shown
+
+
 def _status(event: _Event) -> str:
     if event.kind == "end":
         return f"**Finished** — {event.text}"
     if event.kind == "error":
         return f"**Error** — {event.text}"
-    return f"Running: step {event.step}"
+    return f"Running: step {event.step + 1}"  # the event reports the step that just ended

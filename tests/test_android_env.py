@@ -20,6 +20,7 @@ from agent.actions import (
     Scroll, Swipe, Type)
 from agent.android import AndroidEnv, input_text_chunks, keycode
 from agent.domains import BlockedURL, DomainRules
+from agent.environment import UnsupportedAction
 
 WIDTH, HEIGHT = 1080, 2400
 
@@ -215,6 +216,15 @@ def test_navigate_opens_a_view_intent_and_obeys_rules(device):
     assert len(device.commands) == 1
 
 
+def test_goto_opens_the_url_as_navigate_does(device):
+    env = AndroidEnv(rules=DomainRules(blocked_domains=["evil.example"]), settle_s=0)
+    env.goto("https://example.com/a b")
+    assert device.commands == [["am", "start", "-a", "android.intent.action.VIEW", "-d", "https://example.com/a b"]]
+    with pytest.raises(BlockedURL):
+        env.goto("https://evil.example/")
+    assert len(device.commands) == 1 and env.rules.blocked
+
+
 def test_screen_size_prefers_the_override(env, device):
     assert env.screen_size() == (720, 1600)
 
@@ -225,6 +235,16 @@ def test_unsupported_actions_and_terminal_ones(env, device):
     for action, message in [(Hover(Point(1, 1)), "Hover"), (Click(Point(1, 1), button="right"), "right"),
                             (Click(Mark(3)), "mark")]:
         with pytest.raises(ValueError, match=message):
+            env.execute(action, observation)
+    assert device.commands == []
+
+
+def test_unsupported_actions_name_the_action_and_the_environment(env, device):
+    observation = env.observe()
+    for action, message in [(Hover(Point(1, 1)), "^Hover cannot be executed in AndroidEnv: it has no touch "),
+                            (Click(Point(1, 1), button="middle"), "^Click cannot be executed in AndroidEnv: a middle"),
+                            ("tap", "^str cannot be executed in AndroidEnv$")]:
+        with pytest.raises(UnsupportedAction, match=message):
             env.execute(action, observation)
     assert device.commands == []
 

@@ -16,6 +16,7 @@ from agent.actions import (
     OpenApp, Point, Scroll, Swipe, Type, Wait)
 from agent.browser import BrowserEnv, key_name
 from agent.domains import BlockedURL, DomainRules
+from agent.environment import UnsupportedAction
 from agent.set_of_marks import LAYER_ID
 
 pytestmark = pytest.mark.browser
@@ -351,9 +352,9 @@ def test_sub_resources_from_a_blocked_domain_are_not_requested(local_server):
 
 
 def test_resolver_rules_put_ours_first():
-    from agent.browser import _with_resolver_rules
-    args = _with_resolver_rules(("--foo", "--host-resolver-rules=MAP a.test 127.0.0.1"),
-                                DomainRules(allowed_domains=["ok.com", "10.0.0.1"], blocked_domains=["bad.ok.com"]))
+    from agent.request_filter import with_resolver_rules
+    args = with_resolver_rules(("--foo", "--host-resolver-rules=MAP a.test 127.0.0.1"),
+                               DomainRules(allowed_domains=["ok.com", "10.0.0.1"], blocked_domains=["bad.ok.com"]))
     assert args == ("--foo", "--host-resolver-rules=MAP bad.ok.com ~NOTFOUND, MAP *.bad.ok.com ~NOTFOUND, "
                     "EXCLUDE ok.com, EXCLUDE *.ok.com, EXCLUDE 10.0.0.1, MAP * ~NOTFOUND, MAP a.test 127.0.0.1")
 
@@ -414,6 +415,17 @@ def test_back_wait_terminal_and_unsupported_actions(env, server):
     assert env.page.url == first
     with pytest.raises(ValueError, match="OpenApp"):
         env.execute(OpenApp("Settings"), observation)
+
+
+def test_unsupported_actions_name_the_action_and_the_environment(env, server):
+    env.goto(server.add("/still", "<title>still</title>"))
+    observation = env.observe()
+    with pytest.raises(UnsupportedAction, match="^OpenApp cannot be executed in BrowserEnv: .*use Navigate") as error:
+        env.execute(OpenApp("Settings"), observation)
+    assert error.value.action == OpenApp("Settings") and error.value.environment == "BrowserEnv"
+    with pytest.raises(UnsupportedAction, match="^str cannot be executed in BrowserEnv$"):
+        env.execute("click the button", observation)  # not an action at all
+    assert env.page.url.endswith("/still")
 
 
 def test_bad_options_are_refused_by_name():

@@ -122,6 +122,46 @@ def test_chat_streams_the_answer_and_draws_its_box(vlm, scripted, tmp_path):
 
 @pytest.mark.browser
 @pytest.mark.slow
+def test_agent_tab_shows_each_step_while_the_run_goes_on(tmp_path):
+    import threading
+
+    from _web_utils import LocalServer
+
+    from demo.agent_tab import VIEWPORT, run_agent
+
+    # A model that clicks the same spot on a still page: the loop detector ends the run at step 3.
+    scripted = build_scripted_checkpoint(tmp_path / "agent_model", thinking="Click it.",
+                                         answer="<|begin_of_box|>left_click(start_box='[312, 645]')<|end_of_box|>")
+
+    class Gated:
+        """The model, held before its second answer until the test has seen step 1."""
+        def __init__(self, vlm):
+            self.vlm, self.calls, self.gate = vlm, 0, threading.Event()
+
+        def generate(self, *args, **kwargs):
+            self.calls += 1
+            if self.calls == 2:
+                assert self.gate.wait(60), "step 1 never reached the tab"
+            return self.vlm.generate(*args, **kwargs)
+
+    model = Gated(VLM.from_pretrained(scripted.path))
+    with LocalServer() as server:
+        url = server.add("/", "<h1>Still</h1>")
+        events = []
+        for event in run_agent(model, url, "Click the middle", max_steps=5, format="desktop",
+                               stop=threading.Event()):
+            if event.kind == "step" and event.step == 1:
+                assert not model.gate.is_set()  # the run is waiting on step 2: step 1 arrived live
+                model.gate.set()
+            events.append(event)
+    assert [(e.kind, e.step) for e in events] == [("step", 1), ("step", 2), ("step", 3), ("end", 0)]
+    assert all(e.screenshot.size == VIEWPORT and e.thinking == "Click it." for e in events[:3])
+    assert [e.action for e in events[:3]] == ["left_click(start_box='[312, 645]')"] * 2 + [""]  # step 3: a loop
+    assert "left_click" in events[0].text and events[-1].text.startswith("loop: ")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
 def test_agent_tab_runs_the_model_in_a_browser_step_by_step(tmp_path):
     import http.server
     import threading

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.actions import MODEL_SPACE, Click, Drag, Key, OpenApp, Point, Scroll, Type, Wait
+from agent.actions import MODEL_SPACE, Back, Click, Drag, Home, Key, Navigate, OpenApp, Point, Scroll, Type, Wait
 from agent.desktop import DesktopEnv, keysym, typing_commands
+from agent.environment import UnsupportedAction
 
 pytestmark = pytest.mark.desktop
 
@@ -157,6 +158,17 @@ def test_open_app_runs_only_configured_programs(tmp_path):
         with pytest.raises(ValueError, match="'rm -rf /'"):
             env.execute(OpenApp("rm -rf /"), observation)
         env.execute(Wait(0), observation)
+
+
+def test_unsupported_actions_name_the_action_and_the_environment():
+    with DesktopEnv(display=":99999", settle_s=0) as env:  # refused before anything reaches the display
+        observation = type("O", (), {"screenshot": None})()
+        for action in [Navigate("https://example.com"), Back(), Home()]:
+            with pytest.raises(UnsupportedAction, match=f"^{type(action).__name__} cannot be executed in DesktopEnv"):
+                env.execute(action, observation)
+        with pytest.raises(UnsupportedAction, match="^Navigate cannot be executed in DesktopEnv: .*OpenApp"):
+            env.goto("https://example.com")
+        assert env.rules is None
 
 
 def test_close_stops_the_xvfb_it_started():

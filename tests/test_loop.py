@@ -11,7 +11,7 @@ from _web_utils import LocalServer
 from agent.browser import BrowserEnv
 from agent.domains import DomainRules
 from agent.loop import Agent
-from agent.policy import ScriptedPolicy
+from agent.policy import PolicyError, ScriptedPolicy
 
 pytestmark = pytest.mark.browser
 
@@ -94,6 +94,32 @@ def test_mobile_format_taps_on_a_phone(server):
         trajectory = Agent(policy=policy, env=phone, platform="mobile").run("Press Next")
         assert trajectory.status == "done"
         assert "/welcome" in phone.page.url
+
+
+def test_each_step_is_reported_to_on_step_as_it_ends(env, server):
+    reported, reported_when_asked = [], []
+
+    def answer(call):
+        def ask(messages):
+            reported_when_asked.append(len(reported))
+            return desktop(call)
+        return ask
+
+    policy = ScriptedPolicy([answer(f"left_click(start_box='{USER_FIELD}')"), answer("type(content='bob')"),
+                             answer("DONE()")])
+    trajectory = Agent(policy=policy, env=env, platform="desktop").run(
+        "Sign in as bob", start_url=server.url("/"), on_step=reported.append)
+    assert trajectory.status == "done", trajectory.note
+    # once per step, with the step's own record
+    assert len(reported) == 3 and all(r is s for r, s in zip(reported, trajectory.steps))
+    assert reported_when_asked == [0, 1, 2]  # each step was reported before the next one began
+    assert [s.status for s in reported] == ["executed", "executed", "terminal"]
+
+    def stop(step):
+        raise PolicyError("stopped by the user")
+    trajectory = Agent(policy=ScriptedPolicy([answer(f"hover(start_box='{NOOP}')")] * 3), env=env,
+                       platform="desktop").run("x", start_url=server.url("/"), on_step=stop)
+    assert (trajectory.status, trajectory.note, len(trajectory.steps)) == ("error", "stopped by the user", 1)
 
 
 def test_parse_errors_are_re_asked_with_the_error(env, server):
