@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch sees a GPU: the trainer then picks the CPU
+        # CUDA starts lazily (no import above queries a device), so this still hides the GPUs
+        # from torch and the trainer picks the CPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     elif args.device == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device is available")
