@@ -14,9 +14,12 @@ decide the model are a `recipes.recipe.Recipe`:
    attention cost falls with its square. Its size stays 8192 and the special tokens keep their
    ids, so the model config is fixed only after this stage and never changes again;
 3. config: GLM-4.5V's layout (ViT + projector + MoE language model) at the `small()` size,
-   fitted to the tokenizer, with a pixel budget of ~190 vision tokens per screenshot;
-4. train: the project trainer from scratch (`pretrain` preset, Muon), resumed from its last
-   checkpoint when there is one;
+   fitted to the tokenizer, with a pixel budget of ~400 vision tokens per 1280x720 screenshot
+   (x0.59: 13-18 px UI text reaches the encoder 7.7-10.6 px high);
+3b. reading: the vision encoder alone learns to read (`recipes.reading`: a label per patch on
+   `synth.text` pictures, `--reading-minutes`); the model starts from random weights around it;
+4. train: the project trainer (`pretrain` preset, Muon), from that start (or from scratch
+   with `--reading-minutes 0`), resumed from its last checkpoint when there is one;
 5. eval: `synth.eval` on fresh held-out data in the training languages for every task the
    issue sets a target for, plus grounding on pages in all six languages;
 6. ship: `config.json`, `model.safetensors`, tokenizer, chat template, preprocessor and
@@ -49,7 +52,7 @@ import torch
 
 from recipes.model_card import model_card, target_rows
 from recipes.recipe import Recipe
-from recipes.stages import (evaluate_model, make_data, make_processor, measure_reliance, plan_steps, ship,
+from recipes.stages import (evaluate_model, learn_to_read, make_data, make_processor, measure_reliance, plan_steps, ship,
                             train_model, training_stats, write_config, write_json)
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,9 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
     log.info("data ready (%.0f s)", time.perf_counter() - started)
     init = make_processor(recipe, work, corpus)
     config = write_config(recipe, init)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    read = learn_to_read(recipe, work, config, device=device, workers=workers if device == "cuda" else 0)
+    log.info("reading stage: %s", read)
     plan = plan_steps(recipe, work, progress=progress)
     log.info("training plan: %s", plan)
     run_dir = train_model(recipe, work, steps=plan["steps"], progress=progress)
@@ -79,7 +85,7 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
         kind = json.loads(line)["meta"].get("kind", "?")
         kinds[kind] = kinds.get(kind, 0) + 1
     card = model_card(recipe, command=command, config=config, plan=plan, results=results, reliance=reliance,
-                      train_stats=train_stats,
+                      train_stats=train_stats, reading=read,
                       data_stats={"samples": sum(kinds.values()), "kinds": kinds})
     ship(run_dir, out, card=card, config=config)
     return results
@@ -103,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--languages", default=d.languages, help="UI languages of the training and held-out pages")
     p.add_argument("--nothink", type=float, default=d.nothink, help="share of conversations with thinking off")
     p.add_argument("--keep-tokenizer", action="store_true", help="use assets/model's tokenizer instead of retraining")
+    p.add_argument("--image-max-pixels", type=int, default=d.image_max_pixels,
+                   help="processor budget per image, over the duplicated frame pair (v1: 320000)")
+    p.add_argument("--reading-minutes", type=float, default=d.reading_minutes,
+                   help="stage 3b: minutes of the vision encoder learning to read (0: skip)")
+    p.add_argument("--reading-init", choices=("default", "mimetic"), default=d.reading_init)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--eval-n", type=int, default=d.eval_n, help="held-out samples per task (episodes: a fifth)")
@@ -124,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--device cuda: no CUDA device is available")
     recipe = Recipe(size=args.size, seed=args.seed, samples=args.samples, kinds=args.kinds,
                     grounding_turns=args.grounding_turns, languages=args.languages, nothink=args.nothink,
-                    retrain_tokenizer=not args.keep_tokenizer, steps=args.steps, hours=args.hours,
+                    retrain_tokenizer=not args.keep_tokenizer, image_max_pixels=args.image_max_pixels,
+                    reading_minutes=args.reading_minutes,
+                    reading_init=args.reading_init, steps=args.steps, hours=args.hours,
                     batch_size=args.batch_size, lr=args.lr, eval_n=args.eval_n)
     command = "python -m recipes.default_model " + " ".join(argv if argv is not None else sys.argv[1:])
     results = run(recipe, out=Path(args.out), work=Path(args.work), workers=args.workers,

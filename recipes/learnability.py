@@ -6,11 +6,14 @@ The shipped default model does not use its images (`python -m recipes.reliance`)
 language model out of the question: the default model's vision encoder (ViT + projector, random
 init) with a linear head on its max- and mean-pooled tokens is trained to name one property of
 a generated 1280x720 picture, which the processor resizes to the default model's pixel budget as
-it resizes screenshots (to 532x280). Two tasks, 8 classes each (chance 0.125):
+it resizes screenshots (to 728x420). Two tasks, 8 classes each (chance 0.125):
 
 - colour: one square, 50-190 px, in one of 8 colours, anywhere: what colour is it?
-- word: one of 8 UI words ("Home", "Search", ...) in 48-px DejaVu Sans (20 px after the
-  resize, three times UI text), anywhere: which word is it?
+- word: one of 8 UI words ("Home", "Search", ...) in 48-px DejaVu Sans (27 px after the
+  resize), at any pixel offset: which word is it?
+
+`--encoder PATH` starts the encoder from the reading stage's weights (`recipes.reading`)
+instead of random ones: does reading transfer to a task it was never told about?
 
 Every step draws a fresh batch from the seed's stream; the held-out pictures come from another
 stream. Held-out accuracy is printed every `--every` steps; the last line is `accuracy: X`.
@@ -32,6 +35,7 @@ from typing import Any, Callable, Literal
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from recipes.reading import load_encoder
 from recipes.recipe import IMAGE_MAX_PIXELS, model_config
 from vlm.images import ImageConfig, preprocess_image
 from vlm.vision import VisionEncoder
@@ -109,8 +113,10 @@ class Probe(torch.nn.Module):
 
 
 def run(task: Task, *, steps: int, size: str = "small", seed: int = 0, batch_size: int = 16, lr: float = 1e-3,
-        every: int = 25, n_test: int = 128, log: Callable[[str], Any] = print) -> float:
-    """Train from scratch for `steps` steps; held-out accuracy at the end (and every `every`)."""
+        every: int = 25, n_test: int = 128, encoder: Path | None = None,
+        log: Callable[[str], Any] = print) -> float:
+    """Train for `steps` steps, from scratch or from `encoder` (reading-stage weights); held-out
+    accuracy at the end (and every `every`)."""
     if task not in TASKS:
         raise ValueError(f"task {task!r}: expected one of {list(TASKS)}")
     if steps < 1:
@@ -119,6 +125,8 @@ def run(task: Task, *, steps: int, size: str = "small", seed: int = 0, batch_siz
     vision_cfg = model_config(size).vision  # type: ignore[arg-type]
     model = Probe(VisionEncoder(vision_cfg), vision_cfg.out_hidden_size, len(labels(task)))
     init_weights(model)
+    if encoder is not None:
+        load_encoder(model.vision, encoder)
     config = ImageConfig(max_pixels=IMAGE_MAX_PIXELS)
     test = batch(task, random.Random(f"test/{seed}"), n_test, config)
     train_rng = random.Random(f"train/{seed}")
@@ -151,9 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--every", type=int, default=25)
+    p.add_argument("--encoder", type=Path, default=None, help="start from these encoder weights (recipes.reading)")
     args = p.parse_args(argv)
     result = run(args.task, steps=args.steps, size=args.size, seed=args.seed, batch_size=args.batch_size,
-                 lr=args.lr, every=args.every, log=lambda line: print(line, flush=True))
+                 lr=args.lr, every=args.every, encoder=args.encoder, log=lambda line: print(line, flush=True))
     print(f"accuracy: {result:.3f}")
     return 0
 

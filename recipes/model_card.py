@@ -8,11 +8,12 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from recipes.recipe import EVAL_SEED, EVERY_LANGUAGE, IMAGE_MAX_PIXELS, VIDEO_MAX_PIXELS, Recipe
+from recipes.recipe import EVAL_SEED, EVERY_LANGUAGE, VIDEO_MAX_PIXELS, Recipe
 from synth.dataset import parse_kinds, parse_languages
 from synth.vocab import LANGUAGES
 from vlm import VLM
 from vlm.config import VLMConfig
+from vlm.images import smart_resize
 
 TARGETS = {  # (task, group or None for the whole task) -> the issue's minimum
     ("grounding", "desktop"): 0.90, ("grounding", "phone"): 0.80, ("action", None): 0.85,
@@ -37,7 +38,8 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, float | None, float,
 
 
 def model_card(recipe: Recipe, *, command: str, config: VLMConfig, plan: dict[str, Any], data_stats: dict[str, Any],
-               train_stats: dict[str, Any], results: dict[str, Any], reliance: dict[str, Any] | None = None) -> str:
+               train_stats: dict[str, Any], results: dict[str, Any], reliance: dict[str, Any] | None = None,
+               reading: dict[str, Any] | None = None) -> str:
     params = sum(p.numel() for p in VLM.from_config(config).model.parameters())
     rows = "\n".join(f"| {name} | {'not run' if m is None else f'{m:.1%}'} | {t:.0%} | "
                      f"{'n/a' if ok is None else ('yes' if ok else f'no (short by {t - m:.1%})')} |"
@@ -58,7 +60,7 @@ and act on synthetic web pages and shape videos; it knows nothing else.
 - Text: {t.num_hidden_layers} layers, width {t.hidden_size}, {t.num_attention_heads} query / {t.num_key_value_heads} KV heads of {t.head_dim};
   layer 0 dense, then {t.n_routed_experts} routed experts (top-{t.num_experts_per_tok}) + {t.n_shared_experts} shared, expert width {t.moe_intermediate_size}.
 - Vision: {v.depth} blocks, width {v.hidden_size}, patch {v.patch_size}, 2x2 merge; images at most
-  {IMAGE_MAX_PIXELS // 2:,} pixels (a 1280x720 screenshot is 190 tokens), videos {VIDEO_MAX_PIXELS:,} over all frames.
+  {recipe.image_max_pixels // 2:,} pixels (a 1280x720 screenshot is {_screenshot_tokens(recipe)} tokens), videos {VIDEO_MAX_PIXELS:,} over all frames.
 - Tokenizer: byte-level BPE, 8192 tokens, {'retrained on the training corpus' if recipe.retrain_tokenizer else 'the project tokenizer'};
   numbers are written one digit per token.
 
@@ -71,6 +73,8 @@ and act on synthetic web pages and shape videos; it knows nothing else.
 {_thinking_sentence(recipe.nothink)}
 
 ## Recipe
+
+{_reading_sentence(recipe, reading or {})}
 
 Trainer `pretrain` preset (Muon on hidden matrices, AdamW elsewhere), lr {recipe.lr}, warmup {recipe.warmup_steps},
 cosine to 10%, batch {recipe.batch_size} x {recipe.grad_accum}, {plan['steps']} steps ({plan['source']}), max length {recipe.max_length}.
@@ -88,6 +92,23 @@ Command:
 
 {details}
 {_reliance_section(reliance or {})}"""
+
+
+def _screenshot_tokens(recipe: Recipe) -> int:
+    h, w = smart_resize(720, 1280, max_pixels=recipe.image_max_pixels)
+    return (h // 28) * (w // 28)
+
+
+def _reading_sentence(recipe: Recipe, reading: dict[str, Any]) -> str:
+    if recipe.reading_minutes <= 0:
+        return "No reading stage: every weight starts random."
+    numbers = (f"{reading['steps']} steps in {reading['seconds'] / 60:.1f} min; held-out character accuracy "
+               f"{reading['patch_char_accuracy']:.1%} per patch, {reading['token_char_accuracy']:.1%} through the "
+               "merged tokens" if reading else "not recorded")
+    return textwrap.fill(f"Stage 1, reading (`recipes.reading`, {recipe.reading_init} init): the vision encoder alone "
+                         "is told which characters every 14-px patch shows, on `synth.text` pictures of UI-sized "
+                         f"text at any pixel offset ({numbers}). Stage 2 trains the whole model from that encoder "
+                         "and random weights elsewhere.", width=95)
 
 
 def _reliance_section(reliance: dict[str, Any]) -> str:

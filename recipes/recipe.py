@@ -31,7 +31,10 @@ EVERY_LANGUAGE = "grounding_every_language"  # extra eval when the recipe's page
 DEFAULT_KINDS = "grounding:24,action:1,episode:1,video:2,qa:1"
 READING_KINDS = "grounding:24,read:16,action:1,episode:1,video:4,qa:1"
 GROUNDING_TURNS = 6
-IMAGE_MAX_PIXELS = 320_000  # counted over the duplicated frame pair: 1280x720 -> 532x280 = 190 tokens
+# Counted over the duplicated frame pair: 1280x720 -> 756x420 = 405 tokens (x0.59), so 13-18 px UI
+# text reaches the encoder 7.7-10.6 px high. v1's 320,000 (532x280, x0.42, 5.4-7.5 px text) was
+# too small to read for an encoder trained from scratch; a 390x844 phone screen is now ~native.
+IMAGE_MAX_PIXELS = 640_000
 VIDEO_MAX_PIXELS = 320_000  # over all sampled frames: a 6-10 s clip at 2 fps -> 150-180 tokens
 
 
@@ -47,6 +50,9 @@ class Recipe:
     languages: str = ",".join(LANGUAGES)  # UI languages of the training pages and the held-out eval
     nothink: float = 0.0  # share of conversations with /nothink (0.5: it answers in both modes)
     retrain_tokenizer: bool = True
+    image_max_pixels: int = IMAGE_MAX_PIXELS  # the processor's budget per image (v1: 320,000)
+    reading_minutes: float = 8.0  # stage 3b, the encoder learning to read (0: none, the v1 recipe)
+    reading_init: Literal["default", "mimetic"] = "mimetic"
     steps: int | None = None  # optimiser steps; None: from --hours and a measured step time
     hours: float = 2.0  # training budget when steps is None
     batch_size: int = 8
@@ -63,6 +69,12 @@ class Recipe:
             raise ValueError(f"samples={self.samples} is less than one batch ({self.batch_size * self.grad_accum})")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps={self.steps}: expected a positive number of optimiser steps")
+        if self.image_max_pixels < 2 * 28 * 28:
+            raise ValueError(f"image_max_pixels={self.image_max_pixels}: expected at least one 28x28 block (1568)")
+        if self.reading_minutes < 0:
+            raise ValueError(f"reading_minutes={self.reading_minutes}: expected 0 (no reading stage) or more")
+        if self.reading_init not in ("default", "mimetic"):
+            raise ValueError(f"reading_init {self.reading_init!r}: expected 'default' or 'mimetic'")
         if self.hours <= 0:
             raise ValueError(f"hours={self.hours}: expected a positive training budget")
         self.synth_config(1)  # the data engine's own checks of languages and nothink, up front

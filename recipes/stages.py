@@ -17,9 +17,9 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
-from recipes import reliance
+from recipes import reading, reliance
 from recipes import tokenizer as bpe
-from recipes.recipe import (EVAL_SEED, EVAL_TASKS, EVERY_LANGUAGE, IMAGE_MAX_PIXELS, VIDEO_MAX_PIXELS, Recipe,
+from recipes.recipe import (EVAL_SEED, EVAL_TASKS, EVERY_LANGUAGE, VIDEO_MAX_PIXELS, Recipe,
                             model_config)
 from synth import eval as heldout
 from synth.dataset import parse_languages, synthesize
@@ -59,7 +59,7 @@ def make_processor(recipe: Recipe, work: Path, corpus: Path) -> Path:
         for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
             shutil.copyfile(ASSETS / name, staging / name)
     shutil.copyfile(ASSETS / "processor_config.json", staging / "processor_config.json")
-    for name, budget in (("preprocessor_config.json", IMAGE_MAX_PIXELS),
+    for name, budget in (("preprocessor_config.json", recipe.image_max_pixels),
                          ("video_preprocessor_config.json", VIDEO_MAX_PIXELS)):
         settings = json.loads((ASSETS / name).read_text())
         settings["size"] = {**settings.get("size", {}), "longest_edge": budget}
@@ -88,8 +88,33 @@ def write_config(recipe: Recipe, init: Path) -> VLMConfig:
     return config
 
 
+def learn_to_read(recipe: Recipe, work: Path, config: VLMConfig, *, device: str, workers: int) -> dict[str, Any]:
+    """Stage 3b: the vision encoder alone learns to read (`recipes.reading`), then `work/start/`
+    is the checkpoint training starts from: random weights around that encoder. Without the
+    stage (`reading_minutes` 0) training starts from `work/init/`'s config alone."""
+    result_file, start = work / "reading" / "result.json", work / "start"
+    if recipe.reading_minutes <= 0 or (start / "config.json").is_file():
+        return json.loads(result_file.read_text()) if result_file.is_file() else {}
+    weights = work / "reading" / "encoder.safetensors"
+    settings = reading.ReadingConfig(seed=recipe.seed, init=recipe.reading_init)
+    if not weights.is_file():
+        encoder, result = reading.train(config.vision, settings, minutes=recipe.reading_minutes, device=device,
+                                        workers=workers)
+        reading.save_encoder(encoder, weights, {**dataclasses.asdict(settings), **result})
+        write_json(result_file, {**result, "settings": dataclasses.asdict(settings)})
+    vlm = VLM.from_config(config, seed=recipe.seed)
+    reading.load_encoder(vlm.model.visual, weights)
+    staging = work / ".start.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(work / "init", staging)
+    vlm.save_pretrained(staging)
+    os.replace(staging, start)
+    return json.loads(result_file.read_text())
+
+
 def train_config(recipe: Recipe, work: Path, *, steps: int, progress: bool, resume: bool) -> TrainConfig:
-    return pretrain(model=str(work / "init"), from_scratch=True, data=str(work / "data" / "data.jsonl"),
+    start = work / "start" if (work / "start" / "config.json").is_file() else None
+    return pretrain(model=str(start or work / "init"), from_scratch=start is None, data=str(work / "data" / "data.jsonl"),
                     output=str(work / "run"), max_steps=steps, lr=recipe.lr,
                     warmup_steps=min(recipe.warmup_steps, steps), batch_size=recipe.batch_size,
                     grad_accum=recipe.grad_accum, max_length=recipe.max_length, seed=recipe.seed,

@@ -22,8 +22,8 @@ def test_pictures_are_a_pure_function_of_the_stream_and_show_their_label():
 
 def test_batches_are_resized_to_the_default_models_screenshot_budget():
     b = batch("word", random.Random(0), 3, ImageConfig(max_pixels=IMAGE_MAX_PIXELS))
-    assert b.grid_thw.tolist() == [[1, 20, 38]] * 3  # 1280x720 -> 532x280, as screenshots
-    assert b.pixel_values.shape[0] == 3 * 20 * 38 and b.labels.shape == (3,)
+    assert b.grid_thw.tolist() == [[1, 30, 52]] * 3  # 1280x720 -> 728x420, as screenshots
+    assert b.pixel_values.shape[0] == 3 * 30 * 52 and b.labels.shape == (3,)
 
 
 @pytest.mark.slow

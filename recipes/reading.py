@@ -1,0 +1,289 @@
+"""Stage 1 of the default model: its vision encoder learns to read, told what every patch shows.
+
+    python -m recipes.reading --out runs/reading/encoder.safetensors [--minutes 8] [--init mimetic]
+
+A ViT trained from scratch with one label per picture stays at chance on "which of 8 words"
+once the word may sit at any pixel offset: it has to learn every glyph at every sub-patch
+offset, and one label per picture says almost nothing about that. A label per patch does
+(../shared/studies/reading.md): here every 14-px patch is told the characters centred in it
+(up to `slots`, left to right, or NONE), on `synth.text` pictures drawn at UI sizes and resized
+as screenshots are. Two linear heads, used only in this stage:
+
+- a patch head on each patch's features (after `post_layernorm`), so the blocks learn glyphs;
+- a token head on each merged, language-model-facing token, predicting its 2x2 patches'
+  labels, so the downsample and projector carry what the patches read to the language model.
+
+Loss: cross-entropy over all slots, NONE weighted `none_weight` (most slots are empty).
+`--init mimetic` starts attention local (Trockman & Kolter 2023, arXiv 2305.09828) without
+changing the architecture. The encoder's weights (our module names, `VisionEncoder`'s
+state dict) are written with safetensors; `recipes.default_model` starts its vision tower from
+them and `recipes.learnability --encoder` measures what they transfer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from recipes.recipe import model_config
+from synth import text
+from vlm.config import VisionConfig
+from vlm.images import ImageConfig, preprocess_image
+from vlm.vision import VisionEncoder, patch_coordinates
+from vlm.vlm import init_weights
+
+log = logging.getLogger(__name__)
+Init = Literal["default", "mimetic"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadingConfig:
+    """The stage's settings; the defaults are the ones the shipped recipe uses."""
+
+    seed: int = 0
+    init: Init = "mimetic"
+    size: tuple[int, int] = (224, 112)  # picture width x height in input pixels: 16 x 8 patches
+    scale: tuple[float, float] = (0.45, 1.0)  # input pixels per page pixel (1280x720 at 532x280 is 0.42)
+    font_px: tuple[int, int] = (11, 22)  # page font sizes
+    slots: int = 3  # characters per patch
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 20
+    none_weight: float = 0.25
+    token_weight: float = 0.5  # the merged-token head's share of the loss
+    n_test: int = 128
+
+
+@dataclass(frozen=True)
+class Batch:
+    pixel_values: torch.Tensor  # (N, patch_dim)
+    grid_thw: torch.Tensor  # (n, 3)
+    labels_NS: torch.Tensor  # (N, slots) per patch, block-major like the patches
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.pixel_values.to(device), self.grid_thw.to(device), self.labels_NS.to(device))
+
+
+def make_batch(rng: random.Random, n: int, cfg: ReadingConfig) -> Batch:
+    """`n` fresh pictures from `rng`: patches in the encoder's order and their labels."""
+    width, height = cfg.size
+    image_cfg = ImageConfig(max_pixels=2 * width * height)  # the picture is already its input size
+    patches, labels = [], []
+    grid = torch.tensor([[1, height // 14, width // 14]])
+    rows, cols, _, _ = patch_coordinates(grid, 2)
+    for _ in range(n):
+        picture = text.draw(rng, size=cfg.size, scale=cfg.scale, font_px=cfg.font_px)
+        vp = preprocess_image(picture.image, image_cfg)
+        if tuple(vp.grid_thw) != tuple(grid[0].tolist()):
+            raise ValueError(f"picture size {cfg.size} is not a multiple of 28 pixels (grid {vp.grid_thw})")
+        patches.append(vp.pixel_values)
+        labels.append(torch.from_numpy(text.patch_labels(picture, slots=cfg.slots))[rows, cols])
+    return Batch(torch.cat(patches), grid.repeat(n, 1), torch.cat(labels))
+
+
+class Batches(torch.utils.data.IterableDataset):
+    """An endless stream of training batches; each DataLoader worker draws its own seed stream."""
+
+    def __init__(self, cfg: ReadingConfig) -> None:
+        self.cfg = cfg
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(f"reading/train/{self.cfg.seed}/{info.id if info else 0}")
+        while True:
+            yield make_batch(rng, self.cfg.batch_size, self.cfg)
+
+
+class Reader(nn.Module):
+    """The encoder and the two reading heads."""
+
+    def __init__(self, encoder: VisionEncoder, slots: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.slots = slots
+        vc = encoder.cfg
+        merge = vc.spatial_merge_size ** 2
+        self.patch_head = nn.Linear(vc.hidden_size, slots * text.CLASSES)
+        self.token_head = nn.Linear(vc.out_hidden_size, merge * slots * text.CLASSES)
+        for head in (self.patch_head, self.token_head):
+            nn.init.normal_(head.weight, std=0.02)
+            nn.init.zeros_(head.bias)
+        self._features: torch.Tensor | None = None
+        encoder.post_layernorm.register_forward_hook(self._keep_features)
+
+    def _keep_features(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self._features = output
+
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (N, slots, C) per patch from the patch head and from the token head."""
+        tokens = self.encoder(pixel_values, grid_thw)  # (N / 4, out)
+        features, self._features = self._features, None
+        C = text.CLASSES
+        return (self.patch_head(features).view(-1, self.slots, C),
+                self.token_head(tokens).view(-1, self.slots, C))  # 4 patches per token, in block order
+
+
+def loss_fn(logits: torch.Tensor, labels_NS: torch.Tensor, none_weight: float) -> torch.Tensor:
+    weight = torch.ones(text.CLASSES, device=logits.device)
+    weight[text.NONE] = none_weight
+    return F.cross_entropy(logits.reshape(-1, text.CLASSES).float(), labels_NS.reshape(-1), weight=weight)
+
+
+def char_accuracy(logits: torch.Tensor, labels_NS: torch.Tensor) -> float:
+    """Of the slots that hold a character, the share predicted exactly."""
+    has_char = labels_NS != text.NONE
+    return (logits.argmax(-1)[has_char] == labels_NS[has_char]).float().mean().item()
+
+
+def mimetic_init(encoder: VisionEncoder, *, seed: int, qk: float = 0.7, vo: float = 0.4, pos_scale: float = 0.5) -> None:
+    """Attention that starts local, the architecture unchanged (arXiv 2305.09828).
+
+    Per head W_q^T W_k ~ qk (Z + I) and for the block W_o W_v ~ vo (Z - I), Z ~ N(0, 1/D),
+    factored by SVD; the position table becomes a smooth 2D sin-cos table, so nearby patches
+    start with similar queries and keys and attend to each other.
+    """
+    g = torch.Generator().manual_seed(seed)
+    D, H = encoder.cfg.hidden_size, encoder.cfg.num_heads
+    hd = D // H
+    with torch.no_grad():
+        for block in encoder.blocks:
+            qkv = block.attn.qkv.weight  # (3D, D): query rows, key rows, value rows
+            for h in range(H):
+                U, S, Vh = torch.linalg.svd(qk * (torch.randn(D, D, generator=g) / math.sqrt(D) + torch.eye(D)))
+                root = S[:hd].sqrt()
+                qkv[h * hd:(h + 1) * hd] = (U[:, :hd] * root).T
+                qkv[D + h * hd:D + (h + 1) * hd] = Vh[:hd] * root[:, None]
+            U, S, Vh = torch.linalg.svd(vo * (torch.randn(D, D, generator=g) / math.sqrt(D) - torch.eye(D)))
+            qkv[2 * D:] = S.sqrt()[:, None] * Vh
+            block.attn.proj.weight.copy_(U * S.sqrt())
+        side = encoder.embeddings.side
+        freq = 1.0 / (100.0 ** (torch.arange(D // 4, dtype=torch.float32) / (D // 4)))
+        yy, xx = torch.meshgrid(torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32),
+                                indexing="ij")
+        ay, ax = yy.reshape(-1, 1) * freq, xx.reshape(-1, 1) * freq
+        table = torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=1) * pos_scale
+        encoder.embeddings.position_embedding.weight.copy_(table)
+
+
+def new_encoder(vision: VisionConfig, *, init: Init, seed: int) -> VisionEncoder:
+    if init not in ("default", "mimetic"):
+        raise ValueError(f"init {init!r}: expected 'default' or 'mimetic'")
+    torch.manual_seed(seed)
+    encoder = VisionEncoder(vision)
+    init_weights(encoder)
+    if init == "mimetic":
+        mimetic_init(encoder, seed=seed)
+    return encoder
+
+
+def evaluate(reader: Reader, test: Batch) -> tuple[float, float]:
+    """Held-out character accuracy of the patch head and of the token head."""
+    reader.eval()
+    with torch.no_grad():
+        patch, token = reader(test.pixel_values, test.grid_thw)
+    reader.train()
+    return char_accuracy(patch, test.labels_NS), char_accuracy(token, test.labels_NS)
+
+
+def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None, minutes: float | None = None,
+          device: str = "cpu", workers: int = 0, every: int = 100,
+          log_line: Callable[[str], object] = log.info) -> tuple[VisionEncoder, dict[str, float]]:
+    """Train for `steps` optimiser steps or `minutes` of wall time, whichever ends first.
+
+    Returns the encoder (on CPU) and the final held-out numbers.
+    """
+    if steps is None and minutes is None:
+        raise ValueError("give steps or minutes")
+    reader = Reader(new_encoder(vision, init=cfg.init, seed=cfg.seed), cfg.slots).to(device)
+    test = make_batch(random.Random(f"reading/test/{cfg.seed}"), cfg.n_test, cfg).to(device)
+    optimizer = torch.optim.AdamW(reader.parameters(), lr=cfg.lr, weight_decay=0.01,
+                                  fused=device.startswith("cuda") or device == "cpu")
+    loader = torch.utils.data.DataLoader(Batches(cfg), batch_size=None, num_workers=workers,
+                                         persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+    start, step = time.monotonic(), 0
+    for step, batch in enumerate(loader, start=1):
+        batch = batch.to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * min(1.0, step / cfg.warmup)
+        with autocast:
+            patch, token = reader(batch.pixel_values, batch.grid_thw)
+        loss = (loss_fn(patch, batch.labels_NS, cfg.none_weight)
+                + cfg.token_weight * loss_fn(token, batch.labels_NS, cfg.none_weight))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reader.parameters(), 1.0)
+        optimizer.step()
+        elapsed = time.monotonic() - start
+        done = (steps is not None and step >= steps) or (minutes is not None and elapsed >= 60 * minutes)
+        if step % every == 0 and not done:
+            log_line(f"step {step} ({elapsed:.0f} s): loss {loss.item():.3f}, held-out char accuracy "
+                     "patch {:.3f} token {:.3f}".format(*evaluate(reader, test)))
+        if done:
+            break
+    patch_acc, token_acc = evaluate(reader, test)
+    result = {"steps": step, "seconds": round(time.monotonic() - start, 1), "patch_char_accuracy": round(patch_acc, 4),
+              "token_char_accuracy": round(token_acc, 4), "loss": round(loss.item(), 4)}
+    log_line(f"done: {result}")
+    return reader.encoder.cpu(), result
+
+
+def save_encoder(encoder: VisionEncoder, path: Path, metadata: dict[str, object]) -> None:
+    """The encoder's state dict as safetensors, written atomically, with the stage's record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    tensors = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
+    save_file(tensors, str(partial), metadata={k: str(v) for k, v in metadata.items()})
+    os.replace(partial, path)
+
+
+def load_encoder(encoder: VisionEncoder, path: Path) -> None:
+    """Load weights written by `save_encoder`; every tensor must match by name and shape."""
+    state = load_file(str(path))
+    own = encoder.state_dict()
+    wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if wrong or set(state) - set(own):
+        raise ValueError(f"{path} does not hold this encoder's weights: mismatched {wrong[:5]}, "
+                         f"unexpected {sorted(set(state) - set(own))[:5]}")
+    encoder.load_state_dict(state)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from recipes.recipe import model_config  # the CLI's size presets; the recipe imports this module
+
+    p = argparse.ArgumentParser(prog="python -m recipes.reading", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="encoder weights, .safetensors")
+    p.add_argument("--size", choices=("small", "tiny"), default="small")
+    p.add_argument("--minutes", type=float, default=8.0)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--init", choices=("default", "mimetic"), default="mimetic")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers drawing pictures")
+    p.add_argument("--every", type=int, default=100)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = ReadingConfig(seed=args.seed, init=args.init, batch_size=args.batch_size)
+    encoder, result = train(model_config(args.size).vision, cfg, steps=args.steps, minutes=args.minutes,
+                            device=args.device, workers=args.workers, every=args.every)
+    save_encoder(encoder, args.out, {**asdict(cfg), **result})
+    print(f"wrote {args.out}: {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
