@@ -209,8 +209,7 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
         raise ValueError("give steps or minutes")
     reader = Reader(new_encoder(vision, init=cfg.init, seed=cfg.seed), cfg.slots).to(device)
     test = make_batch(random.Random(f"reading/test/{cfg.seed}"), cfg.n_test, cfg).to(device)
-    optimizer = torch.optim.AdamW(reader.parameters(), lr=cfg.lr, weight_decay=0.01,
-                                  fused=device.startswith("cuda") or device == "cpu")
+    optimizer = torch.optim.AdamW(reader.parameters(), lr=cfg.lr, weight_decay=0.01, fused=True)
     loader = torch.utils.data.DataLoader(Batches(cfg), batch_size=None, num_workers=workers,
                                          persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
