@@ -24,7 +24,7 @@ import shutil
 from dataclasses import dataclass
 from multiprocessing import util
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 from tqdm import tqdm
 
@@ -136,11 +136,16 @@ def make_unit(config: SynthConfig, index: int, out: Path) -> list[dict[str, Any]
                              language=config.language(seed))
     for path, data in media.files.items():
         (out / path).write_bytes(data)
-    records = [s.to_json() for s in samples]
-    if config.nothink:  # its own stream, so the samples are the same for any share
+    return switch_thinking([s.to_json() for s in samples], seed=seed, share=config.nothink)
+
+
+def switch_thinking(records: list[dict[str, Any]], *, seed: int, share: float) -> list[dict[str, Any]]:
+    """Turn thinking off (`thinking_off`) in a `share` of unit `seed`'s records, drawn from the
+    unit's own stream, so the samples are the same for any share."""
+    if share:
         switch = random.Random(f"nothink/{seed}")
         for record in records:
-            if switch.random() < config.nothink:
+            if switch.random() < share:
                 thinking_off(record["messages"])
     return records
 
@@ -182,18 +187,21 @@ def _page_unit(kind: Kind, seed: int, viewport: Viewport, rng: random.Random, me
                                         n=SAMPLES_PER_UNIT["action"])]
 
 
-def _run(job: tuple[SynthConfig, int, str]) -> list[dict[str, Any]]:
-    config, index, out = job
-    return make_unit(config, index, Path(out))
+MakeUnit = Callable[[Any, int, Path], list[dict[str, Any]]]  # (config, index, out) -> the unit's records
 
 
-def _units(config: SynthConfig, out: Path, workers: int) -> Iterator[list[dict[str, Any]]]:
+def _run(job: tuple[MakeUnit, Any, int, str]) -> list[dict[str, Any]]:
+    make, config, index, out = job
+    return make(config, index, Path(out))
+
+
+def _units(make: MakeUnit, config: Any, out: Path, workers: int) -> Iterator[list[dict[str, Any]]]:
     """Unit results in index order, produced in rounds of a few units per worker."""
     if workers == 1:
         try:
             index = 0
             while True:
-                yield make_unit(config, index, out)
+                yield make(config, index, out)
                 index += 1
         finally:
             _close_renderer()  # the caller's thread may want its own Playwright afterwards
@@ -203,7 +211,7 @@ def _units(config: SynthConfig, out: Path, workers: int) -> Iterator[list[dict[s
     try:
         round_size, start = 4 * workers, 0
         while True:
-            jobs = [(config, i, str(out)) for i in range(start, start + round_size)]
+            jobs = [(make, config, i, str(out)) for i in range(start, start + round_size)]
             yield from pool.imap(_run, jobs)
             start += round_size
     finally:
@@ -219,6 +227,14 @@ def _media(sample: dict[str, Any]) -> set[str]:
 def synthesize(config: SynthConfig, out: str | os.PathLike[str], *, workers: int = 1,
                progress: bool = True, overwrite: bool = False) -> Path:
     """Generate `config.n` samples into directory `out`; returns its path."""
+    return write_dataset(make_unit, config, config.n, out, workers=workers, progress=progress, overwrite=overwrite)
+
+
+def write_dataset(make: MakeUnit, config: Any, n: int, out: str | os.PathLike[str], *, workers: int = 1,
+                  progress: bool = True, overwrite: bool = False) -> Path:
+    """The first `n` samples of units `make(config, 0, dir)`, `make(config, 1, dir)`, ... as
+    directory `out` (data.jsonl, images/, videos/), written atomically; `make` must be a
+    module-level function (worker processes import it by name)."""
     out = Path(out)
     if workers < 1:
         raise ValueError(f"workers={workers} must be at least 1")
@@ -230,12 +246,12 @@ def synthesize(config: SynthConfig, out: str | os.PathLike[str], *, workers: int
     (staging / "videos").mkdir()
     samples: list[dict[str, Any]] = []
     try:
-        with tqdm(total=config.n, unit="sample", disable=not progress, desc="synth") as bar:
-            for unit in _units(config, staging, workers):
-                take = unit[: config.n - len(samples)]
+        with tqdm(total=n, unit="sample", disable=not progress, desc="synth") as bar:
+            for unit in _units(make, config, staging, workers):
+                take = unit[: n - len(samples)]
                 samples += take
                 bar.update(len(take))
-                if len(samples) >= config.n:
+                if len(samples) >= n:
                     break
         kept = set().union(*(_media(s) for s in samples))
         for folder in ("images", "videos"):

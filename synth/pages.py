@@ -26,7 +26,7 @@ from synth import vocab
 from synth.vocab import Language, Row, word
 
 Role = Literal["heading", "link", "button", "textbox", "checkbox", "tab", "menu", "menuitem",
-               "dropdown", "option", "listitem", "cell"]
+               "dropdown", "option", "listitem", "cell", "text"]  # text: static text (synth.ui only)
 BlockKind = Literal["header", "title", "login", "form", "toolbar", "checkboxes", "tabs", "list", "table",
                     "menu", "dropdown", "dialog"]
 CARD_KINDS: tuple[BlockKind, ...] = ("login", "form", "toolbar", "checkboxes", "tabs", "list",

@@ -65,6 +65,12 @@ class Rendered:
     placed: tuple[Placed, ...]  # visible elements in document order
     blocks: tuple[str, ...]  # ids of the blocks left on the page
 
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The ground truth every sample of this screenshot starts with (`synth.tasks`)."""
+        return {"page_seed": self.page.seed, "viewport": self.viewport, "language": self.page.language,
+                "width": self.width, "height": self.height}
+
     def find(self, element_id: str) -> Placed:
         for placed in self.placed:
             if placed.element.id == element_id:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from agent.actions import Box
 from agent.formats.common import BOX_BEGIN, BOX_END
@@ -39,6 +39,18 @@ READING_PROMPTS = (
 )
 _SHOWS_TEXT = ("heading", "link", "button", "tab", "menu", "menuitem", "dropdown", "option",
                "listitem", "cell")
+
+
+class Screen(Protocol):
+    """What grounding and reading need of a screenshot, whichever renderer drew it (Chromium's
+    `synth.render.Rendered`, PIL's `synth.ui.Drawn`): its visible elements in reading order, each
+    with its box in model space, and the ground truth every sample's `meta` starts with."""
+
+    @property
+    def placed(self) -> tuple[Placed, ...]: ...
+
+    @property
+    def meta(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -63,20 +75,19 @@ def conversation(media: list[dict[str, str]], question: str, answer: str) -> lis
             {"role": "assistant", "content": answer}]
 
 
-def _base_meta(rendered: Rendered, kind: str) -> dict[str, Any]:
-    return {"kind": kind, "page_seed": rendered.page.seed, "viewport": rendered.viewport,
-            "language": rendered.page.language, "width": rendered.width, "height": rendered.height}
+def _base_meta(screen: Screen, kind: str) -> dict[str, Any]:
+    return {"kind": kind, **screen.meta}
 
 
-def unique_targets(rendered: Rendered) -> list[Placed]:
+def unique_targets(screen: Screen) -> list[Placed]:
     """Visible elements whose description names exactly one visible element."""
     counts: dict[str, int] = {}
-    for placed in rendered.placed:
+    for placed in screen.placed:
         counts[placed.element.description] = counts.get(placed.element.description, 0) + 1
-    return [p for p in rendered.placed if counts[p.element.description] == 1]
+    return [p for p in screen.placed if counts[p.element.description] == 1]
 
 
-def grounding_samples(rendered: Rendered, image: str, rng: random.Random, *, n: int, turns: int = 1) -> list[Sample]:
+def grounding_samples(rendered: Screen, image: str, rng: random.Random, *, n: int, turns: int = 1) -> list[Sample]:
     """Up to `n` grounding questions about different visible elements of `rendered`, `turns`
     per conversation: the first question follows the image, the others follow the previous
     answer, so the image is encoded once for all of them (`meta["box"]` is the first's box,
@@ -101,7 +112,7 @@ def grounding_samples(rendered: Rendered, image: str, rng: random.Random, *, n: 
     return samples
 
 
-def reading_samples(rendered: Rendered, image: str, rng: random.Random) -> list[Sample]:
+def reading_samples(rendered: Screen, image: str, rng: random.Random) -> list[Sample]:
     """One conversation: every visible element that shows text, in document order, one per
     line as `text <|begin_of_box|>[x1,y1,x2,y2]<|end_of_box|>` (`meta["items"]`: [text, box])."""
     items = [(p.element.text, p.box) for p in rendered.placed if p.element.text.strip()]
