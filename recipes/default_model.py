@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=("small", "tiny"), default=d.size)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--samples", type=int, default=d.samples, help="training conversations to generate")
+    p.add_argument("--ui-samples", type=int, default=d.ui_samples,
+                   help="conversations on PIL-drawn UIs (python -m synth.ui) mixed in; with --samples 0 no Chromium is needed")
     p.add_argument("--kinds", default=d.kinds, help="unit mix for python -m synth (kind:weight,...)")
     p.add_argument("--grounding-turns", type=int, default=d.grounding_turns,
                    help="grounding questions per training conversation (one screenshot each)")
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.device == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device is available")
-    recipe = Recipe(size=args.size, seed=args.seed, samples=args.samples, kinds=args.kinds,
+    recipe = Recipe(size=args.size, seed=args.seed, samples=args.samples, ui_samples=args.ui_samples, kinds=args.kinds,
                     grounding_turns=args.grounding_turns, languages=args.languages, nothink=args.nothink,
                     retrain_tokenizer=not args.keep_tokenizer, image_max_pixels=args.image_max_pixels,
                     reading_minutes=args.reading_minutes,

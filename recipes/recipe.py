@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from synth.dataset import SynthConfig, parse_kinds, parse_languages
+from synth.ui import UI_KINDS, UI_LANGUAGES, UIConfig
 from synth.vocab import LANGUAGES
 from vlm.config import TextConfig, VisionConfig, VLMConfig
 
@@ -45,6 +46,9 @@ class Recipe:
     size: Size = "small"
     seed: int = 0
     samples: int = 6_000  # conversations generated; the pilot extrapolates ~4,500 seen in 2 CPU hours
+    # conversations from PIL-drawn UIs (`synth.ui`: grounding and reading, no browser) mixed into
+    # the training data; 0: none. With samples=0 the data needs no Chromium (a GPU machine).
+    ui_samples: int = 0
     kinds: str = DEFAULT_KINDS
     grounding_turns: int = GROUNDING_TURNS
     languages: str = ",".join(LANGUAGES)  # UI languages of the training pages and the held-out eval
@@ -65,8 +69,11 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.size not in ("small", "tiny"):
             raise ValueError(f"size {self.size!r}: expected 'small' or 'tiny'")
-        if self.samples < self.batch_size * self.grad_accum:
-            raise ValueError(f"samples={self.samples} is less than one batch ({self.batch_size * self.grad_accum})")
+        if self.samples < 0 or self.ui_samples < 0:
+            raise ValueError(f"samples={self.samples}, ui_samples={self.ui_samples}: expected counts >= 0")
+        if self.samples + self.ui_samples < self.batch_size * self.grad_accum:
+            raise ValueError(f"samples={self.samples} + ui_samples={self.ui_samples} is less than one batch "
+                             f"({self.batch_size * self.grad_accum})")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps={self.steps}: expected a positive number of optimiser steps")
         if self.image_max_pixels < 2 * 28 * 28:
@@ -84,6 +91,14 @@ class Recipe:
         return SynthConfig(n=n, seed=self.seed, kinds=parse_kinds(self.kinds), split="train",
                            grounding_turns=self.grounding_turns, nothink=self.nothink,
                            languages=parse_languages(self.languages))
+
+    def ui_config(self, n: int) -> UIConfig:
+        """The `synth.ui` config of this recipe's drawn UIs: its grounding and reading kinds (both
+        when it has neither), its Latin-script languages (English when it has none)."""
+        kinds = tuple(dict.fromkeys(k for k in parse_kinds(self.kinds) if k in UI_KINDS)) or UI_KINDS
+        languages = tuple(lang for lang in parse_languages(self.languages) if lang in UI_LANGUAGES) or ("en",)
+        return UIConfig(n=n, seed=self.seed, kinds=kinds, split="train", grounding_turns=self.grounding_turns,  # type: ignore[arg-type]
+                        languages=languages, nothink=self.nothink)  # type: ignore[arg-type]
 
 
 def model_config(size: Size) -> VLMConfig:

@@ -22,6 +22,7 @@ from recipes import tokenizer as bpe
 from recipes.recipe import (EVAL_SEED, EVAL_TASKS, EVERY_LANGUAGE, VIDEO_MAX_PIXELS, Recipe,
                             model_config)
 from synth import eval as heldout
+from synth import ui
 from synth.dataset import parse_languages, synthesize
 from synth.vocab import LANGUAGES
 from train import checkpoint
@@ -36,10 +37,43 @@ log = logging.getLogger(__name__)
 
 
 def make_data(recipe: Recipe, work: Path, *, workers: int, progress: bool) -> Path:
+    if recipe.ui_samples:
+        return mix_ui_data(recipe, work, workers=workers, progress=progress)
     data = work / "data"
     if not (data / "data.jsonl").is_file():  # synthesize renames a complete directory into place
         synthesize(recipe.synth_config(recipe.samples), data, workers=workers, progress=progress, overwrite=True)
     return data / "data.jsonl"
+
+
+def mix_ui_data(recipe: Recipe, work: Path, *, workers: int, progress: bool) -> Path:
+    """`work/data/data.jsonl`: the pages' conversations (`work/pages/`, none when samples is 0)
+    then the drawn UIs' (`work/ui/`), media paths relative to it; each part is reused if there."""
+    mixed = work / "data" / "data.jsonl"
+    if mixed.is_file():
+        return mixed
+    parts = []
+    if recipe.samples:
+        pages = work / "pages"
+        if not (pages / "data.jsonl").is_file():
+            synthesize(recipe.synth_config(recipe.samples), pages, workers=workers, progress=progress, overwrite=True)
+        parts.append(pages)
+    drawn = work / "ui"
+    if not (drawn / "data.jsonl").is_file():
+        ui.generate(recipe.ui_config(recipe.ui_samples), drawn, workers=workers, progress=progress, overwrite=True)
+    parts.append(drawn)
+    mixed.parent.mkdir(parents=True, exist_ok=True)
+    staging = mixed.with_name(".data.jsonl.partial")
+    with staging.open("w", encoding="utf-8") as f:
+        for part in parts:
+            for line in (part / "data.jsonl").read_text(encoding="utf-8").splitlines():
+                record = json.loads(line)
+                for message in record["messages"]:
+                    for item in message["content"] if isinstance(message["content"], list) else ():
+                        if item["type"] in ("image", "video"):
+                            item[item["type"]] = f"../{part.name}/{item[item['type']]}"
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(staging, mixed)
+    return mixed
 
 
 def make_processor(recipe: Recipe, work: Path, corpus: Path) -> Path:

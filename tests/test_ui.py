@@ -113,3 +113,21 @@ def test_the_cli_writes_atomically_and_names_bad_arguments(tmp_path):
         result = _cli("--out", str(tmp_path / "bad"), "--n", "3", *args)
         assert result.returncode == 2 and named in result.stderr, (args, result.stderr)
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_recipe_mixes_drawn_uis_into_its_data_and_reuses_them(tmp_path):
+    from recipes.recipe import Recipe
+    from recipes.stages import make_data
+
+    recipe = Recipe(size="tiny", samples=0, ui_samples=6, batch_size=2, kinds="grounding:24,read:16,video:2")
+    assert recipe.ui_config(6).kinds == ("grounding", "read")
+    data = make_data(recipe, tmp_path, workers=1, progress=False)
+    assert data == tmp_path / "data" / "data.jsonl"
+    conversations = read_conversations(data, bad=BadRecords(strict=True))  # every image resolves from data/
+    assert len(conversations) == 6
+    first = data.read_text()
+    assert '"../ui/images/ui0000000.png"' in first
+    data.unlink()  # the mix is rebuilt from the kept part, identically
+    assert make_data(recipe, tmp_path, workers=1, progress=False).read_text() == first
+    with pytest.raises(ValueError, match="ui_samples=1"):
+        Recipe(samples=0, ui_samples=1)
