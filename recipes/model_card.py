@@ -146,8 +146,12 @@ _KIND_TEXT = {
 
 
 def _data_sentence(recipe: Recipe) -> str:
-    return textwrap.fill(f"Pages in {_language_names(recipe.languages)}, rendered by Chromium at 1280x720 and "
-                         f"390x844 (touch), boxes from the DOM; {_kind_descriptions(recipe.kinds)}.", width=95)
+    pages = (f"Pages in {_language_names(recipe.languages)}, rendered by Chromium "
+             f"at 1280x720 and 390x844 (touch), boxes from the DOM; {_kind_descriptions(recipe.kinds)}."
+             if recipe.samples else "No Chromium pages.")
+    drawn = (f" Plus {recipe.ui_samples} grounding and reading conversations on UIs drawn with PIL (`synth.ui`: "
+             "160x210 task areas to 1440x900 screens, light and dark themes, exact boxes)." if recipe.ui_samples else "")
+    return textwrap.fill(pages + drawn, width=95)
 
 
 def _kind_descriptions(kinds: str) -> str:

@@ -35,3 +35,17 @@ def test_the_card_follows_the_recipe():
     assert "episodes" not in card.split("## Training data")[1].split("## Recipe")[0]  # not in this recipe's kinds
     assert "--languages en,de" in card and "+0.5000" in card
     assert max(map(len, card.split("## Training data")[1].split("## Recipe")[0].splitlines())) <= 100
+
+
+def test_the_card_reports_the_reading_stage_the_budget_and_drawn_uis():
+    recipe = Recipe(samples=0, ui_samples=64, kinds="grounding", image_max_pixels=640_000)
+    reading = {"steps": 2400, "seconds": 1800.0, "patch_char_accuracy": 0.41, "token_char_accuracy": 0.2}
+    card = model_card(recipe, command="c", config=model_config("tiny"), plan={"steps": 1, "source": "--steps"},
+                      data_stats={"samples": 64, "kinds": {"grounding": 64}}, train_stats={}, results={},
+                      reading=reading)
+    assert "a 1280x720 screenshot is 390 tokens" in card
+    assert "2400 steps in 30.0 min" in card and "41.0% per patch" in card
+    assert "No Chromium pages. Plus 64 grounding and reading conversations on UIs drawn with PIL" in card
+    v1 = model_card(Recipe(reading_minutes=0, image_max_pixels=320_000), command="c", config=model_config("tiny"),
+                    plan={"steps": 1, "source": "--steps"}, data_stats={}, train_stats={}, results={})
+    assert "No reading stage" in v1 and "a 1280x720 screenshot is 190 tokens" in v1
