@@ -113,3 +113,31 @@ def test_training_hours_of_a_resumed_run_count_each_step_once_from_its_predecess
     metrics.write_text("\n".join(map(json.dumps, records)) + "\n")
     assert training_stats(metrics)["hours"] == pytest.approx(5 / 3600)  # five steps of one second
 
+
+
+@pytest.mark.slow
+def test_the_browserless_recipe_reads_then_trains_from_the_reading_encoder(tmp_path):
+    """The GPU machine's path (no Chromium): drawn UIs only, the reading stage, then training that
+    starts from the reading encoder rather than from random vision weights."""
+    from safetensors.torch import load_file
+
+    from recipes.stages import learn_to_read, make_data, make_processor, train_config, write_config
+    from train.model import load_model
+    from vlm.processor import Processor
+
+    recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
+                    warmup_steps=0, retrain_tokenizer=False, reading_minutes=0.05)
+    work = tmp_path / "work"
+    corpus = make_data(recipe, work, workers=1, progress=False)
+    init = make_processor(recipe, work, corpus)
+    config = write_config(recipe, init)
+    result = learn_to_read(recipe, work, config, device="cpu", workers=0)
+    assert result["steps"] >= 1 and 0.0 <= result["patch_char_accuracy"] <= 1.0
+    encoder = load_file(str(work / "reading" / "encoder.safetensors"))
+    cfg = train_config(recipe, work, steps=1, progress=False, resume=False)
+    assert cfg.model == str(work / "start") and not cfg.from_scratch
+    model = load_model(cfg, Processor.from_pretrained(work / "start")).model
+    for name, tensor in encoder.items():
+        assert torch.equal(model.visual.state_dict()[name], tensor), name
+    # rerunning the stage reuses its output instead of training another encoder
+    assert learn_to_read(recipe, work, config, device="cpu", workers=0) == result
