@@ -1,7 +1,7 @@
 """Command line: run the agent on a task, or replay a recording.
 
     python -m agent run --task "Find the cheapest flight" --url https://example.com \\
-        --endpoint http://127.0.0.1:8000/v1 --model-name glm-4.5v --record runs/flight
+        --endpoint http://127.0.0.1:8000/v1 --record runs/flight
     python -m agent run --task "..." --model /path/to/checkpoint --platform desktop --env desktop
     python -m agent replay runs/flight --url https://example.com
 
@@ -24,6 +24,7 @@ from typing import Any
 from agent.domains import DomainRules
 from agent.environment import Environment
 from agent.loop import Agent
+from agent.policy import DEFAULT_MAX_TOKENS
 from agent.safety import SensitiveAction
 
 
@@ -40,7 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     model = run.add_mutually_exclusive_group(required=True)
     model.add_argument("--model", metavar="PATH", help="a local checkpoint directory (runs the VLM in-process)")
     model.add_argument("--endpoint", metavar="URL", help="an OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")
-    run.add_argument("--model-name", default="glm-4.5v", help="model name sent to --endpoint")
+    run.add_argument("--model-name", default=None,
+                     help="model name sent to --endpoint (default: the first id of the endpoint's GET /models)")
+    run.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                     help="longest answer asked of --endpoint per step (default %(default)s; lowered "
+                          "once to what the server says fits)")
     run.add_argument("--api-key-env", metavar="VAR", default="OPENAI_API_KEY",
                      help="environment variable holding the endpoint's API key (default OPENAI_API_KEY)")
     run.add_argument("--max-steps", type=int, default=30)
@@ -111,7 +116,8 @@ def _environment(args: argparse.Namespace, rules: DomainRules) -> Environment:
 def _policy(args: argparse.Namespace) -> Any:
     if args.endpoint:
         from agent.policy import OpenAIPolicy
-        return OpenAIPolicy(args.endpoint, args.model_name, api_key=os.environ.get(args.api_key_env))
+        return OpenAIPolicy(args.endpoint, args.model_name, api_key=os.environ.get(args.api_key_env),
+                            max_tokens=args.max_tokens)
     from vlm import VLM  # imported only here: torch is not needed to drive an endpoint
     return VLM.from_pretrained(args.model)
 

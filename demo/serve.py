@@ -182,7 +182,8 @@ def create_app(vlm: VLM, *, limits: ServerLimits = ServerLimits(), model_name: s
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list",
-                "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "glmv"}]}
+                "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "glmv",
+                          "max_model_len": vlm.config.text.max_position_embeddings}]}  # vLLM's field
 
     @app.post("/v1/chat/completions")
     async def chat_completions(http_request: Request) -> Any:

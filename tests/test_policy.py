@@ -56,6 +56,52 @@ def test_openai_policy_errors_are_clear():
         OpenAIPolicy("127.0.0.1:8000", "m")
 
 
+def test_openai_policy_without_a_model_name_takes_the_servers_first():
+    fake = FakeOpenAI(models=["glmv-default", "other"])
+    try:
+        policy = OpenAIPolicy(fake.base_url)
+        policy(_messages())
+        policy(_messages())
+        assert [(path, body.get("model")) for path, _, body in fake.requests] == [
+            ("/v1/models", None), ("/v1/chat/completions", "glmv-default"), ("/v1/chat/completions", "glmv-default")]
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize("message, fits", [
+    ("prompt of 1721 tokens + max_new_tokens=2048 exceeds the model's 2048 positions", 327),  # this project's server
+    ("max_tokens=2048 is outside [1, 1000] (this server's limit)", 1000),
+    ("This model's maximum context length is 2048 tokens. However, you requested 3769 tokens (1721 in the messages, "
+     "2048 in the completion). Please reduce the length of the messages or completion.", 327),  # vLLM
+    ("'max_tokens' or 'max_completion_tokens' is too large: 2048. This model's maximum context length is 2048 tokens "
+     "and your request has 1721 input tokens (2048 > 2048 - 1721).", 327),  # newer vLLM
+    ("Requested token count exceeds the model's maximum context length of 2048 tokens. You requested a total of "
+     "3769 tokens: 1721 tokens from the input messages and 2048 tokens for the completion.", 327),  # SGLang
+])
+def test_openai_policy_retries_once_with_the_limit_a_400_names(message, fits):
+    fake = FakeOpenAI(errors=[(400, message)])
+    try:
+        assert OpenAIPolicy(fake.base_url, "m")(_messages()) == fake.reply
+        assert [body["max_tokens"] for _, _, body in fake.requests] == [2048, fits]
+    finally:
+        fake.close()
+
+
+def test_openai_policy_gives_up_on_a_400_that_names_no_limit_or_recurs():
+    fake = FakeOpenAI(errors=[(400, "temperature=9 is outside [0.0, 2.0]")])
+    try:
+        with pytest.raises(PolicyError, match="HTTP 400: .*temperature=9"):
+            OpenAIPolicy(fake.base_url, "m")(_messages())
+        assert len(fake.requests) == 1
+        fake.errors = [(400, "max_tokens=2048 is outside [1, 100] (this server's limit)")] * 2
+        with pytest.raises(PolicyError, match=r"after retrying with max_tokens=100"):
+            OpenAIPolicy(fake.base_url, "m")(_messages())
+    finally:
+        fake.close()
+    with pytest.raises(ValueError, match="max_tokens=0"):
+        OpenAIPolicy("http://127.0.0.1:8000/v1", max_tokens=0)
+
+
 @dataclass
 class _Generated:
     text: str
