@@ -63,11 +63,13 @@ class ServerLimits:
     default_max_tokens: int = 512  # used when the request does not say
     max_stop: int = 4  # stop strings, as OpenAI allows
     max_pending: int = 64  # requests queued or running; more get 429
+    max_batch: int = 8  # requests decoded together; a KV cache each (decode is memory-bound: 8 rows ~ 3x 1 row's cost)
+    max_queued_image_pixels: int = 32 * 2**20  # decoded pixels held by queued/running requests (~16 full-HD shots)
     allowed_local_media_path: Path | None = None  # local image/video paths only under this directory
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_images", "max_image_pixels", "max_tokens",
-                     "default_max_tokens", "max_stop", "max_pending"):
+                     "default_max_tokens", "max_stop", "max_pending", "max_batch", "max_queued_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServerLimits.{name}={getattr(self, name)!r} must be >= 1")
         if self.max_videos < 0:

@@ -6,11 +6,15 @@
 Requests are validated in `demo.openai_schema`; anything wrong with a request is a 4xx with an
 OpenAI-style JSON error, never a 5xx.
 
-One engine thread runs one generation at a time, in arrival order: the model holds one KV
-cache and torch already uses every core for a single sequence, so a second thread would only
-contend. Requests beyond `ServerLimits.max_pending` (queued plus running) get 429 at once
-instead of waiting without bound. A streaming client that disconnects stops its generation
-at the next token, freeing the engine for the queue.
+Continuous batching (`vlm.running_batch`): one engine thread decodes every running request
+together, one token each per step. A request that arrives while others decode is prefilled
+between two steps and joins the batch, with its own sampling parameters, stop strings and
+`max_tokens`; each streams its own tokens, a request that ends or whose client leaves frees its
+slot at the next step, and a request waits only while `ServerLimits.max_batch` rows are
+decoding. Decode is memory-bound, so a step of 8 rows costs far less than 8 steps of one.
+Memory is bounded: at most `max_batch` KV caches, `max_pending` requests queued plus running
+(more get 429 at once instead of waiting without bound), and `max_queued_image_pixels` decoded
+image pixels held by them (more get 429); images are decoded off the event loop.
 
 The agent's `OpenAIPolicy` talks to this server, and equally to vLLM or SGLang serving the
 released GLM-4.5V (4 x 80 GB GPUs in bf16; the commands of the official GLM-V repository):
@@ -37,21 +41,27 @@ import argparse
 import asyncio
 import json
 import logging
+import queue
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from demo.cli import add_model_arguments, load_model
 from demo.openai_schema import APIError, ChatRequest, ServerLimits, parse_chat_request
+from vlm.engine import Chat
+from vlm.generation import GenerationOptions
 from vlm.outputs import strip_special_tokens
+from vlm.running_batch import RunningBatch, Update
 
 if TYPE_CHECKING:
     from vlm import VLM
@@ -59,80 +69,148 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # What the engine thread sends to the request's event loop: ("event", channel, piece),
-# ("done", Generation) or ("error", exception).
+# ("done", Generation), ("error", exception) or ("cancelled",).
 _Item = tuple[Any, ...]
 
 
-class EngineQueue:
-    """Runs generations one at a time on a dedicated thread, with a bounded backlog.
+@dataclass(eq=False)
+class _Job:
+    request: ChatRequest
+    send: Callable[[_Item], None]  # thread-safe: hands an item to the request's event loop
+    cancelled: threading.Event  # set by the request when its client left
+    pixels: int  # decoded image pixels it holds
 
-    `pending` is only touched on the event loop's thread, so it needs no lock.
+
+class BatchEngine:
+    """The engine thread and its queue: admits waiting requests into a `RunningBatch` between
+    steps (up to `max_batch` rows), steps it, and sends each request its pieces.
+
+    `pending` and `pixels` are only touched on the event loop's thread, so they need no lock.
     """
 
-    def __init__(self, vlm: VLM, *, max_pending: int) -> None:
-        self.vlm = vlm
-        self.max_pending = max_pending
+    def __init__(self, vlm: VLM, *, limits: ServerLimits) -> None:
+        self.limits = limits
         self.pending = 0
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlm-engine")
-
-    def _submit(self, fn: Any) -> Future:
-        if self.pending >= self.max_pending:
-            raise APIError(429, f"the server is busy ({self.pending} requests queued or running); retry later",
-                           type="rate_limit_error", code="server_busy")
-        self.pending += 1
-        loop = asyncio.get_running_loop()
-        future = self._executor.submit(fn)
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
-        return future
-
-    def _release(self) -> None:
-        self.pending -= 1
-
-    async def generate(self, request: ChatRequest) -> Any:
-        """The finished `Generation`; engine errors become `APIError`s."""
-        future = self._submit(lambda: self.vlm.generate(
-            request.messages, thinking=request.thinking, **request.sampling.as_kwargs()))
-        try:
-            return await asyncio.wrap_future(future)
-        except Exception as err:
-            raise _engine_error(err) from err
+        self.pixels = 0
+        self._new_batch = lambda: RunningBatch(vlm.model, vlm.require_processor(), stop_token_ids=vlm.stop_token_ids())
+        self.batch = self._new_batch()
+        self._waiting: queue.Queue[_Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="vlm-engine", daemon=True)
+        self._thread.start()
 
     async def stream(self, request: ChatRequest) -> tuple[_Item, asyncio.Queue[_Item], threading.Event]:
-        """Start a streamed generation; return its first item (so errors raised before any
-        output can still become a 4xx), the queue of the rest, and a flag that stops it."""
+        """Queue a generation; return its first item (so errors raised before any output can still
+        become a 4xx), the queue of the rest, and a flag that stops it."""
+        pixels = sum(_image_pixels(m) for m in request.messages)
+        if self.pending >= self.limits.max_pending:
+            raise APIError(429, f"the server is busy ({self.pending} requests queued or running); retry later",
+                           type="rate_limit_error", code="server_busy")
+        if self.pending and self.pixels + pixels > self.limits.max_queued_image_pixels:
+            raise APIError(429, f"the server holds {self.pixels} image pixels of queued requests; {pixels} more "
+                                f"exceed its limit of {self.limits.max_queued_image_pixels}; retry later",
+                           type="rate_limit_error", code="server_busy")
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[_Item] = asyncio.Queue()
-        cancelled = threading.Event()
+        self.pending += 1
+        self.pixels += pixels
 
-        def put(item: _Item) -> None:
+        def release() -> None:
+            self.pending -= 1
+            self.pixels -= pixels
+
+        def send(item: _Item) -> None:
             loop.call_soon_threadsafe(items.put_nowait, item)
+            if item[0] != "event":
+                loop.call_soon_threadsafe(release)
 
-        def run() -> None:
-            try:
-                stream = self.vlm.generate(request.messages, thinking=request.thinking, stream=True,
-                                           **request.sampling.as_kwargs())
-                for channel, piece in stream.events():
-                    if cancelled.is_set():
-                        logger.info("client went away; generation stopped")
-                        return
-                    if piece:
-                        put(("event", channel, piece))
-                put(("done", stream.result))
-            except Exception as err:  # noqa: BLE001 - handed to the request, which answers with it
-                put(("error", err))
-
-        self._submit(run)
+        job = _Job(request, send, threading.Event(), pixels)
+        self._waiting.put(job)
         try:
             first = await items.get()
         except asyncio.CancelledError:  # the client left while queued or during prefill
-            cancelled.set()
+            job.cancelled.set()
             raise
         if first[0] == "error":
             raise _engine_error(first[1])
-        return first, items, cancelled
+        return first, items, job.cancelled
+
+    async def generate(self, request: ChatRequest) -> Any:
+        """The finished `Generation`; engine errors become `APIError`s."""
+        item, items, cancelled = await self.stream(request)
+        try:
+            while item[0] == "event":
+                item = await items.get()
+        finally:
+            cancelled.set()  # a no-op when finished; frees the row when the client left
+        if item[0] == "error":
+            raise _engine_error(item[1])
+        return item[1]
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._waiting.put(None)
+
+    # -- the engine thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            while len(self.batch.rows) < self.limits.max_batch:  # admit: wait only when idle
+                try:
+                    job = self._waiting.get(block=not self.batch.rows)
+                except queue.Empty:
+                    break
+                if job is None:
+                    return
+                self._admit(job)
+            for row in list(self.batch.rows):
+                if row.key.cancelled.is_set():
+                    logger.info("client went away; its row left the batch")
+                    self.batch.drop(row)
+                    row.key.send(("cancelled",))
+            if not self.batch.rows:
+                continue
+            try:
+                updates = self.batch.step()
+            except Exception as err:  # noqa: BLE001 - every running request is answered with it
+                logger.exception("decode step failed")
+                for row in self.batch.rows:
+                    row.key.send(("error", err))
+                self.batch = self._new_batch()
+                continue
+            for update in updates:
+                self._deliver(update)
+
+    def _admit(self, job: _Job) -> None:
+        if job.cancelled.is_set():
+            job.send(("cancelled",))
+            return
+        request = job.request
+        try:
+            kwargs = request.sampling.as_kwargs()
+            stop = kwargs.pop("stop")
+            chat = Chat.of(request.messages, images=None, videos=None, system=None, thinking=request.thinking,
+                           stop=stop, stream=True)
+            update = self.batch.admit(chat, GenerationOptions(**kwargs), key=job)
+        except Exception as err:  # noqa: BLE001 - handed to the request, which answers with it
+            job.send(("error", err))
+            return
+        self._deliver(update)
+
+    @staticmethod
+    def _deliver(update: Update) -> None:
+        job = update.row.key
+        for channel, piece in update.pieces:
+            if piece:
+                job.send(("event", channel, piece))
+        if update.generation is not None:
+            job.send(("done", update.generation))
+
+
+def _image_pixels(message: dict[str, Any]) -> int:
+    content = message.get("content")
+    if not isinstance(content, list):
+        return 0
+    return sum(p["image"].width * p["image"].height for p in content
+               if isinstance(p, dict) and isinstance(p.get("image"), Image.Image))
 
 
 def _engine_error(err: Exception) -> APIError:
@@ -149,7 +227,7 @@ def _engine_error(err: Exception) -> APIError:
 
 def create_app(vlm: VLM, *, limits: ServerLimits = ServerLimits(), model_name: str = "glmv") -> FastAPI:
     """The ASGI app serving `vlm` under the name `model_name`."""
-    engine = EngineQueue(vlm, max_pending=limits.max_pending)
+    engine = BatchEngine(vlm, limits=limits)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -177,7 +255,7 @@ def create_app(vlm: VLM, *, limits: ServerLimits = ServerLimits(), model_name: s
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "pending": engine.pending}
+        return {"status": "ok", "pending": engine.pending, "running": len(engine.batch.rows)}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -187,7 +265,8 @@ def create_app(vlm: VLM, *, limits: ServerLimits = ServerLimits(), model_name: s
 
     @app.post("/v1/chat/completions")
     async def chat_completions(http_request: Request) -> Any:
-        request = parse_chat_request(await _read_body(http_request, limits.max_body_bytes), limits)
+        body = await _read_body(http_request, limits.max_body_bytes)
+        request = await asyncio.to_thread(parse_chat_request, body, limits)  # decodes images: off the loop
         if request.model not in (None, model_name):
             raise APIError(404, f"model {request.model!r} does not exist; this server serves {model_name!r}",
                            type="not_found_error", param="model", code="model_not_found")
@@ -258,6 +337,8 @@ class _Reply:
                 if piece := self.clean(piece):
                     yield self._chunk({"reasoning_content" if channel == "thinking" else "content": piece})
                 item = await items.get()
+            if item[0] == "cancelled":
+                return
             if item[0] == "error":  # after the first token the status is sent: report in-band
                 yield _sse(_engine_error(item[1]).body())
             else:
@@ -295,6 +376,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels)
     parser.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / 2**20)
     parser.add_argument("--max-pending", type=int, default=defaults.max_pending)
+    parser.add_argument("--max-batch", type=int, default=defaults.max_batch,
+                        help="requests decoded together (continuous batching); 1 serves one at a time")
+    parser.add_argument("--max-queued-image-pixels", type=int, default=defaults.max_queued_image_pixels)
     args = parser.parse_args(argv)
 
     import uvicorn
@@ -302,7 +386,8 @@ def main(argv: list[str] | None = None) -> None:
     vlm = load_model(parser, args)
     limits = ServerLimits(max_tokens=args.max_tokens, max_images=args.max_images,
                           max_image_pixels=args.max_image_pixels, max_body_bytes=int(args.max_body_mb * 2**20),
-                          max_pending=args.max_pending, allowed_local_media_path=args.allowed_local_media_path,
+                          max_pending=args.max_pending, max_batch=args.max_batch,
+                          max_queued_image_pixels=args.max_queued_image_pixels, allowed_local_media_path=args.allowed_local_media_path,
                           default_max_tokens=min(ServerLimits.default_max_tokens, args.max_tokens))
     name = args.served_model_name or (args.model.name if args.model else "glmv-default")
     uvicorn.run(create_app(vlm, limits=limits, model_name=name), host=args.host, port=args.port)

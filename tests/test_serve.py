@@ -300,14 +300,15 @@ def test_16_concurrent_requests_all_answered_and_server_healthy(base_url):
         assert content == SHOWN_ANSWER
         assert reasoning == (THINKING if thinking else None)
     health = httpx.get(f"{base_url}/health").json()
-    assert health == {"status": "ok", "pending": 0}
+    assert health == {"status": "ok", "pending": 0, "running": 0}
     assert chat(base_url, messages=[user("after", IMAGE)]).status_code == 200
 
 
 def test_a_full_queue_answers_429_and_then_recovers(vlm):
     app = create_app(vlm, limits=ServerLimits(max_pending=2), model_name=MODEL)
     engine_free = threading.Event()
-    app.state.engine._executor.submit(engine_free.wait)  # the engine is busy with someone else's job
+    engine, admit = app.state.engine, app.state.engine._admit
+    engine._admit = lambda job: (engine_free.wait(), admit(job))  # the engine thread is held up
     with running(app) as url, ThreadPoolExecutor(2) as pool:
         queued = [pool.submit(chat, url, messages=[user("queued", IMAGE)]) for _ in range(2)]
         deadline = time.monotonic() + 20
@@ -319,6 +320,51 @@ def test_a_full_queue_answers_429_and_then_recovers(vlm):
         engine_free.set()
         assert [f.result().status_code for f in queued] == [200, 200]
         assert chat(url, messages=[user("again", IMAGE)]).status_code == 200
+
+
+def test_waiting_requests_are_decoded_together_with_their_own_options(vlm):
+    """Continuous batching: requests that arrive while the engine is busy join one batch and each
+    gets what it asked (its own max_tokens, thinking switch, stream or not); the batch is bounded."""
+    app = create_app(vlm, limits=ServerLimits(max_batch=3), model_name=MODEL)
+    engine_free = threading.Event()
+    engine, admit, step = app.state.engine, app.state.engine._admit, app.state.engine.batch.step
+    engine._admit = lambda job: (engine_free.wait(), admit(job))
+    rows_per_step = []
+    engine.batch.step = lambda: (rows_per_step.append(len(engine.batch.rows)), step())[1]
+    with running(app) as url, ThreadPoolExecutor(4) as pool:
+        replies = [pool.submit(chat, url, messages=[user(f"request {c}", IMAGE)], max_tokens=n,
+                               chat_template_kwargs={"enable_thinking": c != "b"}) for c, n in zip("abcd", (64, 64, 3, 64))]
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{url}/health").json()["pending"] < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        engine_free.set()
+        bodies = [f.result().json() for f in replies]
+    assert max(rows_per_step) == 3  # the first three together, never more than max_batch
+    messages = [b["choices"][0]["message"] for b in bodies]
+    assert [m["content"] for m in messages] == [SHOWN_ANSWER, SHOWN_ANSWER, "", SHOWN_ANSWER]
+    assert [m["reasoning_content"] for m in messages[:2] + messages[3:]] == [THINKING, None, THINKING]
+    assert THINKING.startswith(messages[2]["reasoning_content"])  # cut after 3 tokens, inside the reasoning
+    assert [b["choices"][0]["finish_reason"] for b in bodies] == ["stop", "stop", "length", "stop"]
+    assert bodies[2]["usage"]["completion_tokens"] == 3
+
+
+def test_queued_image_pixels_are_bounded(vlm):
+    app = create_app(vlm, limits=ServerLimits(max_queued_image_pixels=96 * 64 + 10), model_name=MODEL)
+    engine_free = threading.Event()
+    engine, admit = app.state.engine, app.state.engine._admit
+    engine._admit = lambda job: (engine_free.wait(), admit(job))
+    with running(app) as url, ThreadPoolExecutor(1) as pool:
+        queued = pool.submit(chat, url, messages=[user("queued", IMAGE)])
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{url}/health").json()["pending"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        refused = chat(url, messages=[user("another image", IMAGE)])
+        assert refused.status_code == 429 and "image pixels" in refused.json()["error"]["message"]
+        engine_free.set()
+        assert queued.result().status_code == 200
+        assert chat(url, messages=[user("now there is room", IMAGE)]).status_code == 200
 
 
 def test_openai_policy_of_the_agent_works_against_the_server(base_url):

@@ -314,16 +314,18 @@ def _events(
         yield from rows[0].new_pieces(final=True)
     rate = tokens.decode_steps / tokens.decode_s if tokens.decode_s > 0 else 0.0
     for b, row in enumerate(rows):
-        answer, thinking = row.split(final=True)
-        size = batch.sizes[b]
-        boxes = [to_pixels(t, width=size[0], height=size[1]) for t in parse_boxes(answer)] if size else []
-        results.append(
-            Generation(
-                text=answer, thinking=thinking, boxes=boxes, token_ids=row.ids,
-                finish_reason="stop" if stopped[b] else "length", prompt_tokens=int(batch.prompt_tokens[b]),
-                prefill_s=tokens.prefill_s, decode_tokens_per_s=rate,
-            )
-        )
+        results.append(finish(row, stopped=stopped[b], prompt_tokens=int(batch.prompt_tokens[b]), size=batch.sizes[b],
+                              prefill_s=tokens.prefill_s, decode_tokens_per_s=rate))
+
+
+def finish(row: _RowText, *, stopped: bool, prompt_tokens: int, size: tuple[int, int] | None, prefill_s: float,
+           decode_tokens_per_s: float) -> Generation:
+    """The `Generation` of a row that has ended (by a stop, or at its length limit when not `stopped`)."""
+    answer, thinking = row.split(final=True)
+    boxes = [to_pixels(t, width=size[0], height=size[1]) for t in parse_boxes(answer)] if size else []
+    return Generation(text=answer, thinking=thinking, boxes=boxes, token_ids=row.ids,
+                      finish_reason="stop" if stopped else "length", prompt_tokens=prompt_tokens,
+                      prefill_s=prefill_s, decode_tokens_per_s=decode_tokens_per_s)
 
 
 def _stop_strings(stop: str | Sequence[str] | None) -> tuple[str, ...]:
