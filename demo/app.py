@@ -10,13 +10,16 @@
   numbers are out. They are drawn on the latest image of the conversation, the one the
   model's 0-999 coordinates refer to.
 - Reasoning is shown as a collapsible "Thinking" message (Gradio's metadata title), open
-  with a spinner while it streams and closed once the answer starts.
+  with a spinner while it streams and closed once the answer starts; none when the reasoning
+  is empty (the shipped model writes an empty think block).
+- Boxes in the chat are in pixels of the image (the model's 0-999 values follow, labelled).
 - One generation runs at a time (the model holds one cache): every event that runs the model
   shares one Gradio queue (`MODEL_QUEUE`), chat and agent tab alike.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +29,7 @@ import gradio as gr
 from PIL import Image, ImageOps
 
 from demo.draw import draw_boxes
-from vlm.outputs import parse_boxes, strip_special_tokens, to_pixels
+from vlm.outputs import boxes_in_pixels, parse_boxes, strip_special_tokens, to_pixels
 
 if TYPE_CHECKING:
     from vlm import VLM
@@ -89,19 +92,35 @@ def _media_part(path: str) -> dict[str, Any]:
 
 
 def to_chatbot(turns: list[Turn], *, thinking_done: bool = True) -> list[dict[str, Any]]:
-    """The conversation as Gradio chatbot messages."""
+    """The conversation as Gradio chatbot messages. Boxes in an answer are shown in pixels of the
+    latest image up to that turn (the one the model's 0-999 values refer to), the model's values
+    after them; the Thinking panel appears only when there is reasoning to show."""
     shown: list[dict[str, Any]] = []
-    for turn in turns:
+    for i, turn in enumerate(turns):
         shown.extend({"role": "user", "content": {"path": path}} for path in turn.files)
         if turn.text:
             shown.append({"role": "user", "content": turn.text})
-        if turn.thinking:
+        if turn.thinking.strip():
             status = "done" if thinking_done or turn.answer else "pending"
             shown.append({"role": "assistant", "content": turn.thinking,
                           "metadata": {"title": "Thinking", "status": status}})
         if turn.answer:
-            shown.append({"role": "assistant", "content": strip_special_tokens(turn.answer)})
+            path = latest_image(turns[: i + 1])
+            size = _image_size(path) if path is not None else None
+            text = (boxes_in_pixels(turn.answer, width=size[0], height=size[1]) if size
+                    else strip_special_tokens(turn.answer))
+            shown.append({"role": "assistant", "content": text})
     return shown
+
+
+@functools.lru_cache(maxsize=64)
+def _image_size(path: str) -> tuple[int, int] | None:
+    """(width, height) in the orientation the model saw; None when the file cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return ImageOps.exif_transpose(image).size
+    except OSError:
+        return None
 
 
 def latest_image(turns: list[Turn]) -> str | None:
@@ -167,8 +186,11 @@ def _chat_tab(vlm: VLM, examples_dir: Path) -> None:
                 regenerate = gr.Button("Regenerate", elem_id="regenerate")
                 clear = gr.Button("Clear", elem_id="clear")
         with gr.Column(scale=2):
-            grounding = gr.Image(label="Grounding", type="pil", format="png", interactive=False, elem_id="grounding")
-            thinking = gr.Checkbox(value=True, label="Thinking (show the model's reasoning)", elem_id="thinking")
+            # The label sits above the image, not over it (Gradio draws an image's own label on top of it).
+            gr.Markdown("**Grounding**: the boxes of the latest answer, on the latest image")
+            grounding = gr.Image(show_label=False, type="pil", format="png", interactive=False, elem_id="grounding")
+            thinking = gr.Checkbox(value=True, label="Thinking mode (the model may reason before answering; "
+                                                     "shown in the chat when it does)", elem_id="thinking")
             with gr.Accordion("Generation settings", open=False):
                 max_new_tokens = gr.Slider(1, 8192, value=1024, step=1, label="Max new tokens")
                 temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0: greedy)")

@@ -5,6 +5,7 @@ is known, see `_scripted_checkpoint`), run by the real engine."""
 from __future__ import annotations
 
 import io
+import re
 import socket
 
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image, ImageColor
 
 from _scripted_checkpoint import THINKING, build_scripted_checkpoint
 from agent.actions import Box
-from demo.app import Turn, build_app, grounding_view, to_messages
+from demo.app import Turn, build_app, grounding_view, to_chatbot, to_messages
 from demo.draw import PALETTE
 from vlm import VLM
 from vlm.outputs import to_pixels
@@ -88,13 +89,13 @@ def test_chat_streams_the_answer_and_draws_its_box(vlm, scripted, tmp_path):
             page.wait_for_selector("#prompt img")  # the upload is attached to the message
             page.fill("#prompt textarea", "Where is the red square?")
             page.press("#prompt textarea", "Enter")
-            page.wait_for_function("document.querySelector('#chatbot').innerText.includes('804,917]')",
+            page.wait_for_function("document.querySelector('#chatbot').innerText.includes('804,917])')",
                                    timeout=60_000)
             page.wait_for_selector("#grounding img", timeout=30_000)
             page.screenshot(path=tmp_path / "demo.png", full_page=True)
 
             chat = page.inner_text("#chatbot")
-            assert "Here it is: [25,36,804,917]" in chat
+            assert re.search(r"Here it is: \[\d+, \d+, \d+, \d+\] px \(0-999: \[25,36,804,917\]\)", chat)  # pixels first
             assert "<|begin_of_box|>" not in chat  # box tokens are not shown to the user
             assert "Thinking" in chat  # the reasoning is there, collapsible
             page.click("#chatbot >> text=Thinking")
@@ -207,3 +208,14 @@ def test_agent_tab_runs_the_model_in_a_browser_step_by_step(tmp_path):
     finally:
         app.close()
         server.shutdown()
+
+
+def test_chat_shows_boxes_in_image_pixels_and_no_empty_thinking_panel(tmp_path):
+    shot = tmp_path / "shot.png"
+    Image.new("RGB", (400, 200), "white").save(shot)
+    turns = [Turn("Where?", (str(shot),), thinking="  ", answer="It is <|begin_of_box|>[100,200,500,600]<|end_of_box|>")]
+    shown = to_chatbot(turns)
+    assert [m.get("metadata") for m in shown] == [None, None, None]  # image, question, answer: no Thinking panel
+    assert shown[-1]["content"] == "It is [40, 40, 200, 120] px (0-999: [100,200,500,600])"
+    with_reasoning = to_chatbot([Turn("Hi", thinking="Greeting.", answer="Hello")])
+    assert with_reasoning[1]["metadata"]["title"] == "Thinking" and with_reasoning[2]["content"] == "Hello"

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.actions import Box, Point
-from vlm.outputs import parse_boxes, split_thinking, strip_special_tokens, to_pixels
+from vlm.outputs import boxes_in_pixels, parse_boxes, split_thinking, strip_special_tokens, to_pixels
 
 coord = st.integers(min_value=0, max_value=999)
 
@@ -93,3 +93,10 @@ def test_strip_special_tokens_keeps_box_contents():
     text = "[gMASK]<sop><think>x</think>The OK button: <|begin_of_box|>[1,2,3,4]<|end_of_box|><|endoftext|>"
     assert strip_special_tokens(text) == "xThe OK button: [1,2,3,4]"
     assert strip_special_tokens(split_thinking(text).answer) == "The OK button: [1,2,3,4]"
+
+
+def test_boxes_in_pixels_writes_each_span_in_pixels_and_keeps_the_model_values_labelled():
+    text = "A <|begin_of_box|>[0,0,999,999]<|end_of_box|> and B <|begin_of_box|>(500,500)<|end_of_box|>."
+    assert boxes_in_pixels(text, width=1000, height=500) == (
+        "A [0, 0, 1000, 500] px (0-999: [0,0,999,999]) and B [500, 250] px (0-999: (500,500)).")
+    assert boxes_in_pixels("<|begin_of_box|>not a box<|end_of_box|>", width=10, height=10) == "not a box"

@@ -102,3 +102,17 @@ def to_pixels(target: Point | Box, *, width: float, height: float) -> tuple[floa
 def strip_special_tokens(text: str) -> str:
     """Text for display: every GLM special token removed, what the box tokens wrap kept."""
     return _SPECIAL.sub("", text)
+
+
+def boxes_in_pixels(text: str, *, width: float, height: float) -> str:
+    """`text` with each box span's 0-999 values written as pixels of a `width` x `height` image
+    (rounded), the model's own values kept after them, labelled: `[40, 15, 322, 184] px (0-999:
+    [100,80,805,920])`. Box tokens are removed with the rest of the special tokens."""
+    def show(match: re.Match[str]) -> str:
+        targets = parse_boxes(match.group(0))
+        if not targets:
+            return match.group(1)
+        pixels = ", ".join("[" + ", ".join(str(round(v)) for v in to_pixels(t, width=width, height=height)) + "]"
+                           for t in targets)
+        return f"{pixels} px (0-999: {match.group(1).strip()})"
+    return strip_special_tokens(_BOX_SPAN.sub(show, text))
