@@ -74,14 +74,7 @@ def _training_parser(sub: argparse._SubParsersAction, mode: str) -> None:
     g.add_argument("--seq-aux-loss-coef", type=float, default=d.seq_aux_loss_coef,
                    help="optional sequence-level MoE balance loss weight (GLM-4.5 used 1e-4)")
     if mode == "lora":
-        g = p.add_argument_group("LoRA")
-        g.add_argument("--lora-r", type=int, default=d.lora.r, help="adapter rank")
-        g.add_argument("--lora-alpha", type=int, default=d.lora.alpha, help="adapter scale numerator (scale = alpha / r)")
-        g.add_argument("--lora-dropout", type=float, default=d.lora.dropout, help="dropout on the adapter input")
-        g.add_argument("--lora-targets", choices=("attention", "attention_mlp", "all_linear"), default=d.lora.targets,
-                       help="attention: q/k/v/o; attention_mlp: + dense and shared-expert MLPs; all_linear: every "
-                       "linear but lm_head and the router (routed experts are never wrapped)")
-        g.add_argument("--lora-vision", action="store_true", help="also wrap the vision encoder's linears")
+        _lora_arguments(p.add_argument_group("LoRA"), d)
 
     g = p.add_argument_group("bookkeeping")
     g.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics.jsonl lines")
@@ -91,6 +84,16 @@ def _training_parser(sub: argparse._SubParsersAction, mode: str) -> None:
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output "
                    "(model, optimiser, scheduler, RNG, data position, expert biases)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _lora_arguments(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
+    g.add_argument("--lora-r", type=int, default=d.lora.r, help="adapter rank")
+    g.add_argument("--lora-alpha", type=int, default=d.lora.alpha, help="adapter scale numerator (scale = alpha / r)")
+    g.add_argument("--lora-dropout", type=float, default=d.lora.dropout, help="dropout on the adapter input")
+    g.add_argument("--lora-targets", choices=("attention", "attention_mlp", "all_linear"), default=d.lora.targets,
+                   help="attention: q/k/v/o; attention_mlp: + dense and shared-expert MLPs; all_linear: every "
+                   "linear but lm_head and the router (routed experts are never wrapped)")
+    g.add_argument("--lora-vision", action="store_true", help="also wrap the vision encoder's linears")
 
 
 def build_parser() -> argparse.ArgumentParser:
