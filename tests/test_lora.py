@@ -112,6 +112,31 @@ def test_merged_equals_unmerged_and_merge_cli_writes_a_loadable_checkpoint(train
     torch.testing.assert_close(theirs, before, atol=2e-4, rtol=0)
 
 
+@pytest.mark.slow
+def test_merge_takes_the_adapters_recorded_base_and_names_a_base_that_does_not_fit(trained, tmp_path, capsys):
+    from vlm import VLM
+
+    base, adapter, root = trained
+    assert main(["merge", "--adapter", str(adapter), "--output", str(tmp_path / "merged")]) == 0  # no --model
+    merged = VLM.from_pretrained(tmp_path / "merged").model
+    expected = merge(load_adapter(VLM.from_pretrained(base).model, adapter))
+    assert all(torch.equal(a, b) for a, b in zip(merged.state_dict().values(), expected.state_dict().values()))
+
+    # recorded base: none, i.e. the embedded default model, whose shapes are not the adapter's
+    other = tmp_path / "adapter"
+    other.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (other / name).write_bytes((adapter / name).read_bytes())
+    config = json.loads((other / "adapter_config.json").read_text())
+    (other / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
+    with pytest.raises(SystemExit) as exit_:
+        main(["merge", "--adapter", str(other), "--output", str(tmp_path / "nope")])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "does not fit the base 'embedded default model'" in error and "size mismatch" in error
+    assert not (tmp_path / "nope").exists()
+
+
 def test_presets_wrap_exactly_their_modules():
     from vlm import VLM
     from vlm.config import tiny

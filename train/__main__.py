@@ -1,7 +1,7 @@
 """`python -m train sft|pretrain|lora|merge ...`: the fine-tuning CLI.
 
     python -m train lora --data shots.jsonl --output runs/lora --max-steps 200
-    python -m train merge --model BASE --adapter runs/lora --output runs/merged
+    python -m train merge --adapter runs/lora --output runs/merged   # --model BASE: default, the adapter's
     accelerate launch --num_processes 2 -m train sft --model BASE --data d.jsonl --output runs/sft
 
 Each training command starts from its preset (`train.config.sft()`, `pretrain()`, `lora()`);
@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="fold a LoRA adapter into its base and save a full checkpoint",
                        description="Fold a LoRA adapter into its base model and write a full checkpoint in "
                        "the released layout (plus the base's tokenizer files).")
-    m.add_argument("--model", required=True, help="base checkpoint directory the adapter was trained on")
+    m.add_argument("--model", default=None, help="base checkpoint directory the adapter was trained on "
+                   "(default: the base its adapter_config.json records; none recorded: the embedded default model)")
     m.add_argument("--adapter", required=True, help="adapter directory (adapter_config.json + "
                    "adapter_model.safetensors)")
     m.add_argument("--output", required=True, help="where to write the merged checkpoint")
@@ -138,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "merge":
         from .lora import merge_checkpoint
-        out = merge_checkpoint(model=args.model, adapter=args.adapter, output=args.output)
+        try:
+            out = merge_checkpoint(model=args.model, adapter=args.adapter, output=args.output)
+        except (FileNotFoundError, ValueError) as err:
+            build_parser().exit(2, f"python -m train merge: {err}\n")
         print(f"merged checkpoint written to {out}")
         return 0
     try:

@@ -18,6 +18,7 @@ training side: which modules get adapters, wrapping, the report, and `python -m 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import defaultdict
@@ -27,7 +28,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from vlm import VLM
-from vlm.adapter import PEFT_PREFIX, load_adapter, merge
+from vlm.adapter import CONFIG_FILE, PEFT_PREFIX, load_adapter, merge
 
 from .config import LoraOptions
 from .model import copy_processor_files, processor_dir
@@ -86,10 +87,32 @@ def describe(peft_model: PeftModel) -> str:
             + f"\ntrainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 
 
-def merge_checkpoint(*, model: str | Path, adapter: str | Path, output: str | Path) -> Path:
-    """Base checkpoint + adapter -> a full checkpoint in the released layout at `output`."""
+def recorded_base(adapter: str | Path) -> str | None:
+    """The base an adapter records (`base_model_name_or_path` of its adapter_config.json); None
+    when it records none, which is how adapters trained on the embedded default model are saved."""
+    config_file = Path(adapter) / CONFIG_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"adapter directory {str(adapter)!r} has no {CONFIG_FILE}")
+    return json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path") or None
+
+
+def merge_checkpoint(*, model: str | Path | None = None, adapter: str | Path, output: str | Path) -> Path:
+    """Base checkpoint + adapter -> a full checkpoint in the released layout at `output`.
+
+    `model` None: the base the adapter records (the embedded default model when it records none).
+    A base whose shapes do not match the adapter's raises `ValueError` naming both."""
+    if model is None:
+        model = recorded_base(adapter)
+        if model is not None and not (Path(model) / "config.json").is_file():
+            raise FileNotFoundError(f"adapter {str(adapter)!r} records the base {model!r}, which is not a "
+                                    "checkpoint directory here; pass the base with --model")
     base = VLM.from_pretrained(model)
-    merged = merge(load_adapter(base.model, adapter))
+    try:
+        merged = merge(load_adapter(base.model, adapter))
+    except RuntimeError as err:  # peft's load_state_dict: "size mismatch for ..."
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)[:300])
+        raise ValueError(f"adapter {str(adapter)!r} does not fit the base {str(model or 'embedded default model')!r}: "
+                         f"{detail}") from None
     output = Path(output)
     VLM(merged).save_pretrained(output)
     copy_processor_files(processor_dir(str(model)), output)
