@@ -17,7 +17,9 @@ system_setup() {
     [ ${#missing[@]} -eq 0 ] && return
     echo "run.sh: installing system packages: ${missing[*]}" >&2
     local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "run.sh: apt-get update" >&2
     $sudo apt-get update -qq
+    echo "run.sh: apt-get install (a few minutes for chromium and the CJK fonts)" >&2
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
@@ -29,15 +31,24 @@ python_setup() {
     local stamp=.venv/.installed want
     want=$(cat pyproject.toml | sha1sum | cut -d' ' -f1)
     [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return
-    [ -x .venv/bin/python ] || python3 -m venv .venv
-    echo "run.sh: installing Python packages into .venv" >&2
+    local start=$SECONDS torch torchvision
+    torch=$(grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
+    torchvision=$(grep -o '"torchvision==[^"]*"' pyproject.toml | tr -d '"')
+    # One line per stage: the pip installs take minutes and pip -q prints nothing meanwhile.
+    if [ ! -x .venv/bin/python ]; then
+        echo "run.sh: [1/4] creating the virtual environment .venv" >&2
+        python3 -m venv .venv
+    fi
     # The torch/torchvision pair first and by exact version, so the resolver cannot pick
     # the CPU-only local torch wheel that PyPI's torchvision does not load with.
-    pip_install "$(grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')" \
-        "$(grep -o '"torchvision==[^"]*"' pyproject.toml | tr -d '"')"
+    echo "run.sh: [2/4] installing $torch and $torchvision (the largest download; a few minutes)" >&2
+    pip_install "$torch" "$torchvision"
+    echo "run.sh: [3/4] installing the project and its dependencies (pyproject.toml, with [dev])" >&2
     pip_install -e ".[dev]"
+    echo "run.sh: [4/4] checking that torch, torchvision and vlm import" >&2
     .venv/bin/python -c "import torch, torchvision, vlm" # fail here, not in the first test
     echo "$want" > "$stamp"
+    echo "run.sh: Python set-up done in $((SECONDS - start)) s" >&2
 }
 
 job=${1:-}; [ $# -gt 0 ] && shift

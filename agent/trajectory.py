@@ -214,10 +214,37 @@ def render_html(trajectory: Trajectory) -> str:
             + f"<details><summary>Model output</summary><pre>{e(step.response)}</pre></details>"
             + f"<p class=t>{e(', '.join(f'{k} {v:.0f} ms' for k, v in step.timings_ms.items()))}</p></section>")
     outcome = f"{e(trajectory.status or 'running')}" + (f": {e(trajectory.answer)}" if trajectory.answer else "")
+    note = trajectory.note
+    if trajectory.status == "error":  # the error gets its own section, in words, before the steps
+        taken = len(trajectory.steps)
+        rows.insert(0, '<section class="error"><h2>The run stopped with an error</h2>'
+                       f"<p>{e(error_in_words(note or 'no message'))}</p>"
+                       f"<p>{'No step was' if not taken else f'{taken} step' + ('s were' if taken > 1 else ' was')} "
+                       "taken before it" + (" (below)." if taken else ".") + "</p>"
+                       f"<details><summary>The error as raised</summary><pre>{e(note or '')}</pre></details></section>")
+        note = None
     return ("<!doctype html><meta charset=utf-8><title>Agent run</title><style>"
             "body{font:14px sans-serif;max-width:1100px;margin:auto}img{max-width:100%;border:1px solid #ccc}"
             "section{border-top:2px solid #ddd;padding:8px 0}.refused,.blocked,.error,.loop{background:#fff3f0}"
             "pre{white-space:pre-wrap;background:#f6f6f6;padding:6px}.t,.url{color:#777}</style>"
             f"<h1>{e(trajectory.task)}</h1><p><b>Platform</b> {e(trajectory.platform)} · <b>Outcome</b> {outcome}"
-            + (f" · {e(trajectory.note)}" if trajectory.note else "") + f" · {len(trajectory.steps)} steps</p>"
+            + (f" · {e(note)}" if note else "") + f" · {len(trajectory.steps)} steps</p>"
             + "".join(rows))
+
+
+def error_in_words(note: str) -> str:
+    """An error note with an embedded JSON error body (an HTTP error's reply) replaced by its
+    message: `... answered HTTP 400: {"error": {"message": "prompt too long", ...}}` -> `... answered
+    HTTP 400: prompt too long`."""
+    start = note.find("{")
+    if start < 0:
+        return note
+    try:
+        body, end = json.JSONDecoder().raw_decode(note[start:])
+    except ValueError:
+        return note
+    error = body.get("error", body) if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error if isinstance(error, str) else None
+    if not isinstance(message, str):
+        return note
+    return (note[:start] + message + note[start + end :]).strip()

@@ -2,6 +2,7 @@
 agree, and the system Chromium starts through Playwright."""
 
 import importlib
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +41,26 @@ def test_system_chromium_renders_a_page():
         page.click("button")
         assert page.text_content("button") == "clicked"
         browser.close()
+
+
+def test_run_sh_says_what_it_is_doing_at_each_set_up_stage(tmp_path):
+    """`./run.sh` on a fresh checkout prints one line per stage while pip works (pip and python
+    faked here: the stages, not the installs, are under test)."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("run.sh", "pyproject.toml"):
+        shutil.copy(root / name, tmp_path / name)
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for tool in ("pip", "python"):
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / tool).chmod(0o755)
+    result = subprocess.run(["bash", str(tmp_path / "run.sh"), "python", "-c", "pass"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    stages = [line for line in result.stderr.splitlines() if line.startswith("run.sh: ")]
+    assert [s.split()[1] for s in stages[:3]] == ["[2/4]", "[3/4]", "[4/4]"]
+    assert "torch==" in stages[0] and stages[-1].startswith("run.sh: Python set-up done in ")
+    assert (tmp_path / ".venv" / ".installed").is_file()

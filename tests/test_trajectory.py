@@ -9,7 +9,7 @@ from PIL import Image
 
 from agent.actions import (Answer, Back, Box, Click, Done, Drag, Fail, Home, Hover, Key, LongPress, Mark,
                            Navigate, OpenApp, Point, Scroll, Swipe, Type, Wait)
-from agent.trajectory import Recorder, Step, Trajectory, action_from_dict, action_to_dict, load, render_html, replay
+from agent.trajectory import Recorder, Step, Trajectory, action_from_dict, action_to_dict, error_in_words, load, render_html, replay
 
 EVERY_ACTION = [
     Click(Point(1, 2), button="right", count=2, element_info="x"), Click(Box(1, 2, 3, 4)), Click(Mark(7)),
@@ -68,6 +68,20 @@ def test_html_report_is_self_contained_and_escaped():
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing loaded from elsewhere
     assert "<script>" not in page and "gibberish &lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "Click &lt;it&gt;" in page and "no desktop action call found" in page and "observe 12 ms" in page
+
+
+def test_an_errored_runs_report_shows_the_task_the_error_in_words_and_the_steps_before_it():
+    note = ('http://127.0.0.1:8000/v1/chat/completions answered HTTP 400: {"error": {"message": "prompt of 1721 '
+            'tokens + max_new_tokens=8192 exceeds the model\'s 8192 positions", "type": "invalid_request_error"}}')
+    steps = _trajectory().steps[:2]
+    page = render_html(Trajectory("Buy <milk>", "web", steps, status="error", note=note))
+    assert "<h1>Buy &lt;milk&gt;</h1>" in page and "The run stopped with an error" in page
+    words = "answered HTTP 400: prompt of 1721 tokens + max_new_tokens=8192 exceeds the model&#x27;s 8192 positions</p>"
+    assert words in page and "2 steps were taken before it (below)." in page
+    assert page.index("stopped with an error") < page.index("Step 0 ·") < page.index("Step 1 ·")
+    empty = render_html(Trajectory("t", "web", [], status="error", note="RuntimeError: browser crashed"))
+    assert "<p>RuntimeError: browser crashed</p>" in empty and "No step was taken before it." in empty
+    assert error_in_words("not json {at all") == "not json {at all"
 
 
 @pytest.mark.browser
