@@ -12,7 +12,7 @@ becomes an `APIError` carrying the HTTP status and the OpenAI error body
 - `chat_template_kwargs: {"enable_thinking": false}` switches reasoning off as vLLM does with
   the GLM template; the answer and the reasoning come back separately
   (`content` / `reasoning_content`, vLLM's names with a reasoning parser).
-- vLLM's extra fields (`top_k`, `repetition_penalty`, `skip_special_tokens`) are accepted; fields whose
+- vLLM's extra fields (`top_k`, `repetition_penalty`, `skip_special_tokens`, `ignore_eos`) are accepted; fields whose
   semantics this server does not implement (`n > 1`, `logprobs`, `tools`, penalties other
   than 0) are refused rather than silently ignored.
 """
@@ -63,7 +63,7 @@ class ServerLimits:
     default_max_tokens: int = 512  # used when the request does not say
     max_stop: int = 4  # stop strings, as OpenAI allows
     max_pending: int = 64  # requests queued or running; more get 429
-    max_batch: int = 8  # requests decoded together; a KV cache each (decode is memory-bound: 8 rows ~ 3x 1 row's cost)
+    max_batch: int = 16  # requests decoded together, a KV cache each (decode is memory-bound: 8 rows ~ 3x 1 row's cost)
     max_queued_image_pixels: int = 32 * 2**20  # decoded pixels held by queued/running requests (~16 full-HD shots)
     allowed_local_media_path: Path | None = None  # local image/video paths only under this directory
 
@@ -109,6 +109,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     skip_special_tokens: bool  # vLLM's default True strips box tokens; agents send False to keep them
+    ignore_eos: bool = False  # vLLM's: decode max_tokens whatever the stop tokens (benchmarks); stop strings still apply
 
 
 # OpenAI sampling options that change results and that this server does not implement:
@@ -152,7 +153,8 @@ def parse_chat_request(body: bytes, limits: ServerLimits) -> ChatRequest:
     messages = _parse_messages(data.get("messages"), limits)
     return ChatRequest(model=model, messages=messages, sampling=_parse_sampling(data, limits),
                        thinking=thinking, stream=stream, include_usage=include_usage,
-                       skip_special_tokens=True if skip_special is None else skip_special)
+                       skip_special_tokens=True if skip_special is None else skip_special,
+                       ignore_eos=_optional(data, "ignore_eos", bool) or False)
 
 
 def _optional(data: dict[str, Any], name: str, kind: type) -> Any:

@@ -42,11 +42,12 @@ import asyncio
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
@@ -189,7 +190,7 @@ class BatchEngine:
             stop = kwargs.pop("stop")
             chat = Chat.of(request.messages, images=None, videos=None, system=None, thinking=request.thinking,
                            stop=stop, stream=True)
-            update = self.batch.admit(chat, GenerationOptions(**kwargs), key=job)
+            update = self.batch.admit(chat, GenerationOptions(**kwargs), key=job, ignore_eos=request.ignore_eos)
         except Exception as err:  # noqa: BLE001 - handed to the request, which answers with it
             job.send(("error", err))
             return
@@ -360,6 +361,29 @@ def _usage(generation: Any) -> dict[str, int]:
 
 def _sse(body: dict[str, Any]) -> str:
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+@contextmanager
+def running(app: FastAPI) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free local port in a thread; yield its base URL (tests, benchmarks)."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start within 20 s")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,47 +8,24 @@ import base64
 import io
 import json
 import shutil
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
 from _scripted_checkpoint import ANSWER, THINKING, build_scripted_checkpoint
 from demo.app import EXAMPLES_DIR
 from demo.openai_schema import ServerLimits
-from demo.serve import create_app
+from demo.serve import create_app, running
 from vlm import VLM
 from vlm.outputs import strip_special_tokens
 
 MODEL = "scripted-tiny"
 SHOWN_ANSWER = strip_special_tokens(ANSWER)  # what a client sees by default (vLLM's skip_special_tokens)
 LIMITS = dict(max_body_bytes=2**20, max_images=2, max_image_pixels=512 * 512, max_tokens=256, default_max_tokens=64)
-
-
-@contextmanager
-def running(app):
-    """Serve `app` with uvicorn on a free local port; yield its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 def data_url(image: Image.Image) -> str:
@@ -349,6 +326,11 @@ def test_waiting_requests_are_decoded_together_with_their_own_options(vlm):
     assert bodies[2]["usage"]["completion_tokens"] == 3
 
 
+def test_ignore_eos_decodes_max_tokens_as_vllm_does(base_url):
+    reply = chat(base_url, messages=[user()], max_tokens=40, ignore_eos=True).json()
+    assert reply["usage"]["completion_tokens"] == 40 and reply["choices"][0]["finish_reason"] == "length"
+
+
 def test_queued_image_pixels_are_bounded(vlm):
     app = create_app(vlm, limits=ServerLimits(max_queued_image_pixels=96 * 64 + 10), model_name=MODEL)
     engine_free = threading.Event()
@@ -376,3 +358,15 @@ def test_openai_policy_of_the_agent_works_against_the_server(base_url):
                                                 {"type": "text", "text": "Where is the red square?"}]}])
     assert text == ANSWER  # box tokens kept: the policy asks for skip_special_tokens=false
     assert [b.as_list() for b in parse_boxes(text)] == [[25, 36, 804, 917]]
+
+
+@pytest.mark.slow
+def test_the_serving_benchmark_measures_both_servers(capsys):
+    from benchmarks.serve import main
+
+    main(["--clients", "1", "2", "--requests", "1", "--max-tokens", "4", "--threads", "1"])
+    out = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in out if line.startswith(("serial", "batched"))]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("serial", "1", "4"), ("serial", "2", "8"),
+                                                  ("batched", "1", "4"), ("batched", "2", "8")]
+    assert out[-1].startswith(" 2 clients: batched ")

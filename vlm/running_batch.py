@@ -49,6 +49,7 @@ class Row:
     last: int  # the token to feed at the next step
     prefill_s: float
     key: Any = None  # the caller's handle (the server's request)
+    stop_ids: frozenset[int] = frozenset()  # token ids that end this row
     start: float = field(default_factory=time.perf_counter)  # when decoding began, for the rate
 
 
@@ -76,9 +77,10 @@ class RunningBatch:
     # -- joining ---------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def admit(self, chat: Chat, options: GenerationOptions, *, key: Any = None) -> Update:
+    def admit(self, chat: Chat, options: GenerationOptions, *, key: Any = None, ignore_eos: bool = False) -> Update:
         """Prefill one request (a `Chat` of one prompt) and add it to the batch; the update holds
-        its first pieces, and its generation when it already ended (stop token, one token asked)."""
+        its first pieces, and its generation when it already ended (stop token, one token asked).
+        `ignore_eos`: stop tokens do not end this row (vLLM's option, for fixed-length benchmarks)."""
         if len(chat.requests) != 1:
             raise ValueError(f"a RunningBatch admits one prompt at a time, got {len(chat.requests)}")
         model, text_cfg = self.model, self.model.cfg.text
@@ -92,7 +94,8 @@ class RunningBatch:
         sampler = options.sampler(batch=1, vocab_size=text_cfg.vocab_size, device=device)
         row = Row(text=_RowText(self.processor.decode, chat.stop), sampler=sampler,
                   max_new_tokens=options.max_new_tokens, prompt_tokens=int(batch.prompt_tokens[0]),
-                  size=batch.sizes[0], position=0, last=0, prefill_s=0.0, key=key)
+                  size=batch.sizes[0], position=0, last=0, prefill_s=0.0, key=key,
+                  stop_ids=frozenset() if ignore_eos else self.stop_ids)
         if options.max_new_tokens == 0:
             return Update(row, [], self._end(row, stopped=False))
         own = KVCache(text_cfg.num_hidden_layers, 1, T, text_cfg.num_key_value_heads, text_cfg.head_dim, device, dtype)
@@ -171,10 +174,15 @@ class RunningBatch:
         bias_B11S = self.bias_BS[:, None, None, : S + 1] if self.padded else None
         logits_BV = decode_step(model, token_B1, cos_B1R[:, None].to(dtype), sin_B1R[:, None].to(dtype),
                                 bias_B11S, self.cache, decode_plan(model))
+        # Plain greedy rows (no penalty state) share one argmax and one host sync; the others
+        # sample with their own sampler, as they would alone.
+        plain = [r.sampler.params.greedy and r.sampler.seen_BV is None for r in self.rows]
+        argmax = logits_BV.argmax(-1).tolist() if any(plain) else []
         updates = []
         for b, row in enumerate(self.rows):
             row.position += 1
-            updates.append(self._advance(row, self._sample(row, logits_BV[b : b + 1])))
+            token = argmax[b] if plain[b] else self._sample(row, logits_BV[b : b + 1])
+            updates.append(self._advance(row, token))
         ended = {id(u.row) for u in updates if u.generation is not None}
         if ended:
             self._keep([r for r in self.rows if id(r) not in ended])
@@ -198,7 +206,7 @@ class RunningBatch:
         return int(token_1[0])
 
     def _advance(self, row: Row, token: int) -> Update:
-        is_stop = token in self.stop_ids
+        is_stop = token in row.stop_ids
         row.text.add(token, is_stop_token=is_stop)
         row.last = token
         stopped = is_stop or row.text.stopped_by_string
