@@ -326,6 +326,22 @@ def test_waiting_requests_are_decoded_together_with_their_own_options(vlm):
     assert bodies[2]["usage"]["completion_tokens"] == 3
 
 
+def test_a_streaming_client_that_leaves_frees_its_row_at_once(vlm):
+    app = create_app(vlm, limits=ServerLimits(max_tokens=1000), model_name=MODEL)
+    engine, step = app.state.engine, app.state.engine.batch.step
+    steps = []
+    engine.batch.step = lambda: (steps.append(len(engine.batch.rows)), time.sleep(0.01), step())[2]
+    with running(app) as url:
+        body = {"model": MODEL, "messages": [user()], "stream": True, "max_tokens": 1000, "ignore_eos": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
+            next(response.iter_lines())  # the first chunk, then the client goes away
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{url}/health").json() != {"status": "ok", "pending": 0, "running": 0}:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    assert len(steps) < 500  # it left long before its 1000 tokens
+
+
 def test_ignore_eos_decodes_max_tokens_as_vllm_does(base_url):
     reply = chat(base_url, messages=[user()], max_tokens=40, ignore_eos=True).json()
     assert reply["usage"]["completion_tokens"] == 40 and reply["choices"][0]["finish_reason"] == "length"
