@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--languages", default=d.languages, help="UI languages of the training and held-out pages")
     p.add_argument("--nothink", type=float, default=d.nothink, help="share of conversations with thinking off")
     p.add_argument("--keep-tokenizer", action="store_true", help="use assets/model's tokenizer instead of retraining")
+    p.add_argument("--max-length", type=int, default=d.max_length, help="longest conversation trained, in tokens "
+                   "(v1: 3072)")
     p.add_argument("--image-max-pixels", type=int, default=d.image_max_pixels,
                    help="processor budget per image, over the duplicated frame pair (v1: 320000)")
     p.add_argument("--reading-minutes", type=float, default=d.reading_minutes,
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--device cuda: no CUDA device is available")
     recipe = Recipe(size=args.size, seed=args.seed, samples=args.samples, ui_samples=args.ui_samples, kinds=args.kinds,
                     grounding_turns=args.grounding_turns, languages=args.languages, nothink=args.nothink,
-                    retrain_tokenizer=not args.keep_tokenizer, image_max_pixels=args.image_max_pixels,
+                    retrain_tokenizer=not args.keep_tokenizer, image_max_pixels=args.image_max_pixels, max_length=args.max_length,
                     reading_minutes=args.reading_minutes,
                     reading_init=args.reading_init, steps=args.steps, hours=args.hours,
                     batch_size=args.batch_size, lr=args.lr, eval_n=args.eval_n)

@@ -63,7 +63,7 @@ class Recipe:
     grad_accum: int = 1
     lr: float = 2e-3
     warmup_steps: int = 50
-    max_length: int = 3072  # longer samples (rare multi-step prompts) are skipped and counted
+    max_length: int = 4096  # longer samples are skipped and counted (at 640,000 pixels 3072 dropped action prompts)
     eval_n: int = 100  # held-out samples per task (episodes: eval_n // 5)
 
     def __post_init__(self) -> None:
