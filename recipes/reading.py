@@ -56,7 +56,7 @@ class ReadingConfig:
     seed: int = 0
     init: Init = "mimetic"
     size: tuple[int, int] = (224, 112)  # picture width x height in input pixels: 16 x 8 patches
-    scale: tuple[float, float] = (0.45, 1.0)  # input pixels per page pixel (1280x720 at 532x280 is 0.42)
+    scale: tuple[float, float] = (0.45, 1.0)  # input pixels per page pixel (1280x720 at 728x420 is 0.57)
     font_px: tuple[int, int] = (11, 22)  # page font sizes
     slots: int = 3  # characters per patch
     batch_size: int = 32

@@ -121,8 +121,9 @@ def draw(rng: random.Random, *, size: tuple[int, int] = (224, 112),
          scale: tuple[float, float] = (0.45, 1.0), font_px: tuple[int, int] = (11, 22)) -> TextPicture:
     """A `size` (width, height) picture in input pixels: lines drawn at page scale, then resized.
 
-    `scale` is the range of input pixels per page pixel (a 1280x720 screenshot in a budget of
-    532x280 is 0.42; a phone screen or a small task area is 1.0), `font_px` the page font sizes.
+    `scale` is the range of input pixels per page pixel (a 1280x720 screenshot at the recipe's
+    728x420 is 0.57, at v1's 532x280 0.42; a phone screen or a small task area is ~1.0),
+    `font_px` the page font sizes.
     """
     s = rng.uniform(*scale)
     width, height = size
@@ -144,8 +145,9 @@ def draw(rng: random.Random, *, size: tuple[int, int] = (224, 112),
         x = rng.randint(-left, max(-left, page_w - right - 2))
         fg = ink if rng.random() < 0.7 else tuple(rng.randint(0, 255) if background[0] > 128 else rng.randint(150, 255)
                                                     for _ in range(3))
+        fg = ink if _too_close(fg, background) else fg
         _decorate(canvas, rng, (x + left, y + top, x + right, y + bottom), background, fg)
-        canvas.text((x, y), text, fill=fg if not _too_close(fg, background) else ink, font=font)
+        canvas.text((x, y), text, fill=fg, font=font)
         cy = y + (top + bottom) / 2
         edges = [0.0] + [canvas.textlength(text[:i + 1], font=font) for i in range(len(text))]  # kerning included
         for i, ch in enumerate(text):

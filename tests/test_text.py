@@ -10,7 +10,6 @@ from synth import text
 
 def _ink_near(picture: text.TextPicture, glyph: text.Glyph, radius: int = 3) -> bool:
     pixels = np.asarray(picture.image, dtype=np.int16)
-    background = pixels[0, 0] if picture.image.size[0] > 0 else None
     x, y = int(glyph.x), int(glyph.y)
     window = pixels[max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1]
     corners = np.stack([pixels[0, 0], pixels[0, -1], pixels[-1, 0], pixels[-1, -1]])
