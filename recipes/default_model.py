@@ -72,7 +72,8 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
     init = make_processor(recipe, work, corpus)
     config = write_config(recipe, init)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    read = learn_to_read(recipe, work, config, device=device, workers=workers if device == "cuda" else 0)
+    # drawing pictures costs more than a CPU step: on CPU one worker draws while the trainer steps
+    read = learn_to_read(recipe, work, config, device=device, workers=workers if device == "cuda" else min(workers, 1))
     log.info("reading stage: %s", read)
     plan = plan_steps(recipe, work, progress=progress)
     log.info("training plan: %s", plan)

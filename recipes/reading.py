@@ -56,8 +56,11 @@ class ReadingConfig:
     seed: int = 0
     init: Init = "mimetic"
     size: tuple[int, int] = (224, 112)  # picture width x height in input pixels: 16 x 8 patches
-    scale: tuple[float, float] = (0.45, 1.0)  # input pixels per page pixel (1280x720 at 728x420 is 0.57)
-    font_px: tuple[int, int] = (11, 22)  # page font sizes
+    # input pixels per page pixel (1280x720 at the recipe's 728x420 is 0.57, a phone screen ~1.0)
+    scale: tuple[float, float] = (0.5, 1.0)
+    # page font sizes, body text to headings: text reaches the encoder 5.5-36 px high (a
+    # 5.5-22 px range did not carry over to 27 px words in `recipes.learnability word`)
+    font_px: tuple[int, int] = (11, 36)
     slots: int = 3  # characters per patch
     batch_size: int = 32
     lr: float = 1e-3

@@ -170,6 +170,8 @@ def draw_screen(seed: int, *, language: UILanguage = "en", viewport: str | None 
     for x, y, p in pasted:
         for item in p.items:
             box_px = (item.box[0] + x, item.box[1] + y, item.box[2] + x, item.box[3] + y)
+            if not (0 <= box_px[0] < box_px[2] <= width and 0 <= box_px[1] < box_px[3] <= height):
+                continue  # cut off at the screen's edge: not fully visible, so never asked about
             element = Element(f"e{len(placed)}", item.role, item.text, item.description, "", item.effect, item.checked)
             placed.append(Placed(element, box_px, to_model_box(*box_px, width=width, height=height)))
     return Drawn(seed, name, language, image, tuple(placed))

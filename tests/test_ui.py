@@ -59,6 +59,15 @@ def test_every_box_is_inside_the_image_and_on_ink():
     assert checked > 500
 
 
+def test_an_element_cut_off_by_the_screen_edge_is_left_out_not_an_error():
+    # unit 911 of the recipe's train stream drew a card whose last element ran 5 px past a
+    # 1280x720 screen's bottom edge: `to_model_box` raised and the whole data stage stopped
+    drawn = draw_screen(76401979042501, language="en")
+    width, height = drawn.image.size
+    assert drawn.placed and all(0 <= p.box_px[0] < p.box_px[2] <= width and 0 <= p.box_px[1] < p.box_px[3] <= height
+                                for p in drawn.placed)
+
+
 def test_grounding_answers_point_at_the_described_element():
     for seed in SEEDS:
         drawn = draw_screen(seed)
