@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from .config import VLMConfig
 
@@ -126,8 +125,7 @@ class FP8Checkpoint:
             if weight_key not in headers:
                 raise ValueError(f"tensor {key!r} in {file} scales {weight_key!r}, which the checkpoint does not hold")
             _check_pair(layout, key, info, weight_key, *headers[weight_key])
-            with safe_open(str(file), framework="pt", device="cpu") as f:
-                scales[weight_key] = f.get_tensor(key).float()
+            scales[weight_key] = _read_scale(file, key, info)
         return cls(layout, scales)
 
     def is_scale(self, key: str) -> bool:
@@ -159,10 +157,26 @@ class FP8Checkpoint:
 
 
 def _header(file: Path) -> dict[str, dict]:
+    """key -> {"dtype", "shape", "data_offsets" (absolute: the header's length is added)}."""
     with open(file, "rb") as raw:
-        header = json.loads(raw.read(int.from_bytes(raw.read(8), "little")))
+        length = int.from_bytes(raw.read(8), "little")
+        header = json.loads(raw.read(length))
     header.pop("__metadata__", None)
+    for info in header.values():
+        info["data_offsets"] = [8 + length + offset for offset in info["data_offsets"]]
     return header
+
+
+def _read_scale(file: Path, key: str, info: dict) -> torch.Tensor:
+    """A plain read, not a memory map: touching a few bytes of a mapped file keeps whole
+    read-ahead windows resident (53 MB for 700 scales of a 100 MB checkpoint)."""
+    start, end = info["data_offsets"]
+    scale = torch.empty(info["shape"], dtype=torch.float32)
+    with open(file, "rb") as raw:
+        raw.seek(start)
+        if raw.readinto(memoryview(scale.view(-1).view(torch.uint8).numpy())) != end - start:
+            raise ValueError(f"cannot read tensor {key!r} from {file}: the file is truncated")
+    return scale
 
 
 def _check_pair(layout: BlockFP8, key: str, info: dict, weight_key: str, weight_file: Path, weight_info: dict) -> None:
