@@ -226,7 +226,11 @@ def test_quantize_refuses_a_quantized_source_and_a_non_empty_destination(quantiz
     with pytest.raises(FileExistsError, match="busy already exists and is not empty"):
         quantize_main(["--fp8", str(source), str(tmp_path / "busy")])
     assert (tmp_path / "busy" / "notes.txt").read_text() == "keep me"
-    assert not list(tmp_path.glob(".*staging"))
+    key = "model.language_model.layers.0.self_attn.o_proj.weight"
+    odd = _copy_with(source, tmp_path / "odd", lambda t: t.update({key: t[key].double()}))
+    with pytest.raises(ValueError, match=rf"tensor '{key}' in .* is torch.float64; expected one of"):
+        quantize_main(["--fp8", str(odd), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".*staging"))  # nothing half-written
 
 
 # ---- the e4m3 matmul, checked on the CPU ----------------------------------------------------------

@@ -41,6 +41,19 @@ def quantize_checkpoint(source: str | os.PathLike, destination: str | os.PathLik
     staging = destination.with_name(f".{destination.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    try:
+        _write(source, staging, config, max_shard_bytes)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if destination.exists():
+        destination.rmdir()  # empty (checked above)
+    os.replace(staging, destination)
+    logger.info("wrote the block-FP8 layout of %s to %s", source, destination)
+    return destination
+
+
+def _write(source: Path, staging: Path, config: dict, max_shard_bytes: int) -> None:
     layout = BlockFP8(*QUANTIZATION_CONFIG["weight_block_size"])
     parts = []
     for i, shard in enumerate(_shard(_quantized_tensors(source, layout), max_shard_bytes)):
@@ -48,13 +61,9 @@ def quantize_checkpoint(source: str | os.PathLike, destination: str | os.PathLik
         save_file(shard, str(path), metadata={"format": "pt"})
         parts.append((path, {key: t.numel() * t.element_size() for key, t in shard.items()}))
     _name_shards(staging, parts)
-    (staging / "config.json").write_text(json.dumps({**config, "quantization_config": QUANTIZATION_CONFIG}, indent=2, sort_keys=True) + "\n")
+    config = {**config, "quantization_config": QUANTIZATION_CONFIG}
+    (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     _copy_other_files(source, staging)
-    if destination.exists():
-        destination.rmdir()  # empty (checked above)
-    os.replace(staging, destination)
-    logger.info("wrote the block-FP8 layout of %s to %s", source, destination)
-    return destination
 
 
 def _source_config(source: Path) -> dict:
