@@ -208,6 +208,16 @@ def test_a_scale_without_its_weight_and_a_scaled_float_weight_are_named(quantize
         VLM.from_pretrained(path)
 
 
+def test_a_truncated_fp8_shard_names_the_file(quantized, tmp_path):
+    import shutil
+
+    shutil.copytree(quantized[1], tmp_path / "cut")
+    shard = sorted((tmp_path / "cut").glob("model-*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"{shard.name}"):
+        VLM.from_pretrained(tmp_path / "cut")
+
+
 def test_an_unsupported_quantization_config_is_named(quantized, tmp_path):
     config_edit = lambda c: {**c, "quantization_config": {**QUANTIZATION_CONFIG, "fmt": "e5m2"}}  # noqa: E731
     path = _copy_with(quantized[1], tmp_path, lambda t: None, config_edit)

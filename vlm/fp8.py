@@ -102,8 +102,8 @@ def is_quantizable(key: str, shape: tuple[int, ...]) -> bool:
 class FP8Checkpoint:
     """The scales of a block-FP8 checkpoint directory, checked against their weights, read once.
 
-    `scales` maps each quantized weight's key to its float32 scale_inv (a few MB for GLM-4.5V:
-    one float per 16,384 weights).
+    `scales` maps each quantized weight's key to its float32 scale_inv (one float per 16,384
+    weights: ~26 MB for GLM-4.5V's 106B).
     """
 
     def __init__(self, layout: BlockFP8, scales: dict[str, torch.Tensor]) -> None:
@@ -158,9 +158,12 @@ class FP8Checkpoint:
 
 def _header(file: Path) -> dict[str, dict]:
     """key -> {"dtype", "shape", "data_offsets" (absolute: the header's length is added)}."""
-    with open(file, "rb") as raw:
-        length = int.from_bytes(raw.read(8), "little")
-        header = json.loads(raw.read(length))
+    try:
+        with open(file, "rb") as raw:
+            length = int.from_bytes(raw.read(8), "little")
+            header = json.loads(raw.read(length))
+    except (OSError, ValueError) as error:  # ValueError covers JSON and UTF-8 decoding
+        raise ValueError(f"cannot read the safetensors header of {file}: {error}") from error
     header.pop("__metadata__", None)
     for info in header.values():
         info["data_offsets"] = [8 + length + offset for offset in info["data_offsets"]]
