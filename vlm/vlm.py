@@ -12,13 +12,15 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from . import engine
 from .config import VLMConfig
 from .engine import Generation, GenerationStream
+from .fp8 import BlockFP8, dequantized
+from .fp8_linear import keep_fp8
 from .generation import GenerationOptions, generate_ids
 from .model import VisionLanguageModel
 from .weights import checkpoint_dtype, load_weights, save_weights
@@ -49,12 +51,16 @@ class VLM:
     @classmethod
     def from_pretrained(
         cls, path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-        adapter: str | os.PathLike | None = None,
+        adapter: str | os.PathLike | None = None, fp8: Literal["dequantize", "keep"] = "dequantize",
     ) -> VLM:
         """Load a checkpoint directory; without `path`, the project's embedded model in `assets/model/`.
 
         `adapter`: a LoRA adapter directory (peft format, `python -m train lora`) merged in at load.
+        `fp8`: for a block-FP8 checkpoint (fp8.py), "dequantize" its weights into `dtype` on load, or
+        "keep" the e4m3 linear weights in memory (fp8_linear.py; block-scaled matmuls on CUDA 9.x).
         """
+        if fp8 not in ("dequantize", "keep"):
+            raise ValueError(f"fp8={fp8!r}; expected 'dequantize' or 'keep'")
         path = Path(path) if path is not None else DEFAULT_MODEL_DIR
         if not (path / "config.json").is_file():
             if path == DEFAULT_MODEL_DIR:
@@ -64,9 +70,14 @@ class VLM:
                 )
             raise FileNotFoundError(f"{str(path)!r} is not a checkpoint directory: it has no config.json")
         config = VLMConfig.load(path)
+        layout = BlockFP8.of(config.extra)
+        if layout is not None and fp8 == "dequantize":
+            config = dequantized(config)  # what it saves is then a plain checkpoint
         dtype = dtype or checkpoint_dtype(path)
         with torch.device("meta"):
             model = VisionLanguageModel(config).cast(dtype)  # the routing bias stays float32
+        if layout is not None and fp8 == "keep":
+            keep_fp8(model, path, layout)
         load_weights(model, path, device=device, cfg=config)
         if adapter is not None:
             from .adapter import load_adapter, merge  # peft is imported only when an adapter is used

@@ -11,7 +11,8 @@ tensor is read straight into its place with `readinto` at the offset the safeten
 gives: no second copy of the model, and no memory-mapped pages counted in the process's
 resident memory (reading through a mapping keeps every touched page resident, which doubled
 the peak). A tensor stored in another dtype goes through one temporary, one tensor at a time. A missing, unexpected or mis-shaped tensor is an error naming the key and the
-file. Extra multi-token-prediction layers (index >= num_hidden_layers) are skipped.
+file. Extra multi-token-prediction layers (index >= num_hidden_layers) are skipped. A block-FP8
+checkpoint (fp8.py) has its e4m3 weights dequantized into place, 128 rows at a time.
 Saving: one `model.safetensors`, or shards plus `model.safetensors.index.json` when larger than
 `max_shard_bytes`; each file is written to a temporary name and renamed (atomic).
 """
@@ -32,6 +33,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import VLMConfig
+from .fp8 import SCALE_SUFFIX, FP8Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ def checkpoint_dtype(directory: str | os.PathLike) -> torch.dtype:
         with _open(file) as f:
             for key in f.keys():
                 dtype = DTYPES.get(f.get_slice(key).get_dtype())
-                if dtype is not None and "e_score_correction_bias" not in key:
+                if dtype is not None and "e_score_correction_bias" not in key and not key.endswith(SCALE_SUFFIX):
                     return dtype
     return torch.float32
 
@@ -123,6 +125,7 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
     tensors = model_tensors(model)
     seen: set[str] = set()
     num_layers = cfg.text.num_hidden_layers
+    fp8 = FP8Checkpoint.open(directory, checkpoint_files(directory))  # None unless block-FP8 (fp8.py)
     with torch.no_grad():
         for file in checkpoint_files(directory):
             with _open(file) as f, open(file, "rb") as raw:
@@ -130,7 +133,7 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
                 for key in f.keys():
                     binding = expected.get(key)
                     if binding is None:
-                        if _is_extra_layer(key, num_layers):
+                        if _is_extra_layer(key, num_layers) or (fp8 is not None and fp8.is_scale(key)):
                             continue
                         raise ValueError(f"unexpected tensor {key!r} in {file} (not part of a {cfg.model_type} model)")
                     shape = tuple(f.get_slice(key).get_shape())
@@ -138,7 +141,8 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
                         raise ValueError(f"tensor {key!r} in {file} has shape {list(shape)}, expected {list(binding.shape)}")
                     target = tensors[binding.name]
                     target = target[binding.index] if binding.index else target
-                    _read_into(raw, offsets[key], target, key, file)
+                    read = fp8.read_into if fp8 is not None and fp8.is_quantized(key) else _read_into
+                    read(raw, offsets[key], target, key, file)
                     seen.add(key)
     missing = [key for key in expected if key not in seen]
     if missing:
