@@ -265,6 +265,8 @@ def finish(row: RowText, *, stopped: bool, prompt_tokens: int, size: tuple[int, 
     parsed = parse_tool_calls(answer, row.tools) if row.tools is not None else None
     answer = parsed.content if parsed is not None else answer
     calls, errors = (parsed.calls, parsed.errors) if parsed is not None else ([], [])
+    if [(c.name, c.arguments) for c in calls] == [(c.name, c.arguments) for c in row.streamed_calls]:
+        calls = row.streamed_calls  # the same calls, with the ids a stream already gave out
     boxes = [to_pixels(t, width=size[0], height=size[1]) for t in parse_boxes(answer)] if size else []
     reason: FinishReason = row.call_finish if calls else "stop" if stopped else "length"
     return Generation(text=answer, thinking=thinking, boxes=boxes, token_ids=row.ids, finish_reason=reason,

@@ -16,7 +16,7 @@ import logging
 from typing import Any, Literal
 
 from .outputs import THINK_CLOSE, THINK_OPEN, split_thinking
-from .tool_calls import ToolCallParser
+from .tool_calls import ToolCall, ToolCallParser
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class RowText:
         self.tools = tools  # calls are parsed out of the answer when not None
         self.call_finish = call_finish
         self._calls = ToolCallParser(tools) if tools is not None else None
+        self.streamed_calls: list[ToolCall] = []  # calls given out so far (their ids are kept)
         self.ids: list[int] = []
         self._clean = prefix  # text of ids[:_pending]
         self._pending = 0  # ids from here on may end in a partial character
@@ -87,7 +88,9 @@ class RowText:
         routed: list[tuple[Channel, Any]] = []
         for channel, piece in pieces:
             routed += self._calls.feed(piece) if channel == "answer" else [(channel, piece)]
-        return routed + (self._calls.close() if final else [])
+        routed += self._calls.close() if final else []
+        self.streamed_calls += [call for channel, call in routed if channel == "tool_call"]
+        return routed
 
     def _new_text(self, *, final: bool) -> list[tuple[Channel, str]]:
         answer, thinking = self.split(final=final)

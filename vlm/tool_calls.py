@@ -39,6 +39,7 @@ from typing import Any, Literal
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _PAIR = re.compile(r"\s*<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.DOTALL)
 _NAME = re.compile(r"[^\s<>]+")
+_NOT_JSON = object()
 _JSON_TYPES = {"integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict,
                "null": type(None)}
 
@@ -145,7 +146,7 @@ def _template_call(call: Any, where: str) -> dict[str, Any]:
 
 def forced_prefix(tool_choice: Any, tools: Sequence[Mapping[str, Any]] | None) -> str:
     """The text the answer is made to start with for `tool_choice` ("auto" / "none": none;
-    "required": `<tool_call>`; a named function: `<tool_call>name\\n`). Raises ValueError."""
+    "required": `<tool_call>`; a named function: `<tool_call>name`). Raises ValueError."""
     if tool_choice in (None, "auto", "none"):
         return ""
     if not tools:
@@ -158,7 +159,7 @@ def forced_prefix(tool_choice: Any, tools: Sequence[Mapping[str, Any]] | None) -
     if not isinstance(name, str) or name not in names:
         raise ValueError(f"tool_choice={tool_choice!r:.100}: expected 'auto', 'none', 'required' or "
                          f"{{'type': 'function', 'function': {{'name': one of {names}}}}}")
-    return f"{OPEN}{name}\n"
+    return f"{OPEN}{name}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,21 +206,30 @@ class ToolCallParser:
                 self._buffer = "" if final else self._buffer[len(shown) :]
                 self._text(shown, events)
                 return events
-            end = self._buffer.find(CLOSE, start)
             before = self._buffer[:start].rstrip()
             self._text(before, events)
-            if end < 0 and not final:
+            stop = self._block_end(start, final=final)
+            if stop is None:
                 self._buffer = self._buffer[len(before) :]
                 return events
             gap = self._buffer[len(before) : start]  # dropped before a call, kept before a malformed one
-            block = self._buffer[start:] if end < 0 else self._buffer[start : end + len(CLOSE)]
-            self._buffer = "" if end < 0 else self._buffer[end + len(CLOSE) :]
+            block, self._buffer = self._buffer[start:stop], self._buffer[stop:]
             call = self._call(block)
             if call is not None:
                 events.append(("tool_call", call))
                 self._after_call = True
             else:
                 self._text(gap + block, events)
+
+    def _block_end(self, start: int, *, final: bool) -> int | None:
+        """Where the call opened at `start` ends (None: not known yet)."""
+        close = self._buffer.find(CLOSE, start)
+        nested = self._buffer.find(OPEN, start + len(OPEN))
+        if nested >= 0 and (close < 0 or nested < close):
+            return nested  # a call opened inside an unclosed one: the first is malformed
+        if close >= 0:
+            return close + len(CLOSE)
+        return len(self._buffer) if final else None
 
     def _text(self, text: str, events: list[ToolEvent]) -> None:
         """Give out `text`, which lies outside calls, without whitespace next to a call."""
@@ -255,17 +265,16 @@ class ToolCallParser:
         return ToolCall(name, arguments)
 
     def _value(self, block: str, name: str, key: str, raw: str, declared: tuple[str, ...] | None) -> Any:
-        if declared is not None and "string" in declared:
-            return raw
+        """`raw` read as JSON unless its schema says string (with ["string", "null"], "null" is None)."""
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
-            if declared:
-                self._error(block, f"argument {key!r} of {name!r} should be {'/'.join(declared)}, got {raw!r:.40}")
-            return raw
-        if declared and not any(_fits(value, t) for t in declared):
+            value = _NOT_JSON
+        if declared is None or any(_fits(value, t) for t in declared if t != "string"):
+            return raw if value is _NOT_JSON else value
+        if "string" not in declared:
             self._error(block, f"argument {key!r} of {name!r} should be {'/'.join(declared)}, got {raw!r:.40}")
-        return value
+        return raw
 
     def _error(self, block: str, reason: str) -> None:
         self.errors.append(ToolCallError(block, reason))
@@ -293,6 +302,8 @@ def _declared_types(function: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
 
 
 def _fits(value: Any, kind: str) -> bool:
+    if value is _NOT_JSON:
+        return False
     expected = _JSON_TYPES.get(kind)
     if expected is None:
         return True  # a type this check does not know: accepted
