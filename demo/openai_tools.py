@@ -45,7 +45,8 @@ def history_fields(message: dict[str, Any], role: str, where: str) -> dict[str, 
     """The tool-calling fields of one request message, in the chat template's form."""
     calls = message.get("tool_calls")
     if calls is not None and role != "assistant":
-        raise APIError(400, f"{where}.tool_calls: only assistant messages carry tool calls", param=f"{where}.tool_calls")
+        raise APIError(400, f"{where}.tool_calls: only assistant messages carry tool calls",
+                       param=f"{where}.tool_calls")
     if calls:
         try:
             return {"tool_calls": template_messages([{"role": role, "tool_calls": calls}])[0]["tool_calls"]}

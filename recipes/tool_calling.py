@@ -11,7 +11,8 @@ request scores when the answer holds exactly one call with the right function an
 parsed by `vlm.tool_calls` with the tools' schema types (minutes must come back an integer).
 
 Two tools: get_weather(city: string) and set_timer(minutes: integer). The last line printed is
-`held-out calls: base <a>/<n> -> lora <b>/<n>`; `results.json` has the numbers and the run.
+`held-out calls: base <a>/<n> -> lora <b>/<n>` (exact calls); before it, per model, the answers
+that are one well-formed call and those to the right tool. `results.json` has it all.
 """
 
 from __future__ import annotations
@@ -93,13 +94,23 @@ def write_dataset(path: Path, n: int, *, seed: int) -> Path:
     return path
 
 
-def score(vlm: VLM, held_out: list[Request], *, max_new_tokens: int = 48) -> int:
-    """How many requests get exactly one call with the right name and typed arguments."""
-    hits = 0
+@dataclass(frozen=True)
+class Score:
+    calls: int  # answers that are exactly one well-formed call
+    right_tool: int  # ... to the right function
+    hits: int  # ... with the right, correctly typed arguments
+
+
+def score(vlm: VLM, held_out: list[Request], *, max_new_tokens: int = 48) -> Score:
+    """Held-out requests answered with one call, with the right tool, and exactly right."""
+    counts = [0, 0, 0]
     for request in held_out:
-        out = vlm.generate(request.prompt, tools=TOOLS, max_new_tokens=max_new_tokens)
-        hits += [(c.name, c.arguments) for c in out.tool_calls] == [(request.name, request.arguments)]
-    return hits
+        calls = vlm.generate(request.prompt, tools=TOOLS, max_new_tokens=max_new_tokens).tool_calls
+        one = len(calls) == 1
+        counts[0] += one
+        counts[1] += one and calls[0].name == request.name
+        counts[2] += one and (calls[0].name, calls[0].arguments) == (request.name, request.arguments)
+    return Score(*counts)
 
 
 def run(out: Path, *, model: str | None, n: int, steps: int, n_eval: int, seed: int, lr: float,
@@ -114,7 +125,7 @@ def run(out: Path, *, model: str | None, n: int, steps: int, n_eval: int, seed: 
                lora=LoraOptions(r=16, alpha=32, targets="attention_mlp"))
     result = Trainer(cfg).train()
     tuned = score(VLM.from_pretrained(model, adapter=out / "adapter"), held_out)
-    report = {"held_out": n_eval, "base_hits": base, "lora_hits": tuned, "train_conversations": n,
+    report = {"held_out": n_eval, "base": asdict(base), "lora": asdict(tuned), "train_conversations": n,
               "steps": steps, "final_loss": result.losses[max(result.losses)], "config": cfg.to_dict(),
               "held_out_requests": [asdict(r) for r in held_out]}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -135,8 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     report = run(args.out, model=args.model, n=args.n, steps=args.steps, n_eval=args.eval, seed=args.seed,
                  lr=args.lr, batch_size=args.batch_size)
-    print(f"held-out calls: base {report['base_hits']}/{report['held_out']} -> "
-          f"lora {report['lora_hits']}/{report['held_out']}")
+    for name in ("base", "lora"):
+        print(f"{name}: " + ", ".join(f"{k} {v}/{report['held_out']}" for k, v in report[name].items()))
+    print(f"held-out calls: base {report['base']['hits']}/{report['held_out']} -> "
+          f"lora {report['lora']['hits']}/{report['held_out']}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from _scripted_checkpoint import TOOL_THINKING, WEATHER_TOOL, build_tool_checkpoint
 from vlm import VLM
 from vlm.processor import Processor
-from vlm.tool_calls import (ToolCallParser, check_tools, forced_prefix, parse_tool_calls, template_messages)
+from vlm.tool_calls import ToolCallParser, check_tools, forced_prefix, parse_tool_calls, template_messages
 
 TOOLS = check_tools([WEATHER_TOOL, {"name": "set_timer", "parameters": {"type": "object", "properties": {
     "minutes": {"type": "number"}, "label": {"type": ["string", "null"]}, "repeat": {"type": "boolean"}}}}])
@@ -40,8 +40,10 @@ def test_what_the_chat_template_renders_parses_back_with_schema_types(processor)
     messages = template_messages([
         {"role": "user", "content": "Weather?"},
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps(arguments)}},
-            {"id": "call_2", "type": "function", "function": {"name": "set_timer", "arguments": {"minutes": 1.5, "label": None}}}]},
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": json.dumps(arguments)}},
+            {"id": "call_2", "type": "function",
+             "function": {"name": "set_timer", "arguments": {"minutes": 1.5, "label": None}}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}])
     text = processor.apply_chat_template(messages, tools=TOOLS, add_generation_prompt=False)
     assert "<tool_response>\nsunny\n</tool_response>" in text and '"name": "get_weather"' in text
@@ -149,7 +151,8 @@ def test_tool_choice_none_leaves_the_xml_and_required_or_named_force_a_call(vlm)
     raw = vlm.generate(prompt, tools=[WEATHER_TOOL], tool_choice="none")
     assert raw.tool_calls == [] and raw.finish_reason == "stop" and "<tool_call>get_weather" in raw.text
     # Forced: the answer starts with the call (an empty think block skips the reasoning).
-    for choice, reason in (("required", "tool_calls"), ({"type": "function", "function": {"name": "get_weather"}}, "stop")):
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for choice, reason in (("required", "tool_calls"), (named, "stop")):
         out = vlm.generate(prompt, tools=[WEATHER_TOOL], tool_choice=choice)
         assert out.thinking == "" and out.text == "" and out.finish_reason == reason
         assert [(c.name, c.arguments) for c in out.tool_calls] == [("get_weather", {"city": "Paris"})]
