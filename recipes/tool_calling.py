@@ -96,6 +96,7 @@ def write_dataset(path: Path, n: int, *, seed: int) -> Path:
 
 @dataclass(frozen=True)
 class Score:
+    attempts: int  # answers that open a call (well-formed or not)
     calls: int  # answers that are exactly one well-formed call
     right_tool: int  # ... to the right function
     hits: int  # ... with the right, correctly typed arguments
@@ -103,13 +104,14 @@ class Score:
 
 def score(vlm: VLM, held_out: list[Request], *, max_new_tokens: int = 48) -> Score:
     """Held-out requests answered with one call, with the right tool, and exactly right."""
-    counts = [0, 0, 0]
+    counts = [0, 0, 0, 0]
     for request in held_out:
-        calls = vlm.generate(request.prompt, tools=TOOLS, max_new_tokens=max_new_tokens).tool_calls
-        one = len(calls) == 1
-        counts[0] += one
-        counts[1] += one and calls[0].name == request.name
-        counts[2] += one and (calls[0].name, calls[0].arguments) == (request.name, request.arguments)
+        out = vlm.generate(request.prompt, tools=TOOLS, max_new_tokens=max_new_tokens)
+        calls, one = out.tool_calls, len(out.tool_calls) == 1
+        counts[0] += bool(calls or out.tool_call_errors)
+        counts[1] += one
+        counts[2] += one and calls[0].name == request.name
+        counts[3] += one and (calls[0].name, calls[0].arguments) == (request.name, request.arguments)
     return Score(*counts)
 
 
