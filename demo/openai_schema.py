@@ -13,8 +13,9 @@ becomes an `APIError` carrying the HTTP status and the OpenAI error body
   the GLM template; the answer and the reasoning come back separately
   (`content` / `reasoning_content`, vLLM's names with a reasoning parser).
 - vLLM's extra fields (`top_k`, `repetition_penalty`, `skip_special_tokens`, `ignore_eos`) are accepted; fields whose
-  semantics this server does not implement (`n > 1`, `logprobs`, `tools`, penalties other
-  than 0) are refused rather than silently ignored.
+  semantics this server does not implement (`n > 1`, `logprobs`, penalties other than 0) are
+  refused rather than silently ignored. Tool calling (`tools`, `tool_choice`, `tool_calls` and
+  `tool` messages in the history) is checked in `demo.openai_tools`.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from typing import Any, Literal
 from PIL import Image, UnidentifiedImageError
 
 ErrorType = Literal["invalid_request_error", "not_found_error", "rate_limit_error", "server_error"]
-Role = Literal["system", "user", "assistant"]
-ROLES: tuple[Role, ...] = ("system", "user", "assistant")
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: tuple[Role, ...] = ("system", "user", "assistant", "tool")
 
 
 class APIError(Exception):
@@ -110,6 +111,8 @@ class ChatRequest:
     include_usage: bool
     skip_special_tokens: bool  # vLLM's default True strips box tokens; agents send False to keep them
     ignore_eos: bool = False  # vLLM's: decode max_tokens whatever the stop tokens (benchmarks); stop strings still apply
+    tools: list[dict[str, Any]] | None = None  # checked, OpenAI's shape
+    tool_choice: Any = "auto"  # "auto", "none", "required" or {"type": "function", "function": {"name"}}
 
 
 # OpenAI sampling options that change results and that this server does not implement:
@@ -130,8 +133,9 @@ def parse_chat_request(body: bytes, limits: ServerLimits) -> ChatRequest:
         if data.get(name, default) not in (default, None):
             raise APIError(400, f"{name}={data[name]!r} is not supported by this server "
                                 f"(only {default!r})", param=name, code="unsupported_parameter")
-    if data.get("tools"):
-        raise APIError(400, "tools are not supported by this server", param="tools", code="unsupported_parameter")
+    from demo.openai_tools import parse_tools  # it imports APIError from here
+
+    tools, tool_choice = parse_tools(data)
     response_format = data.get("response_format")
     if response_format not in (None, {"type": "text"}):
         raise APIError(400, f"response_format={response_format!r} is not supported (only text)",
@@ -154,7 +158,7 @@ def parse_chat_request(body: bytes, limits: ServerLimits) -> ChatRequest:
     return ChatRequest(model=model, messages=messages, sampling=_parse_sampling(data, limits),
                        thinking=thinking, stream=stream, include_usage=include_usage,
                        skip_special_tokens=True if skip_special is None else skip_special,
-                       ignore_eos=_optional(data, "ignore_eos", bool) or False)
+                       ignore_eos=_optional(data, "ignore_eos", bool) or False, tools=tools, tool_choice=tool_choice)
 
 
 def _optional(data: dict[str, Any], name: str, kind: type) -> Any:
@@ -215,6 +219,8 @@ def _parse_stop(stop: Any, limits: ServerLimits) -> tuple[str, ...]:
 
 
 def _parse_messages(messages: Any, limits: ServerLimits) -> list[dict[str, Any]]:
+    from demo.openai_tools import history_fields  # it imports APIError from here
+
     if not isinstance(messages, list) or not messages:
         raise APIError(400, f"messages must be a non-empty array, got {messages!r:.80}", param="messages")
     counts = {"image": 0, "video": 0}
@@ -227,13 +233,16 @@ def _parse_messages(messages: Any, limits: ServerLimits) -> list[dict[str, Any]]
         if role not in ROLES:
             raise APIError(400, f"{where}.role={role!r} is not one of {list(ROLES)}", param=f"{where}.role")
         content = message.get("content")
+        tool_fields = history_fields(message, role, where)
+        if content is None and "tool_calls" in tool_fields:
+            content = ""
         if isinstance(content, str):
             parts = [{"type": "text", "text": content}]
         elif isinstance(content, list):
             parts = [_parse_part(part, f"{where}.content[{j}]", limits, counts) for j, part in enumerate(content)]
         else:
             raise APIError(400, f"{where}.content must be a string or an array of parts", param=f"{where}.content")
-        parsed.append({"role": role, "content": parts})
+        parsed.append({"role": role, "content": parts, **tool_fields})
     return parsed
 
 

@@ -59,6 +59,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from demo.cli import add_model_arguments, load_model
 from demo.openai_schema import APIError, ChatRequest, ServerLimits, parse_chat_request
+from demo.openai_tools import call_delta, message_fields
 from vlm.engine import Chat
 from vlm.generation import GenerationOptions
 from vlm.outputs import strip_special_tokens
@@ -189,7 +190,7 @@ class BatchEngine:
             kwargs = request.sampling.as_kwargs()
             stop = kwargs.pop("stop")
             chat = Chat.of(request.messages, images=None, videos=None, system=None, thinking=request.thinking,
-                           stop=stop, stream=True)
+                           stop=stop, stream=True, tools=request.tools, tool_choice=request.tool_choice)
             update = self.batch.admit(chat, GenerationOptions(**kwargs), key=job, ignore_eos=request.ignore_eos)
         except Exception as err:  # noqa: BLE001 - handed to the request, which answers with it
             job.send(("error", err))
@@ -315,8 +316,9 @@ class _Reply:
         self.created = int(time.time())
 
     def completion(self, generation: Any) -> dict[str, Any]:
-        message = {"role": "assistant", "content": self.clean(generation.text),
-                   "reasoning_content": self.clean(generation.thinking or "") or None}
+        content = self.clean(generation.text)
+        message = {"role": "assistant", "content": None if generation.tool_calls and not content else content,
+                   "reasoning_content": self.clean(generation.thinking or "") or None, **message_fields(generation)}
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                 "choices": [{"index": 0, "message": message, "finish_reason": generation.finish_reason,
                              "logprobs": None}],
@@ -331,11 +333,14 @@ class _Reply:
                   include_usage: bool) -> AsyncIterator[str]:
         try:
             yield self._chunk({"role": "assistant", "content": ""})
-            item = first
+            item, calls = first, 0
             while item[0] == "event":
                 _, channel, piece = item
+                if channel == "tool_call":
+                    yield self._chunk(call_delta(calls, piece))
+                    calls += 1
                 # A special token is one token, so it never straddles two pieces.
-                if piece := self.clean(piece):
+                elif piece := self.clean(piece):
                     yield self._chunk({"reasoning_content" if channel == "thinking" else "content": piece})
                 item = await items.get()
             if item[0] == "cancelled":

@@ -191,3 +191,18 @@ def _check(model, tokenizer, seq: list[int]) -> None:
         if got != want:
             raise RuntimeError(f"scripted checkpoint (thinking={thinking}) decodes {tokenizer.decode(got)!r}, "
                                f"expected {tokenizer.decode(want)!r}")
+
+
+# A scripted checkpoint that calls a tool (compact XML: no newlines inside the call, since a
+# repeated "\n" would need history the tools' system prompt disturbs; the parser takes both).
+TOOL_THINKING = "Call a tool"
+TOOL_ANSWER = "One moment<tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value></tool_call>"
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                   "required": ["city"]}}}
+
+
+def build_tool_checkpoint(out_dir: Path) -> ScriptedCheckpoint:
+    """A scripted checkpoint whose answer is "One moment" and a call get_weather(city="Paris")."""
+    return build_scripted_checkpoint(out_dir, thinking=TOOL_THINKING, answer=TOOL_ANSWER)

@@ -100,9 +100,12 @@ class Encoder:
         last = len(ids) - 1 - ids[::-1].index(self.assistant_id)
         return tuple(ids[last + 1:])
 
-    def encode(self, messages: list[dict[str, Any]]) -> Sample:
-        """Raises ValueError for a conversation that cannot be trained on (named reason)."""
-        kwargs = {} if self.thinking is None else {"thinking": self.thinking}
+    def encode(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None) -> Sample:
+        """Raises ValueError for a conversation that cannot be trained on (named reason). `tools`:
+        OpenAI function tools, rendered by the template into a system turn."""
+        kwargs: dict[str, Any] = {} if self.thinking is None else {"thinking": self.thinking}
+        if tools:
+            kwargs["tools"] = tools
         text = self.processor.apply_chat_template(messages, add_generation_prompt=False, **kwargs)
         images = [p["image"] for m in messages for p in m["content"] if p["type"] == "image"]
         videos = [p["video"] for m in messages for p in m["content"] if p["type"] == "video"]

@@ -9,6 +9,12 @@ Two layouts are accepted, one conversation per line, and both become the same
                                                {"type": "text", "text": "..."}]},
                   {"role": "assistant", "content": "..."}]}
 
+  Tool calling, OpenAI-style: a top-level `tools` list (OpenAI's function tools), assistant
+  messages with `tool_calls` (arguments a JSON string or an object; content may be null) and
+  `tool` messages with the results. The chat template renders them in GLM-4.5's form (`<tool_call>`
+  XML in the assistant turn, the results in an `<|observation|>` turn), so the call tokens are
+  learned with the rest of the assistant turn and the results are not.
+
 * ShareGPT / LLaMA-Factory: `messages` (role/content) or `conversations` (from/value) with
   plain-string contents holding `<image>` / `<video>` markers, plus top-level `images` /
   `videos` lists consumed in marker order, and an optional top-level `system`.
@@ -29,12 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlm.tool_calls import check_tools, template_messages
+
 log = logging.getLogger(__name__)
 
-ROLES = ("system", "user", "assistant", "observation")
+ROLES = ("system", "user", "assistant", "tool", "observation")  # "observation": a tool result
 # ShareGPT speaker names -> our roles.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "observation": "observation", "function_call": "assistant"}
+                  "system": "system", "observation": "tool", "function_call": "assistant"}
 MARKER = re.compile(r"(<image>|<video>)")
 
 
@@ -44,6 +52,7 @@ class Conversation:
 
     line: int
     messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None  # OpenAI function tools the template renders
 
     @property
     def media(self) -> list[tuple[str, str]]:
@@ -100,7 +109,8 @@ def read_conversations(path: str | Path, *, bad: BadRecords) -> list[Conversatio
             if not text.strip():
                 continue
             try:
-                conversations.append(Conversation(line_no, parse_record(json.loads(text), root=root)))
+                record = json.loads(text)
+                conversations.append(Conversation(line_no, parse_record(record, root=root), record_tools(record)))
             except json.JSONDecodeError as e:
                 bad.add(str(path), line_no, f"invalid JSON: {e.msg} at column {e.colno}")
             except (KeyError, TypeError, ValueError) as e:
@@ -120,7 +130,7 @@ def parse_record(record: Any, *, root: Path) -> list[dict[str, Any]]:
         messages = [_normalise_message(m) for m in record["messages"]]
     else:
         raise ValueError(f"bad shape: expected a 'messages' or 'conversations' list, got keys {sorted(record)}")
-    if not any(m["role"] == "assistant" and _text_of(m) for m in messages):
+    if not any(m["role"] == "assistant" and (_text_of(m) or m.get("tool_calls")) for m in messages):
         raise ValueError("no assistant turn: nothing to learn from")
     for m in messages:
         if isinstance(m["content"], list):
@@ -128,6 +138,16 @@ def parse_record(record: Any, *, root: Path) -> list[dict[str, Any]]:
                 if part["type"] in ("image", "video"):
                     part[part["type"]] = _resolve(part[part["type"]], root)
     return messages
+
+
+def record_tools(record: Any) -> list[dict[str, Any]] | None:
+    """The record's checked `tools` (None without); ValueError naming what is wrong."""
+    if not isinstance(record, dict) or record.get("tools") is None:
+        return None
+    try:
+        return check_tools(record["tools"])
+    except ValueError as e:
+        raise ValueError(f"bad tools: {e}") from None
 
 
 def _has_markers(record: dict[str, Any]) -> bool:
@@ -138,18 +158,24 @@ def _has_markers(record: dict[str, Any]) -> bool:
 
 
 def _normalise_message(m: Any) -> dict[str, Any]:
-    if not isinstance(m, dict) or "role" not in m or "content" not in m:
+    calls = m.get("tool_calls") if isinstance(m, dict) else None
+    if not isinstance(m, dict) or "role" not in m or ("content" not in m and not calls):
         raise ValueError(f"bad shape: a message needs 'role' and 'content', got {m!r:.80}")
     if m["role"] not in ROLES:
         raise ValueError(f"bad role: {m['role']!r}, expected one of {ROLES}")
-    content = m["content"]
+    content = m.get("content")
+    if calls:
+        m = template_messages([m])[0]  # raises ValueError for a call it cannot render
+        content = content or ""
     if isinstance(content, str):
         parts = [{"type": "text", "text": content}]
     elif isinstance(content, list):
         parts = [_normalise_part(p) for p in content]
     else:
         raise ValueError(f"bad shape: content must be a string or a list of parts, got {type(content).__name__}")
-    out = {"role": m["role"], "content": parts}
+    out = {"role": "tool" if m["role"] == "observation" else m["role"], "content": parts}
+    if calls:
+        out["tool_calls"] = m["tool_calls"]
     if m.get("reasoning_content"):
         out["reasoning_content"] = str(m["reasoning_content"])
     return out

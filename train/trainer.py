@@ -78,7 +78,7 @@ class Dataset:
             result = cached.get(conv.line)
             if result is None:
                 try:
-                    result = len(encoder.encode(conv.messages))
+                    result = len(encoder.encode(conv.messages, tools=conv.tools))
                 except ValueError as e:
                     result = str(e)
             results[conv.line] = result
@@ -96,7 +96,8 @@ class Dataset:
         return len(self.conversations)
 
     def sample(self, i: int) -> Sample:
-        return self.encoder.encode(self.conversations[i].messages)
+        conversation = self.conversations[i]
+        return self.encoder.encode(conversation.messages, tools=conversation.tools)
 
 
 class Trainer:

@@ -11,15 +11,15 @@ validate (`GenerationOptions`, `Chat.of`: what `VLM.generate` does with its keyw
 What is unusual here:
 - Every argument is checked, and every image opened, before the model does any work: a bad
   `top_p` or an unreadable file fails in microseconds with the value named.
-- Streamed and non-streamed calls are one code path: a non-streamed call drains the stream. Text
-  is detokenised incrementally (only the ids since the last clean character boundary are
-  decoded), pieces are emitted only once they can no longer change: a trailing partial UTF-8
-  character, trailing whitespace (the final answer is stripped) and a tail that could still
-  grow into a stop string are held back. So the joined pieces equal `Generation.text` exactly.
-- Stop strings are matched in the answer, not in the reasoning (a "\\n\\n" stop must not end a
-  generation inside its `<think>` block); the answer is cut before the stop string.
+- Streamed and non-streamed calls are one code path: a non-streamed call drains the stream.
+  `vlm.row_text.RowText` turns a row's tokens into pieces that never change once given out, so
+  the joined pieces equal `Generation.text` exactly; stop strings are matched in the answer.
 - Stop tokens are the checkpoint's: `generation_config.json`, the config's eos ids and the
   tokenizer's GLM turn-ending tokens (`<|endoftext|>`, `<|user|>`, `<|observation|>`).
+- With `tools`, the answer goes through `vlm.tool_calls`: calls come out parsed (a stream yields
+  ("tool_call", ToolCall) events as each completes) and leave the text; `tool_choice` "required"
+  or a named function pre-fills the answer with the start of a call (`<tool_call>` or
+  `<tool_call>name`), after an empty think block: a forced call skips the reasoning.
 - Boxes are converted to pixels of the last image of the prompt (the model grounds on the image
   it was asked about, which the chat formats put last); without an image `boxes` is empty and
   `vlm.outputs.parse_boxes(text)` gives the 0-999 model-space values.
@@ -28,12 +28,11 @@ What is unusual here:
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -41,12 +40,10 @@ from .config import TextConfig
 from .generation import GenerationOptions, TokenStream
 from .images import load_image
 from .model import VisionLanguageModel
-from .outputs import THINK_CLOSE, THINK_OPEN, parse_boxes, split_thinking, to_pixels
+from .outputs import THINK_CLOSE, THINK_OPEN, parse_boxes, to_pixels
+from .row_text import Channel, FinishReason, RowText
+from .tool_calls import ToolCall, ToolCallError, check_tools, forced_prefix, parse_tool_calls, template_messages
 
-logger = logging.getLogger(__name__)
-
-FinishReason = Literal["stop", "length"]
-Channel = Literal["thinking", "answer"]
 
 
 @dataclass
@@ -55,10 +52,12 @@ class Generation:
     thinking: str | None  # the reasoning; None when the model did not reason (thinking off)
     boxes: list[tuple[float, ...]]  # (x1, y1, x2, y2) boxes and (x, y) points, pixels of the last image
     token_ids: list[int]  # generated ids, the final stop token included
-    finish_reason: FinishReason  # "stop": stop token or stop string; "length": max_new_tokens reached
+    finish_reason: FinishReason  # "stop": stop token or string; "length": max_new_tokens; "tool_calls": it called
     prompt_tokens: int  # real (unpadded) prompt length, vision placeholders included
     prefill_s: float  # seconds for the prompt forward (vision encoder included) and the first token
     decode_tokens_per_s: float  # tokens after the first, per second of decoding (whole batch's clock)
+    tool_calls: list[ToolCall] = field(default_factory=list)  # parsed calls (only when tools were given)
+    tool_call_errors: list[ToolCallError] = field(default_factory=list)  # malformed calls, kept in `text`
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,14 +66,15 @@ class Generation:
 
 class GenerationStream:
     """`for piece in stream` yields answer pieces; `stream.events()` yields (channel, piece) for
-    reasoning and answer. Either may be consumed once; `stream.result` is the `Generation` after."""
+    reasoning and answer, and ("tool_call", ToolCall) with tools. Either may be consumed once;
+    `stream.result` is the `Generation` after."""
 
-    def __init__(self, events: Iterator[tuple[Channel, str]], results: list[Generation]) -> None:
+    def __init__(self, events: Iterator[tuple[Channel, Any]], results: list[Generation]) -> None:
         self._events = events
         self._results = results
         self._started = False
 
-    def events(self) -> Iterator[tuple[Channel, str]]:
+    def events(self) -> Iterator[tuple[Channel, Any]]:
         if self._started:
             raise RuntimeError("this GenerationStream was already consumed")
         self._started = True
@@ -96,84 +96,6 @@ class GenerationStream:
         self._events.close()
 
 
-class _RowText:
-    """One row's text as it grows: incremental detokenisation, thinking/answer split, stop strings."""
-
-    def __init__(self, decode, stop_strings: tuple[str, ...]) -> None:
-        self._decode = decode
-        self._stops = stop_strings
-        self.ids: list[int] = []
-        self._clean = ""  # text of ids[:_pending]
-        self._pending = 0  # ids from here on may end in a partial character
-        self.emitted = {"thinking": "", "answer": ""}
-        self.stopped_by_string = False
-
-    def add(self, token: int, *, is_stop_token: bool) -> None:
-        self.ids.append(token)
-        if is_stop_token:
-            return  # in token_ids, never in the text
-        tail = self._decode(self.ids[self._pending :])
-        if not tail.endswith("\ufffd"):
-            self._clean += tail
-            self._pending = len(self.ids)
-        if self._stops and self._split(final=True)[2]:
-            self.stopped_by_string = True
-
-    def raw(self, *, final: bool) -> str:
-        if final and self._pending < len(self.ids):
-            ids = [i for i in self.ids[self._pending :]]
-            return self._clean + self._decode(ids)
-        return self._clean
-
-    def _stop_index(self, answer: str) -> int | None:
-        found = [answer.find(s) for s in self._stops]
-        found = [i for i in found if i >= 0]
-        return min(found) if found else None
-
-    def split(self, *, final: bool) -> tuple[str, str | None]:
-        """(answer, thinking) of the text so far; thinking None when there is no <think> block."""
-        return self._split(final=final)[:2]
-
-    def _split(self, *, final: bool) -> tuple[str, str | None, bool]:
-        raw = self.raw(final=final)
-        reply = split_thinking(raw)
-        answer = reply.answer
-        cut = self._stop_index(answer) if self._stops else None
-        if cut is not None:
-            answer = answer[:cut].rstrip()
-        if not final and not reply.finished_thinking:
-            answer = ""  # text before an unclosed <think> is not the answer yet
-        thinking = reply.thinking if (THINK_OPEN in raw or THINK_CLOSE in raw) else None
-        return answer, thinking, cut is not None
-
-    def new_pieces(self, *, final: bool) -> list[tuple[Channel, str]]:
-        """What can be shown now that was not shown before, per channel."""
-        answer, thinking = self.split(final=final)
-        current = {"thinking": thinking or "", "answer": answer}
-        pieces: list[tuple[Channel, str]] = []
-        for channel in ("thinking", "answer"):
-            text = current[channel]
-            if not final:
-                text = text.rstrip()
-                if channel == "answer":
-                    text = text[: len(text) - self._stop_prefix_len(text)]
-            shown = self.emitted[channel]
-            if len(text) > len(shown) and text.startswith(shown):
-                pieces.append((channel, text[len(shown) :]))
-                self.emitted[channel] = text
-            elif final and text != shown:
-                logger.warning("streamed %s %r is not a prefix of the final %r", channel, shown, text)
-        return pieces
-
-    def _stop_prefix_len(self, text: str) -> int:
-        """Length of the longest tail of `text` that begins some stop string (held back)."""
-        best = 0
-        for stop in self._stops:
-            for n in range(min(len(stop) - 1, len(text)), best, -1):
-                if text.endswith(stop[:n]):
-                    best = n
-                    break
-        return best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,21 +112,26 @@ class _Request:
 @dataclass(frozen=True)
 class Chat:
     """What one `VLM.generate` call asks, apart from the decoding options: the prompts (system
-    message added, images opened), the thinking switch, stop strings and streaming."""
+    message added, images opened), the thinking switch, stop strings, streaming and tools."""
 
     requests: list[_Request]
     batched: bool  # a list of prompts was given: the answer is a list
     thinking: bool | None
     stop: tuple[str, ...]
     stream: bool
+    tools: list[dict[str, Any]] | None = None  # checked, OpenAI's shape; rendered by the chat template
+    tool_choice: Any = "auto"  # "auto", "none" (rendered, not parsed), "required", {"function": {"name"}}
 
     @classmethod
     def of(
         cls, prompt_or_messages: str | Sequence[Any], *, images: Any, videos: Any, system: str | None,
-        thinking: bool | None, stop: str | Sequence[str] | None, stream: bool,
+        thinking: bool | None, stop: str | Sequence[str] | None, stream: bool, tools: Any = None,
+        tool_choice: Any = "auto",
     ) -> Chat:
         """Check every argument and open every image, before the model does any work."""
         stops = _stop_strings(stop)
+        tools = check_tools(tools) if tools is not None else None
+        forced_prefix(tool_choice, tools)  # checks it
         if thinking is not None and not isinstance(thinking, bool):
             raise ValueError(f"thinking={thinking!r}: expected True, False or None (the checkpoint's default)")
         if system is not None and not isinstance(system, str):
@@ -214,7 +141,20 @@ class Chat:
         requests, batched = _requests(prompt_or_messages, images=images, videos=videos, system=system)
         if stream and batched:
             raise ValueError(f"stream=True takes one prompt, got a batch of {len(requests)}; stream them one by one")
-        return cls(requests=requests, batched=batched, thinking=thinking, stop=stops, stream=stream)
+        return cls(requests=requests, batched=batched, thinking=thinking, stop=stops, stream=stream, tools=tools,
+                   tool_choice=tool_choice)
+
+    @property
+    def prefix(self) -> str:
+        """Text the answer is made to start with (a forced call), after the generation prompt."""
+        forced = forced_prefix(self.tool_choice, self.tools)
+        return forced if not forced or self.thinking is False else f"{THINK_OPEN}{THINK_CLOSE}\n{forced}"
+
+    def row_text(self, decode) -> RowText:
+        """The text state of one row of this chat."""
+        parsed = self.tools if self.tools and self.tool_choice != "none" else None
+        return RowText(decode, self.stop, prefix=self.prefix, tools=parsed,
+                        call_finish="stop" if isinstance(self.tool_choice, Mapping) else "tool_calls")
 
 
 def generate(
@@ -245,7 +185,7 @@ class _Batch:
 
 def prepare(model: VisionLanguageModel, processor: Any, chat: Chat, *, max_new_tokens: int) -> _Batch:
     requests = chat.requests
-    prompts = [_render(processor, r.messages, chat.thinking) for r in requests]
+    prompts = [_render(processor, r.messages, chat.thinking, chat.tools) + chat.prefix for r in requests]
     inputs = processor(
         text=prompts, images=[i for r in requests for i in r.images] or None,
         videos=[v for r in requests for v in r.videos] or None,
@@ -278,7 +218,7 @@ def run(
         model, batch.inputs, max_new_tokens=options.max_new_tokens, sampler=sampler, stop_token_ids=stop_token_ids,
         pad_token_id=text.pad_token_id,
     )
-    rows = [_RowText(processor.decode, chat.stop) for _ in chat.requests]
+    rows = [chat.row_text(processor.decode) for _ in chat.requests]
     results: list[Generation] = []
     events = _events(tokens, rows, set(stop_token_ids), batch, results, streaming=chat.stream)
     return GenerationStream(events, results)
@@ -286,7 +226,7 @@ def run(
 
 def _events(
     tokens: TokenStream,
-    rows: list[_RowText],
+    rows: list[RowText],
     stop_ids: set[int],
     batch: _Batch,
     results: list[Generation],
@@ -318,14 +258,20 @@ def _events(
                               prefill_s=tokens.prefill_s, decode_tokens_per_s=rate))
 
 
-def finish(row: _RowText, *, stopped: bool, prompt_tokens: int, size: tuple[int, int] | None, prefill_s: float,
+def finish(row: RowText, *, stopped: bool, prompt_tokens: int, size: tuple[int, int] | None, prefill_s: float,
            decode_tokens_per_s: float) -> Generation:
     """The `Generation` of a row that has ended (by a stop, or at its length limit when not `stopped`)."""
     answer, thinking = row.split(final=True)
+    parsed = parse_tool_calls(answer, row.tools) if row.tools is not None else None
+    answer = parsed.content if parsed is not None else answer
+    calls, errors = (parsed.calls, parsed.errors) if parsed is not None else ([], [])
+    if [(c.name, c.arguments) for c in calls] == [(c.name, c.arguments) for c in row.streamed_calls]:
+        calls = row.streamed_calls  # the same calls, with the ids a stream already gave out
     boxes = [to_pixels(t, width=size[0], height=size[1]) for t in parse_boxes(answer)] if size else []
-    return Generation(text=answer, thinking=thinking, boxes=boxes, token_ids=row.ids,
-                      finish_reason="stop" if stopped else "length", prompt_tokens=prompt_tokens,
-                      prefill_s=prefill_s, decode_tokens_per_s=decode_tokens_per_s)
+    reason: FinishReason = row.call_finish if calls else "stop" if stopped else "length"
+    return Generation(text=answer, thinking=thinking, boxes=boxes, token_ids=row.ids, finish_reason=reason,
+                      prompt_tokens=prompt_tokens, prefill_s=prefill_s, decode_tokens_per_s=decode_tokens_per_s,
+                      tool_calls=calls, tool_call_errors=errors)
 
 
 def _stop_strings(stop: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -374,7 +320,7 @@ def _request(prompt: Any, images: Any, videos: Any, system: str | None) -> _Requ
     else:
         if images is not None or videos is not None:
             raise ValueError("images=/videos= go with a string prompt; in messages, put them in image/video parts")
-        messages = [dict(m) for m in prompt]
+        messages = template_messages(prompt)
         for m in messages:
             if "role" not in m or "content" not in m:
                 raise ValueError(f"message {m!r:.80}: expected a dict with 'role' and 'content'")
@@ -405,10 +351,12 @@ def _with_images(messages: list[dict[str, Any]], opened: Iterator[Any]) -> list[
     return out
 
 
-def _render(processor: Any, messages: list[dict[str, Any]], thinking: bool | None) -> str:
-    if thinking is None:  # the processor's (and the template's) own default
-        return processor.apply_chat_template(messages)
-    return processor.apply_chat_template(messages, thinking=thinking)
+def _render(processor: Any, messages: list[dict[str, Any]], thinking: bool | None,
+            tools: list[dict[str, Any]] | None) -> str:
+    kwargs = {"tools": tools} if tools else {}
+    if thinking is not None:  # else the processor's (and the template's) own default
+        kwargs["thinking"] = thinking
+    return processor.apply_chat_template(messages, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

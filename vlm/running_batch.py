@@ -29,9 +29,10 @@ from typing import Any
 import torch
 
 from .cache import KVCache
-from .engine import Channel, Chat, Generation, _RowText, finish, prepare
+from .engine import Chat, Generation, finish, prepare
 from .generation import MODEL_INPUTS, GenerationOptions, decode_plan, decode_step
 from .model import VisionLanguageModel
+from .row_text import Channel, RowText
 from .rotary import mrope_cos_sin
 from .sampling import Sampler
 
@@ -40,7 +41,7 @@ from .sampling import Sampler
 class Row:
     """One request in the batch."""
 
-    text: _RowText
+    text: RowText
     sampler: Sampler
     max_new_tokens: int
     prompt_tokens: int
@@ -92,7 +93,7 @@ class RunningBatch:
         mask = inputs.pop("attention_mask", torch.ones_like(input_ids))
         device, dtype = input_ids.device, model.lm_head.weight.dtype
         sampler = options.sampler(batch=1, vocab_size=text_cfg.vocab_size, device=device)
-        row = Row(text=_RowText(self.processor.decode, chat.stop), sampler=sampler,
+        row = Row(text=chat.row_text(self.processor.decode), sampler=sampler,
                   max_new_tokens=options.max_new_tokens, prompt_tokens=int(batch.prompt_tokens[0]),
                   size=batch.sizes[0], position=0, last=0, prefill_s=0.0, key=key,
                   stop_ids=frozenset() if ignore_eos else self.stop_ids)

@@ -123,6 +123,8 @@ class VLM:
         stop: str | Sequence[str] | None = None,
         seed: int | None = None,
         stream: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] = "auto",
     ) -> Generation | list[Generation] | GenerationStream:
         """Answer a prompt (a string with `images` / `videos`, or OpenAI-style messages with image and
         video parts); a list of prompts runs as one batch and returns a list.
@@ -133,11 +135,20 @@ class VLM:
         `GenerationStream` of answer pieces (`.events()` adds the reasoning), `.result` once drained.
         Bad arguments and unreadable images raise `ValueError` / `FileNotFoundError` before any work.
         The decoding keywords are the fields of `GenerationOptions` (the same defaults).
+
+        `tools` (OpenAI's `[{"type": "function", "function": {"name", "description", "parameters"}}]`)
+        are rendered by the chat template; the model's calls come back parsed in `.tool_calls`
+        (arguments typed by each tool's JSON schema), out of `.text`, with `finish_reason`
+        "tool_calls"; malformed ones are listed in `.tool_call_errors` and left in the text. A
+        stream yields ("tool_call", ToolCall) events from `.events()` as each call completes.
+        `tool_choice`: "auto"; "none" (tools shown, nothing parsed); "required" or
+        `{"type": "function", "function": {"name": ...}}` make the answer start with a call.
+        Messages may hold OpenAI's assistant `tool_calls` and `tool` results (see `vlm.tool_calls`).
         """
         options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                     repetition_penalty=repetition_penalty, seed=seed)
         chat = engine.Chat.of(prompt_or_messages, images=images, videos=videos, system=system, thinking=thinking,
-                              stop=stop, stream=stream)
+                              stop=stop, stream=stream, tools=tools, tool_choice=tool_choice)
         return engine.generate(self.model, self.require_processor(), chat, options, stop_token_ids=self.stop_token_ids())
 
     def stop_token_ids(self) -> tuple[int, ...]:
