@@ -87,21 +87,53 @@ def test_no_meta_tensors_remain_after_loading(checkpoint):
         ours.require_processor()
 
 
-def _copy_with(checkpoint, tmp_path, edit):
+def _copy_with(checkpoint, tmp_path, edit, *, edit_config=None):
     tensors = load_file(str(checkpoint / "model.safetensors"))
     edit(tensors)
-    (tmp_path / "config.json").write_text((checkpoint / "config.json").read_text())
+    config = json.loads((checkpoint / "config.json").read_text())
+    if edit_config is not None:
+        edit_config(config)
+    (tmp_path / "config.json").write_text(json.dumps(config))
     save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     return tmp_path
 
 
-def test_extra_multi_token_prediction_layer_is_tolerated(kind, checkpoint, tmp_path):
-    n = json.loads((checkpoint / "config.json").read_text())["text_config"]["num_hidden_layers"]
-    path = _copy_with(checkpoint, tmp_path, lambda t: t.update({
+def _mtp_layer(n):
+    return lambda t: t.update({
         f"model.language_model.layers.{n}.eh_proj.weight": torch.zeros(4, 4),
         f"model.language_model.layers.{n}.enorm.weight": torch.zeros(4),
-    }))
-    VLM.from_pretrained(path)
+    })
+
+
+def test_declared_multi_token_prediction_layer_is_skipped(kind, checkpoint, tmp_path):
+    n = json.loads((checkpoint / "config.json").read_text())["text_config"]["num_hidden_layers"]
+    path = _copy_with(checkpoint, tmp_path, _mtp_layer(n),
+                      edit_config=lambda c: c["text_config"].update(num_nextn_predict_layers=1))
+    loaded = VLM.from_pretrained(path).model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in VLM.from_pretrained(checkpoint).model.state_dict().items())
+
+
+def test_undeclared_layer_past_the_network_is_named(kind, checkpoint, tmp_path):
+    n = json.loads((checkpoint / "config.json").read_text())["text_config"]["num_hidden_layers"]
+    # no num_nextn_predict_layers: layer n is not a declared MTP layer
+    path = _copy_with(checkpoint, tmp_path, _mtp_layer(n))
+    with pytest.raises(ValueError, match=rf"'model.language_model.layers.{n}.eh_proj.weight'.*num_hidden_layers={n} "
+                                         r"and num_nextn_predict_layers=0"):
+        VLM.from_pretrained(path)
+    # one MTP layer declared, two stored: the second is not skipped
+    path = _copy_with(checkpoint, tmp_path, lambda t: (_mtp_layer(n)(t), _mtp_layer(n + 1)(t)),
+                      edit_config=lambda c: c["text_config"].update(num_nextn_predict_layers=1))
+    with pytest.raises(ValueError, match=rf"layers.{n + 1}.eh_proj.weight"):
+        VLM.from_pretrained(path)
+
+
+def test_config_with_fewer_layers_than_stored_does_not_load(kind, checkpoint, tmp_path):
+    """The audit's case: config.json says one layer less; loading used to run a cut network."""
+    n = json.loads((checkpoint / "config.json").read_text())["text_config"]["num_hidden_layers"]
+    path = _copy_with(checkpoint, tmp_path, lambda t: None,
+                      edit_config=lambda c: c["text_config"].update(num_hidden_layers=n - 1))
+    with pytest.raises(ValueError, match=rf"layers.{n - 1}\..*num_hidden_layers={n - 1}"):
+        VLM.from_pretrained(path)
 
 
 def test_missing_tensor_names_key_and_file(checkpoint, tmp_path):

@@ -11,7 +11,9 @@ tensor is read straight into its place with `readinto` at the offset the safeten
 gives: no second copy of the model, and no memory-mapped pages counted in the process's
 resident memory (reading through a mapping keeps every touched page resident, which doubled
 the peak). A tensor stored in another dtype goes through one temporary, one tensor at a time. A missing, unexpected or mis-shaped tensor is an error naming the key and the
-file. Extra multi-token-prediction layers (index >= num_hidden_layers) are skipped.
+file. Only the multi-token-prediction layers `config.json` declares (`num_nextn_predict_layers`
+layers from index `num_hidden_layers` on) are skipped; any other layer past the network is an
+error, so a config that says fewer layers than the checkpoint stores cannot run a cut network.
 Saving: one `model.safetensors`, or shards plus `model.safetensors.index.json` when larger than
 `max_shard_bytes`; each file is written to a temporary name and renamed (atomic).
 """
@@ -122,7 +124,6 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
     expected = bindings(model)
     tensors = model_tensors(model)
     seen: set[str] = set()
-    num_layers = cfg.text.num_hidden_layers
     with torch.no_grad():
         for file in checkpoint_files(directory):
             with _open(file) as f, open(file, "rb") as raw:
@@ -130,7 +131,7 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
                 for key in f.keys():
                     binding = expected.get(key)
                     if binding is None:
-                        if _is_extra_layer(key, num_layers):
+                        if _is_declared_mtp_layer(key, cfg, file):
                             continue
                         raise ValueError(f"unexpected tensor {key!r} in {file} (not part of a {cfg.model_type} model)")
                     shape = tuple(f.get_slice(key).get_shape())
@@ -234,7 +235,19 @@ def _read_into(raw, where: tuple[torch.dtype | None, int, int], target: torch.Te
         target.copy_(buffer)
 
 
-def _is_extra_layer(key: str, num_layers: int) -> bool:
-    """Multi-token-prediction layers sit at indices >= num_hidden_layers; we do not run them."""
+def _is_declared_mtp_layer(key: str, cfg: VLMConfig, file: Path) -> bool:
+    """True for a tensor of a multi-token-prediction layer the config declares (we do not run
+    them); a layer past those is an error naming the key: the config and the weights disagree."""
     match = re.match(r"^model\.(?:language_model\.)?layers\.(\d+)\.", key)
-    return match is not None and int(match[1]) >= num_layers
+    if match is None:
+        return False
+    layer, first = int(match[1]), cfg.text.num_hidden_layers
+    if layer < first:
+        return False
+    mtp = cfg.text.num_nextn_predict_layers
+    if layer < first + mtp:
+        return True
+    raise ValueError(
+        f"tensor {key!r} in {file} belongs to layer {layer}, but config.json declares num_hidden_layers={first} "
+        f"and num_nextn_predict_layers={mtp}, so the checkpoint may store layers 0..{first + mtp - 1} only: the "
+        f"config describes fewer layers than the checkpoint holds")
