@@ -179,3 +179,62 @@ def test_loads_shards_written_by_transformers(kind, checkpoint, tmp_path):
     single = VLM.from_pretrained(checkpoint).model.state_dict()
     assert sharded.keys() == single.keys()
     assert all(torch.equal(sharded[k], single[k]) for k in single)
+
+
+class _PowerCut(Exception):
+    """Raised in place of the k-th file-system step of a save."""
+
+
+def _cut_at(monkeypatch, k):
+    """Make the k-th file write, fsync, rename or unlink of a save raise `_PowerCut`; returns a
+    counter of the steps seen (k=None: never cut)."""
+    import os
+    import pathlib
+
+    import vlm.weights
+
+    seen = [0]
+
+    def step(original):
+        def wrapped(*args, **kwargs):
+            if seen[0] == k:
+                raise _PowerCut(f"cut at step {k}")
+            seen[0] += 1
+            return original(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(os, "replace", step(os.replace))
+    monkeypatch.setattr(os, "fsync", step(os.fsync))
+    monkeypatch.setattr(pathlib.Path, "unlink", step(pathlib.Path.unlink))
+    monkeypatch.setattr(vlm.weights, "save_file", step(vlm.weights.save_file))
+    return seen
+
+
+SHARDED, SINGLE = 200 * 1024, 1 << 40  # about 4 shards of the tiny model
+
+
+@pytest.mark.parametrize(("before", "after"), [(SINGLE, SHARDED), (SHARDED, SINGLE), (SHARDED, SHARDED), (SINGLE, SINGLE)],
+                         ids=["single-to-shards", "shards-to-single", "shards-to-same-count", "single-to-single"])
+def test_a_save_cut_at_any_step_leaves_the_old_or_the_new_checkpoint(checkpoint, tmp_path, before, after):
+    old = VLM.from_pretrained(checkpoint)
+    new = VLM.from_config(old.config, seed=7)
+    versions = [old.model.state_dict(), new.model.state_dict()]
+    k = 0
+    while True:
+        directory = tmp_path / f"cut-{k}"
+        old.save_pretrained(directory, max_shard_bytes=before)
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            seen = _cut_at(monkeypatch, k)
+            try:
+                new.save_pretrained(directory, max_shard_bytes=after)
+                finished = True
+            except _PowerCut:
+                finished = False
+        loaded = VLM.from_pretrained(directory).model.state_dict()
+        matches = [all(torch.equal(loaded[n], v[n]) for n in v) for v in versions]
+        assert any(matches), f"a save cut at step {k} left a checkpoint that is neither the old nor the new one"
+        if finished:
+            assert matches[1] and seen[0] == k
+            break
+        k += 1
+    assert k > 3  # the save had steps to cut

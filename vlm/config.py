@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import config_checks
+from .files import atomic_write
 
 ModelType = Literal["glm4v_moe", "glm4v"]
 RotaryLayout = Literal["half", "interleaved"]
@@ -199,10 +200,8 @@ class VLMConfig:
         """Write `directory/config.json` atomically."""
         file = Path(directory) / "config.json"
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, file)
-        return file
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return atomic_write(file, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # ---- (de)serialisation helpers -------------------------------------------------------------------

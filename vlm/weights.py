@@ -15,7 +15,8 @@ file. Only the multi-token-prediction layers `config.json` declares (`num_nextn_
 layers from index `num_hidden_layers` on) are skipped; any other layer past the network is an
 error, so a config that says fewer layers than the checkpoint stores cannot run a cut network.
 Saving: one `model.safetensors`, or shards plus `model.safetensors.index.json` when larger than
-`max_shard_bytes`; each file is written to a temporary name and renamed (atomic).
+`max_shard_bytes`. A save over an existing checkpoint switches from the old weights to the new at
+one rename (see `save_weights`), so an interrupted save leaves the old checkpoint or the new one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import VLMConfig
+from .files import atomic_write, fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +98,13 @@ def checkpoint_files(directory: str | os.PathLike) -> list[Path]:
     directory = Path(directory)
     index = directory / INDEX_FILE
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [directory / name for name in sorted(set(weight_map.values()))]
+        try:
+            names = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+            raise ValueError(f"{index} is not a safetensors index with a weight_map of file names: {err!r}") from None
+        if not all(isinstance(name, str) and "/" not in name and name not in ("", ".", "..") for name in names):
+            raise ValueError(f"{index} names a weight file outside {directory}: {sorted(map(str, names))[:3]}")
+        return [directory / name for name in sorted(names)]
     single = directory / SINGLE_FILE
     if single.exists():
         return [single]
@@ -148,27 +155,48 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
 
 
 def save_weights(model: nn.Module, directory: str | os.PathLike, *, max_shard_bytes: int = 5 * 1024**3) -> list[Path]:
-    """Write the released layout; returns the files written."""
+    """Write the released layout; returns the files written.
+
+    Loaders read the index when there is one, else the single file; the new weights become
+    the ones read at one atomic step, the commit: the index's rename (shards), or the single
+    file's rename or the old index's removal (one file). New shards never overwrite files the
+    live index names (a second name set, `-b`, alternates with the plain one), and stale files
+    are removed only after the commit.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     shards = list(_shard(_checkpoint_tensors(model), max_shard_bytes))
-    names = [SINGLE_FILE] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
-    ]
-    for stale in [*directory.glob("model*.safetensors"), directory / INDEX_FILE]:
-        if stale.exists() and stale.name not in names:
-            stale.unlink()
-    written = []
-    for name, shard in zip(names, shards):
-        written.append(_atomic(directory / name, lambda tmp, shard=shard: save_file(shard, str(tmp), metadata={"format": "pt"})))
+    live = _live_files(directory)
+    names = [SINGLE_FILE] if len(shards) == 1 else _shard_names(len(shards), avoid=live)
+    written = [atomic_write(directory / name, lambda tmp, shard=shard: save_file(shard, str(tmp), metadata={"format": "pt"}))
+               for name, shard in zip(names, shards)]
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())},
             "weight_map": {key: name for name, shard in zip(names, shards) for key in shard},
         }
-        written.append(_atomic(directory / INDEX_FILE, lambda tmp: tmp.write_text(json.dumps(index, indent=2) + "\n")))
+        written.append(atomic_write(directory / INDEX_FILE, lambda tmp: tmp.write_text(json.dumps(index, indent=2) + "\n")))
+    else:
+        (directory / INDEX_FILE).unlink(missing_ok=True)  # the commit when switching from shards
+    for stale in directory.glob("model*.safetensors"):
+        if stale.name not in names:
+            stale.unlink()
+    fsync_dir(directory)
     logger.info("saved %d tensors in %d file(s) to %s", sum(len(s) for s in shards), len(shards), directory)
     return written
+
+
+def _live_files(directory: Path) -> set[str]:
+    """The weight files a loader reads from `directory` now (none when it holds no checkpoint)."""
+    try:
+        return {file.name for file in checkpoint_files(directory)}
+    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+
+
+def _shard_names(count: int, *, avoid: set[str]) -> list[str]:
+    plain = [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+    return [name.replace(".safetensors", "-b.safetensors") for name in plain] if avoid & set(plain) else plain
 
 
 # ---- helpers --------------------------------------------------------------------------------------
@@ -192,13 +220,6 @@ def _shard(items: Iterator[tuple[str, torch.Tensor]], max_bytes: int) -> Iterato
         shard[key] = tensor
         size += nbytes
     yield shard
-
-
-def _atomic(path: Path, write) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
 
 
 def _open(file: Path):
