@@ -41,6 +41,9 @@ class APIError(Exception):
 
     def __init__(self, status: int, message: str, *, type: ErrorType = "invalid_request_error",
                  param: str | None = None, code: str | None = None) -> None:
+        # A message quoting client input may hold lone surrogates ("\udcff" in a JSON string), which
+        # UTF-8 cannot encode: escape them, or the error response itself fails with a 500.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.status = status
         self.message = message

@@ -39,7 +39,9 @@ def user(text: str, *images: Image.Image) -> dict:
 
 
 def chat(url: str, **body) -> httpx.Response:
-    return httpx.post(f"{url}/v1/chat/completions", json={"model": MODEL, "max_tokens": 4, **body}, timeout=60)
+    body = json.dumps({"model": MODEL, "max_tokens": 4, **body})  # ASCII: a lone surrogate travels as \\udcff
+    return httpx.post(f"{url}/v1/chat/completions", content=body, headers={"content-type": "application/json"},
+                      timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +125,7 @@ def test_deeply_nested_json_gets_400(url, body):
 
 
 @pytest.mark.parametrize("path", ["{media}/a\x00.png", "file://{media}/\x00", "{media}/" + "a" * 5000 + ".png",
-                                  "{media}/" + "a/" * 3000 + "b.png"])
+                                  "{media}/" + "a/" * 3000 + "b.png", "{media}/\udcff.png"])
 @pytest.mark.parametrize("kind", ["image_url", "video_url"])
 def test_unusable_local_media_paths_get_400(url, media_dir, path, kind):
     part = {"type": kind, kind: {"url": path.format(media=media_dir)}}

@@ -125,6 +125,11 @@ def test_undeclared_layer_past_the_network_is_named(kind, checkpoint, tmp_path):
                       edit_config=lambda c: c["text_config"].update(num_nextn_predict_layers=1))
     with pytest.raises(ValueError, match=rf"layers.{n + 1}.eh_proj.weight"):
         VLM.from_pretrained(path)
+    # fewer layers declared, the last real layer passed off as the declared MTP layer
+    path = _copy_with(checkpoint, tmp_path, lambda t: None,
+                      edit_config=lambda c: c["text_config"].update(num_hidden_layers=n - 1, num_nextn_predict_layers=1))
+    with pytest.raises(ValueError, match=rf"layers.{n - 1} .*has no eh_proj.weight"):
+        VLM.from_pretrained(path)
 
 
 def test_config_with_fewer_layers_than_stored_does_not_load(kind, checkpoint, tmp_path):

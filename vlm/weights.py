@@ -131,6 +131,7 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
     expected = bindings(model)
     tensors = model_tensors(model)
     seen: set[str] = set()
+    skipped: list[str] = []
     with torch.no_grad():
         for file in checkpoint_files(directory):
             with _open(file) as f, open(file, "rb") as raw:
@@ -139,6 +140,7 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
                     binding = expected.get(key)
                     if binding is None:
                         if _is_declared_mtp_layer(key, cfg, file):
+                            skipped.append(key)
                             continue
                         raise ValueError(f"unexpected tensor {key!r} in {file} (not part of a {cfg.model_type} model)")
                     shape = tuple(f.get_slice(key).get_shape())
@@ -148,6 +150,7 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
                     target = target[binding.index] if binding.index else target
                     _read_into(raw, offsets[key], target, key, file)
                     seen.add(key)
+    _check_mtp_layers(skipped, directory)
     missing = [key for key in expected if key not in seen]
     if missing:
         where = ", ".join(str(p) for p in checkpoint_files(directory))
@@ -254,6 +257,21 @@ def _read_into(raw, where: tuple[torch.dtype | None, int, int], target: torch.Te
         raise ValueError(f"cannot read tensor {key!r} from {file}: the file is truncated")
     if not direct:
         target.copy_(buffer)
+
+
+def _check_mtp_layers(skipped: list[str], directory: str | os.PathLike) -> None:
+    """Every skipped layer must be a real multi-token-prediction layer (it has the `eh_proj` that
+    only those have): else config.json says fewer layers than the checkpoint's network has."""
+    layers: dict[str, set[str]] = {}
+    for key in skipped:
+        prefix, _, rest = key.partition(".layers.")
+        index, _, name = rest.partition(".")
+        layers.setdefault(f"{prefix}.layers.{index}", set()).add(name)
+    for layer, names in layers.items():
+        if "eh_proj.weight" not in names:
+            raise ValueError(f"{layer} in {directory} sits where config.json declares a multi-token-prediction layer "
+                             f"(num_nextn_predict_layers) but has no eh_proj.weight: it is a layer of the network, "
+                             f"and config.json's num_hidden_layers is too small")
 
 
 def _is_declared_mtp_layer(key: str, cfg: VLMConfig, file: Path) -> bool:
