@@ -6,7 +6,8 @@ becomes an `APIError` carrying the HTTP status and the OpenAI error body
 
 - Images arrive as `data:` URLs. Their pixel count is read from the header and checked
   against the limit *before* the pixels are decoded, so a small compressed "bomb" cannot
-  exhaust memory. Local paths (`file://...` or a plain path) are refused unless the server
+  exhaust memory: `parse_chat_request` only opens them, and the server decodes them
+  (`decode_images`) once it has reserved room for their pixels. Local paths (`file://...` or a plain path) are refused unless the server
   names a directory they must lie in (vLLM's `--allowed-local-media-path`). Remote
   `http(s)` URLs are refused: the server never fetches on a client's behalf.
 - `chat_template_kwargs: {"enable_thinking": false}` switches reasoning off as vLLM does with
@@ -41,6 +42,9 @@ class APIError(Exception):
 
     def __init__(self, status: int, message: str, *, type: ErrorType = "invalid_request_error",
                  param: str | None = None, code: str | None = None) -> None:
+        # A message quoting client input may hold lone surrogates ("\udcff" in a JSON string), which
+        # UTF-8 cannot encode: escape them, or the error response itself fails with a 500.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.status = status
         self.message = message
@@ -67,8 +71,13 @@ class ServerLimits:
     max_batch: int = 16  # requests decoded together, a KV cache each (decode is memory-bound: 8 rows ~ 3x 1 row's cost)
     max_queued_image_pixels: int = 32 * 2**20  # decoded pixels held by queued/running requests (~16 full-HD shots)
     allowed_local_media_path: Path | None = None  # local image/video paths only under this directory
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this (else 408 and close)
+    body_timeout_s: float = 60.0  # and its whole body within this after them (32 MB at ~0.5 MB/s)
 
     def __post_init__(self) -> None:
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"ServerLimits.{name}={getattr(self, name)!r} must be a positive number of seconds")
         for name in ("max_body_bytes", "max_images", "max_image_pixels", "max_tokens",
                      "default_max_tokens", "max_stop", "max_pending", "max_batch", "max_queued_image_pixels"):
             if getattr(self, name) < 1:
@@ -122,7 +131,35 @@ _UNSUPPORTED_UNLESS_DEFAULT = {"n": 1, "logprobs": False, "presence_penalty": 0,
 
 
 def parse_chat_request(body: bytes, limits: ServerLimits) -> ChatRequest:
-    """Validate a `/v1/chat/completions` body; raise `APIError` (400) naming what is wrong."""
+    """Validate a `/v1/chat/completions` body; raise `APIError` (400) naming what is wrong.
+    Images are opened (size known), not decoded: see `decode_images`."""
+    try:
+        return _parse_chat_request(body, limits)
+    except RecursionError:  # json and repr() recurse per nesting level
+        raise APIError(400, "request body is nested too deeply") from None
+
+
+def request_pixels(request: ChatRequest) -> int:
+    """Pixels the request's images hold once decoded (from their headers)."""
+    return sum(image.width * image.height for image in _images(request))
+
+
+def decode_images(request: ChatRequest) -> None:
+    """Decode every image of the request in place; a truncated or corrupt one is a 400."""
+    for where, image in _images(request, named=True):
+        try:
+            image.load()
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise APIError(400, f"{where}: cannot decode the image ({err})", param=where, code="invalid_image") from None
+
+
+def _images(request: ChatRequest, *, named: bool = False) -> list:
+    found = [(f"messages[{i}].content[{j}]", part["image"]) for i, message in enumerate(request.messages)
+             for j, part in enumerate(message["content"]) if part.get("type") == "image"]
+    return found if named else [image for _, image in found]
+
+
+def _parse_chat_request(body: bytes, limits: ServerLimits) -> ChatRequest:
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -293,11 +330,7 @@ def _load_image(url: str, where: str, limits: ServerLimits) -> Image.Image:
     if width * height > limits.max_image_pixels:
         raise APIError(400, f"{where}: image {width}x{height} has {width * height} pixels; this server accepts "
                             f"at most {limits.max_image_pixels}", param=where, code="image_too_large")
-    try:
-        image.load()  # decode now: a truncated file is the client's error, not the engine's
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise APIError(400, f"{where}: cannot decode the image ({err})", param=where, code="invalid_image") from None
-    return image
+    return image  # opened, not decoded: `decode_images`
 
 
 def _local_path(url: str, where: str, limits: ServerLimits) -> str:
@@ -311,10 +344,17 @@ def _local_path(url: str, where: str, limits: ServerLimits) -> str:
     if root is None:
         raise APIError(400, f"{where}: local paths are disabled; start the server with "
                             f"--allowed-local-media-path DIR to allow them", param=where, code="local_path_disabled")
-    path = Path(url.removeprefix("file://")).resolve()
-    if not path.is_relative_to(Path(root).resolve()):
+    if "\x00" in url:
+        raise APIError(400, f"{where}: the path {url[:200]!r} contains a NUL byte", param=where)
+    try:
+        path = Path(url.removeprefix("file://")).resolve()
+        inside = path.is_relative_to(Path(root).resolve())
+        exists = inside and path.is_file()
+    except (OSError, ValueError, RuntimeError) as err:  # too long, a symlink loop, ...
+        raise APIError(400, f"{where}: cannot use the path {url[:200]!r} ({err})", param=where) from None
+    if not inside:
         raise APIError(400, f"{where}: {path} is outside the allowed media directory {root}", param=where,
                        code="local_path_disabled")
-    if not path.is_file():
+    if not exists:
         raise APIError(400, f"{where}: {path} does not exist", param=where)
     return str(path)

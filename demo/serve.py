@@ -14,7 +14,11 @@ slot at the next step, and a request waits only while `ServerLimits.max_batch` r
 decoding. Decode is memory-bound, so a step of 8 rows costs far less than 8 steps of one.
 Memory is bounded: at most `max_batch` KV caches, `max_pending` requests queued plus running
 (more get 429 at once instead of waiting without bound), and `max_queued_image_pixels` decoded
-image pixels held by them (more get 429); images are decoded off the event loop.
+image pixels held by them: a request's pixels are counted from the image headers and reserved
+before any is decoded (429 while others hold them, 413 when one request alone exceeds the
+bound). JSON parsing and image decoding run off the event loop. Reading is bounded too
+(`demo.http_limits`): headers within `header_timeout_s`, the body within `body_timeout_s`
+(408), a client leaving mid-body is logged as the normal event it is.
 
 The agent's `OpenAIPolicy` talks to this server, and equally to vLLM or SGLang serving the
 released GLM-4.5V (4 x 80 GB GPUs in bf16; the commands of the official GLM-V repository):
@@ -53,12 +57,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from PIL import Image
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from demo.cli import add_model_arguments, load_model
-from demo.openai_schema import APIError, ChatRequest, ServerLimits, parse_chat_request
+from demo.http_limits import ClientLeft, read_body, uvicorn_options
+from demo.openai_schema import APIError, ChatRequest, ServerLimits, decode_images, parse_chat_request, request_pixels
 from demo.openai_tools import call_delta, message_fields
 from vlm.engine import Chat
 from vlm.generation import GenerationOptions
@@ -80,7 +84,6 @@ class _Job:
     request: ChatRequest
     send: Callable[[_Item], None]  # thread-safe: hands an item to the request's event loop
     cancelled: threading.Event  # set by the request when its client left
-    pixels: int  # decoded image pixels it holds
 
 
 class BatchEngine:
@@ -100,32 +103,51 @@ class BatchEngine:
         self._thread = threading.Thread(target=self._run, name="vlm-engine", daemon=True)
         self._thread.start()
 
-    async def stream(self, request: ChatRequest) -> tuple[_Item, asyncio.Queue[_Item], threading.Event]:
-        """Queue a generation; return its first item (so errors raised before any output can still
-        become a 4xx), the queue of the rest, and a flag that stops it."""
-        pixels = sum(_image_pixels(m) for m in request.messages)
+    async def reserve(self, request: ChatRequest) -> Callable[[], None]:
+        """Count the request in (its queue slot and its images' pixels, from their headers: 429 when
+        the server holds too many, 413 when it alone exceeds the bound), then decode its images off
+        the event loop. Returns the release, which `stream` hands to the engine."""
+        pixels = request_pixels(request)
+        bound = self.limits.max_queued_image_pixels
+        if pixels > bound:
+            raise APIError(413, f"the request's images have {pixels} pixels; this server holds at most {bound} "
+                                "at a time: send fewer or smaller images", code="images_too_large")
         if self.pending >= self.limits.max_pending:
             raise APIError(429, f"the server is busy ({self.pending} requests queued or running); retry later",
                            type="rate_limit_error", code="server_busy")
-        if self.pending and self.pixels + pixels > self.limits.max_queued_image_pixels:
+        if self.pixels + pixels > bound:
             raise APIError(429, f"the server holds {self.pixels} image pixels of queued requests; {pixels} more "
-                                f"exceed its limit of {self.limits.max_queued_image_pixels}; retry later",
-                           type="rate_limit_error", code="server_busy")
-        loop = asyncio.get_running_loop()
-        items: asyncio.Queue[_Item] = asyncio.Queue()
+                                f"exceed its limit of {bound}; retry later", type="rate_limit_error", code="server_busy")
         self.pending += 1
         self.pixels += pixels
+        released = False
 
         def release() -> None:
-            self.pending -= 1
-            self.pixels -= pixels
+            nonlocal released
+            if not released:
+                released = True
+                self.pending -= 1
+                self.pixels -= pixels
+
+        try:
+            await asyncio.to_thread(decode_images, request)
+        except BaseException:
+            release()
+            raise
+        return release
+
+    async def stream(self, request: ChatRequest, release: Callable[[], None]) -> tuple[_Item, asyncio.Queue[_Item], threading.Event]:
+        """Queue a generation `reserve`d with `release`; return its first item (so errors raised
+        before any output can still become a 4xx), the queue of the rest, and a flag that stops it."""
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[_Item] = asyncio.Queue()
 
         def send(item: _Item) -> None:
             loop.call_soon_threadsafe(items.put_nowait, item)
             if item[0] != "event":
                 loop.call_soon_threadsafe(release)
 
-        job = _Job(request, send, threading.Event(), pixels)
+        job = _Job(request, send, threading.Event())
         self._waiting.put(job)
         try:
             first = await items.get()
@@ -136,9 +158,9 @@ class BatchEngine:
             raise _engine_error(first[1])
         return first, items, job.cancelled
 
-    async def generate(self, request: ChatRequest) -> Any:
+    async def generate(self, request: ChatRequest, release: Callable[[], None]) -> Any:
         """The finished `Generation`; engine errors become `APIError`s."""
-        item, items, cancelled = await self.stream(request)
+        item, items, cancelled = await self.stream(request, release)
         try:
             while item[0] == "event":
                 item = await items.get()
@@ -207,14 +229,6 @@ class BatchEngine:
             job.send(("done", update.generation))
 
 
-def _image_pixels(message: dict[str, Any]) -> int:
-    content = message.get("content")
-    if not isinstance(content, list):
-        return 0
-    return sum(p["image"].width * p["image"].height for p in content
-               if isinstance(p, dict) and isinstance(p.get("image"), Image.Image))
-
-
 def _engine_error(err: Exception) -> APIError:
     # The engine validates its arguments before any work and raises ValueError for input it
     # cannot take (an unreadable image, a prompt past the context): the client's error.
@@ -238,6 +252,7 @@ def create_app(vlm: VLM, *, limits: ServerLimits = ServerLimits(), model_name: s
 
     app = FastAPI(title="glmv OpenAI-compatible server", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.engine = engine
+    app.state.limits = limits
     created = int(time.time())
 
     @app.exception_handler(APIError)
@@ -249,6 +264,11 @@ def create_app(vlm: VLM, *, limits: ServerLimits = ServerLimits(), model_name: s
         kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
         return JSONResponse(APIError(err.status_code, str(err.detail), type=kind).body(), status_code=err.status_code)
 
+    @app.exception_handler(ClientLeft)
+    async def _client_left(_: Request, err: ClientLeft) -> Response:
+        logger.info("%s; nothing to answer", err)  # a normal event, not an error
+        return Response(status_code=400)  # never sent: uvicorn drops writes to a closed connection
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception) -> JSONResponse:
         logger.exception("unhandled error", exc_info=err)
@@ -257,7 +277,8 @@ def create_app(vlm: VLM, *, limits: ServerLimits = ServerLimits(), model_name: s
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "pending": engine.pending, "running": len(engine.batch.rows)}
+        return {"status": "ok", "pending": engine.pending, "running": len(engine.batch.rows),
+                "image_pixels": engine.pixels}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -267,43 +288,25 @@ def create_app(vlm: VLM, *, limits: ServerLimits = ServerLimits(), model_name: s
 
     @app.post("/v1/chat/completions")
     async def chat_completions(http_request: Request) -> Any:
-        body = await _read_body(http_request, limits.max_body_bytes)
-        request = await asyncio.to_thread(parse_chat_request, body, limits)  # decodes images: off the loop
+        body = await read_body(http_request, limit_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
+        request = await asyncio.to_thread(parse_chat_request, body, limits)  # JSON, image headers: off the loop
         if request.model not in (None, model_name):
             raise APIError(404, f"model {request.model!r} does not exist; this server serves {model_name!r}",
                            type="not_found_error", param="model", code="model_not_found")
+        release = await engine.reserve(request)  # 429/413 before any pixel is decoded
         reply = _Reply(model=model_name, skip_special_tokens=request.skip_special_tokens)
         if not request.stream:
-            generation = await engine.generate(request)
+            generation = await engine.generate(request, release)
             logger.info("%s: %d prompt + %d completion tokens, prefill %.2f s, %.1f tokens/s", reply.id,
                         generation.prompt_tokens, len(generation.token_ids), generation.prefill_s,
                         generation.decode_tokens_per_s)
             return reply.completion(generation)
-        first, items, cancelled = await engine.stream(request)
+        first, items, cancelled = await engine.stream(request, release)
         return StreamingResponse(reply.sse(first, items, cancelled, include_usage=request.include_usage),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing one past `limit` bytes with 413 without holding it in memory."""
-    declared = request.headers.get("content-length", "")
-    too_big = declared.isdigit() and int(declared) > limit
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        # Past the limit the rest is read and dropped: answering before the client has sent
-        # everything makes many clients report a broken pipe instead of our 413.
-        size += len(chunk)
-        too_big = too_big or size > limit
-        if not too_big:
-            chunks.append(chunk)
-    if too_big:
-        raise APIError(413, f"request body of {max(size, int(declared or 0))} bytes exceeds this server's "
-                            f"limit of {limit} bytes", code="request_too_large")
-    return b"".join(chunks)
 
 
 class _Reply:
@@ -375,7 +378,8 @@ def running(app: FastAPI) -> Iterator[str]:
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    limits = getattr(app.state, "limits", ServerLimits())
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **uvicorn_options(header_timeout_s=limits.header_timeout_s)))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -408,6 +412,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch,
                         help="requests decoded together (continuous batching); 1 serves one at a time")
     parser.add_argument("--max-queued-image-pixels", type=int, default=defaults.max_queued_image_pixels)
+    parser.add_argument("--header-timeout-s", type=float, default=defaults.header_timeout_s)
+    parser.add_argument("--body-timeout-s", type=float, default=defaults.body_timeout_s)
     args = parser.parse_args(argv)
 
     import uvicorn
@@ -417,9 +423,11 @@ def main(argv: list[str] | None = None) -> None:
                           max_image_pixels=args.max_image_pixels, max_body_bytes=int(args.max_body_mb * 2**20),
                           max_pending=args.max_pending, max_batch=args.max_batch,
                           max_queued_image_pixels=args.max_queued_image_pixels, allowed_local_media_path=args.allowed_local_media_path,
-                          default_max_tokens=min(ServerLimits.default_max_tokens, args.max_tokens))
+                          default_max_tokens=min(ServerLimits.default_max_tokens, args.max_tokens),
+                          header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s)
     name = args.served_model_name or (args.model.name if args.model else "glmv-default")
-    uvicorn.run(create_app(vlm, limits=limits, model_name=name), host=args.host, port=args.port)
+    uvicorn.run(create_app(vlm, limits=limits, model_name=name), host=args.host, port=args.port,
+                **uvicorn_options(header_timeout_s=limits.header_timeout_s))
 
 
 if __name__ == "__main__":

@@ -50,3 +50,43 @@ def test_rng_states_round_trip(tmp_path):
     assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
     with pytest.raises(FileNotFoundError, match="rng-1.pt"):
         ckpt.load_rng(tmp_path, rank=1)
+
+
+def test_real_optimizer_and_scheduler_states_load_without_unpickling_code(tmp_path):
+    from train.optim import build_optimizer, build_scheduler
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+    for name in ("adamw", "muon"):
+        optimizer = build_optimizer(model.named_parameters(), name=name, lr=1e-3, weight_decay=0.1)
+        scheduler = build_scheduler(optimizer, warmup_steps=2, max_steps=10, min_lr_ratio=0.1)
+        model(torch.randn(4, 8)).sum().backward()
+        optimizer.step(); scheduler.step()
+        torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp_path / "scheduler.pt")
+        again = build_optimizer(model.named_parameters(), name=name, lr=1e-3, weight_decay=0.1)
+        again_scheduler = build_scheduler(again, warmup_steps=2, max_steps=10, min_lr_ratio=0.1)
+        again.load_state_dict(ckpt.load_state(tmp_path / "optimizer.pt"))  # the trainer's order
+        again_scheduler.load_state_dict(ckpt.load_state(tmp_path / "scheduler.pt"))
+        assert str(again.state_dict()) == str(optimizer.state_dict())
+        assert again_scheduler.state_dict() == scheduler.state_dict()
+
+
+class _Payload:
+    """Unpickling this object would create a file: a stand-in for any code a pickle can run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng-0.pt"])
+def test_a_checkpoint_file_that_would_run_code_is_refused(tmp_path, name):
+    marker = tmp_path / "code-ran"
+    torch.save({"state": {}, "param_groups": [], "x": _Payload(marker)}, tmp_path / name)
+    load = (lambda: ckpt.load_rng(tmp_path, rank=0)) if name.startswith("rng") else (lambda: ckpt.load_state(tmp_path / name))
+    with pytest.raises(ValueError, match=rf"{name} holds more than tensors and plain data.*open"):
+        load()
+    assert not marker.exists()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +82,68 @@ def test_presets_follow_the_spec():
     assert not any(dense.text.is_moe_layer(i) for i in range(dense.text.num_hidden_layers))
     with pytest.raises(dataclasses.FrozenInstanceError):
         big.text.hidden_size = 1  # type: ignore[misc]
+
+
+def _tiny_file(tmp_path, edit) -> Path:
+    raw = tiny().to_dict()
+    edit(raw)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    return tmp_path / "config.json"
+
+
+def _set(section, **values):
+    return lambda raw: (raw[section] if section else raw).update(values)
+
+
+# (edit of a valid tiny config.json, what the error must say: field, value, expectation)
+BAD_CONFIGS = {
+    "patch size 0": (_set("vision_config", patch_size=0), r"vision_config.patch_size=0: expected an integer >= 1"),
+    "negative vocab": (_set("text_config", vocab_size=-5), r"text_config.vocab_size=-5: expected an integer >= 1"),
+    "heads do not divide the width": (_set("vision_config", num_heads=3),
+                                      r"vision_config.num_heads=3 does not divide vision_config.hidden_size=32"),
+    "text heads without head_dim": (lambda r: (r["text_config"].pop("head_dim"), r["text_config"].update(num_attention_heads=3,
+                                                                                                       num_key_value_heads=1)),
+                                    r"text_config.num_attention_heads=3 does not divide text_config.hidden_size=64"),
+    "top-k above the experts": (_set("text_config", num_experts_per_tok=9),
+                                r"text_config.num_experts_per_tok=9 exceeds text_config.n_routed_experts=8"),
+    "string eps": (_set("text_config", rms_norm_eps="1e-5"),
+                   r"text_config.rms_norm_eps='1e-5': expected a finite number > 0"),
+    "negative image token": (_set(None, image_token_id=-1), r"image_token_id=-1: expected a token id in 0..319"),
+    "token past the vocabulary": (_set(None, video_end_token_id=320), r"video_end_token_id=320: expected a token id"),
+    "boolean layer count": (_set("text_config", num_hidden_layers=True), r"num_hidden_layers=True: expected an integer"),
+    "float layer count": (_set("text_config", num_hidden_layers=2.5), r"num_hidden_layers=2.5: expected an integer"),
+    "text_config a list": (_set(None, text_config=[1, 2]), r"text_config must be a JSON object, got list"),
+    "rope_parameters a string": (_set("text_config", rope_parameters="x"), r"text_config.rope_parameters must be a JSON object"),
+    "string rope theta": (lambda r: r["text_config"]["rope_parameters"].update(rope_theta="big"),
+                          r"text_config.rope_theta='big': expected a finite number > 0"),
+    "mrope section of strings": (lambda r: r["text_config"]["rope_parameters"].update(mrope_section=["1", "1", "2"]),
+                                 r"text_config.mrope_section\[0\]='1': expected an integer >= 0"),
+    "kv heads not dividing heads": (_set("text_config", num_key_value_heads=3),
+                                    r"text_config.num_key_value_heads=3 does not divide text_config.num_attention_heads=4"),
+    "unknown activation": (_set("vision_config", hidden_act="gelu"), r"vision_config.hidden_act='gelu': expected one of \['silu'\]"),
+    "eos past the vocabulary": (_set("text_config", eos_token_id=[1, 999]), r"text_config.eos_token_id\[1\]=999"),
+    "negative MTP layers": (_set("text_config", num_nextn_predict_layers=-1),
+                            r"text_config.num_nextn_predict_layers=-1: expected an integer >= 0"),
+    "infinite rotary factor": (lambda r: r["text_config"]["rope_parameters"].update(partial_rotary_factor=float("inf")),
+                               r"partial_rotary_factor=inf: expected a finite number > 0 and <= 1"),
+    "more groups kept than exist": (_set("text_config", topk_group=3), r"n_group=2, topk_group=3"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_values_name_file_field_value_and_expectation(case, tmp_path):
+    edit, message = BAD_CONFIGS[case]
+    file = _tiny_file(tmp_path, edit)
+    with pytest.raises(ValueError, match=re.escape(str(file)) + ": .*" + message):
+        VLMConfig.load(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{not json", '{"model_type": "glm4v_moe"', "[" * 100_000, "\ufffe\x00"])
+def test_config_json_that_is_not_an_object_is_named(text, tmp_path):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "config.json"))):
+        VLMConfig.load(tmp_path)
+
+
+def test_a_valid_tiny_config_survives_the_checks(tmp_path):
+    assert VLMConfig.load(_tiny_file(tmp_path, lambda raw: None)) == tiny()

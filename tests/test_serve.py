@@ -277,7 +277,7 @@ def test_16_concurrent_requests_all_answered_and_server_healthy(base_url):
         assert content == SHOWN_ANSWER
         assert reasoning == (THINKING if thinking else None)
     health = httpx.get(f"{base_url}/health").json()
-    assert health == {"status": "ok", "pending": 0, "running": 0}
+    assert health == {"status": "ok", "pending": 0, "running": 0, "image_pixels": 0}
     assert chat(base_url, messages=[user("after", IMAGE)]).status_code == 200
 
 
@@ -336,7 +336,7 @@ def test_a_streaming_client_that_leaves_frees_its_row_at_once(vlm):
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
             next(response.iter_lines())  # the first chunk, then the client goes away
         deadline = time.monotonic() + 5
-        while httpx.get(f"{url}/health").json() != {"status": "ok", "pending": 0, "running": 0}:
+        while httpx.get(f"{url}/health").json() != {"status": "ok", "pending": 0, "running": 0, "image_pixels": 0}:
             assert time.monotonic() < deadline
             time.sleep(0.02)
     assert len(steps) < 500  # it left long before its 1000 tokens

@@ -15,7 +15,7 @@ import torch
 from _train_utils import metrics, write_dataset
 from train.config import TrainConfig
 from train.data import BadRecordError
-from train.trainer import Trainer
+from train.trainer import Trainer, _Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,6 +76,8 @@ def test_killed_run_resumes_on_the_same_loss_curve(tmp_path):
     cfg = _config(tmp_path / "b", data, save_every=3, keep_last=1)
     with pytest.raises(Killed):
         Trainer(cfg).train(on_step=kill_at_4)
+    with open(Path(cfg.output) / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 1.2')  # the power went while the killed run wrote a line
     resumed = Trainer(dataclasses.replace(cfg, resume=True)).train().losses
     assert sorted(resumed) == [4, 5, 6]
     for step in (4, 5, 6):
@@ -209,3 +211,25 @@ def test_the_validation_pass_is_cached_until_the_data_media_or_encoder_change(tm
     assert dataset(max_length=4096)[1] == [] and dataset(max_length=4096)[2] == 0  # the encoder changed
     data.write_text(data.read_text().replace("What colour", "Which colour"))  # the data changed
     assert dataset()[2] == 6
+
+
+def _metrics_file(tmp_path, *lines):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(line + "\n" for line in lines[:-1]) + lines[-1])
+    return path
+
+
+@pytest.mark.parametrize("torn", ['{"step": 4, "lo', '{"step": 4, "loss": 1.5}}', "\x00\x00\x00", '{"loss": 2.0}',
+                                  '{"step": "4"}', "[" * 50_000])
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, caplog, torn):
+    path = _metrics_file(tmp_path, '{"step": 1, "loss": 3.0}', '{"step": 2, "loss": 2.5}', '{"step": 3, "loss": 2.4}', torn)
+    _Metrics(path, enabled=True, after_step=2).close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+    assert "torn last line 4" in caplog.text
+
+
+def test_a_bad_metrics_line_before_the_last_is_an_error_not_a_loss(tmp_path):
+    path = _metrics_file(tmp_path, '{"step": 1, "loss": 3.0}', '{"step": 2, "lo', '{"step": 3, "loss": 2.4}')
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not a metrics record"):
+        _Metrics(path, enabled=True, after_step=3)
+    assert path.read_text().count("\n") == 2  # untouched

@@ -13,7 +13,7 @@ from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessor
 from transformers.video_utils import VideoMetadata
 from transformers.video_utils import load_video as reference_load_video
 
-from vlm.video import VideoConfig, as_video, load_video, preprocess_video, sample_frame_indices, video_from_frames
+from vlm.video import Video, VideoConfig, as_video, load_video, preprocess_video, sample_frame_indices, video_from_frames
 
 
 def make_video(path, *, seconds: float, fps: int, size: str = "96x64") -> str:
@@ -116,3 +116,29 @@ def test_bad_videos_are_refused_clearly(tmp_path):
         load_video(tmp_path / "missing.mp4")
     with pytest.raises(ValueError, match="fps"):
         sample_frame_indices(total_frames=10, video_fps=0.0)
+
+
+@pytest.mark.parametrize(("timestamps", "message"), [
+    ([0.0, float("inf")], r"timestamp 1 is inf: expected a finite number of seconds >= 0"),
+    ([float("nan"), 1.0], r"timestamp 0 is nan"),
+    ([-1.0, 0.5], r"timestamp 0 is -1.0"),
+    ([0.0, float("-inf")], r"timestamp 1 is -inf"),
+    ([2.0, 1.0], r"must not decrease: frame 1 at 1.0 s follows one at 2.0 s"),
+    (["0", "1"], r"timestamp 0 is '0'"),
+    ([True, 1.0], r"timestamp 0 is True"),
+])
+def test_bad_timestamps_are_named(timestamps, message):
+    frames = [np.zeros((32, 32, 3), dtype=np.uint8)] * 2
+    with pytest.raises(ValueError, match=message):
+        video_from_frames(frames, timestamps=timestamps)
+    with pytest.raises(ValueError, match=message):  # a Video built directly is held to the same rule
+        Video(frames=torch.zeros(2, 3, 32, 32, dtype=torch.uint8), timestamps=tuple(timestamps))
+
+
+@pytest.mark.parametrize("fps", [float("nan"), float("inf"), -2.0, 0, "2", True])
+def test_bad_frame_rates_are_named(fps):
+    frames = [np.zeros((32, 32, 3), dtype=np.uint8)] * 2
+    with pytest.raises(ValueError, match=r"video fps .* is not a finite positive number of frames per second"):
+        video_from_frames(frames, fps=fps)
+    with pytest.raises(ValueError, match=r"video fps .* is not a finite positive number"):
+        sample_frame_indices(total_frames=10, video_fps=fps)

@@ -87,21 +87,58 @@ def test_no_meta_tensors_remain_after_loading(checkpoint):
         ours.require_processor()
 
 
-def _copy_with(checkpoint, tmp_path, edit):
+def _copy_with(checkpoint, tmp_path, edit, *, edit_config=None):
     tensors = load_file(str(checkpoint / "model.safetensors"))
     edit(tensors)
-    (tmp_path / "config.json").write_text((checkpoint / "config.json").read_text())
+    config = json.loads((checkpoint / "config.json").read_text())
+    if edit_config is not None:
+        edit_config(config)
+    (tmp_path / "config.json").write_text(json.dumps(config))
     save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     return tmp_path
 
 
-def test_extra_multi_token_prediction_layer_is_tolerated(kind, checkpoint, tmp_path):
-    n = json.loads((checkpoint / "config.json").read_text())["text_config"]["num_hidden_layers"]
-    path = _copy_with(checkpoint, tmp_path, lambda t: t.update({
+def _mtp_layer(n):
+    return lambda t: t.update({
         f"model.language_model.layers.{n}.eh_proj.weight": torch.zeros(4, 4),
         f"model.language_model.layers.{n}.enorm.weight": torch.zeros(4),
-    }))
-    VLM.from_pretrained(path)
+    })
+
+
+def test_declared_multi_token_prediction_layer_is_skipped(kind, checkpoint, tmp_path):
+    n = json.loads((checkpoint / "config.json").read_text())["text_config"]["num_hidden_layers"]
+    path = _copy_with(checkpoint, tmp_path, _mtp_layer(n),
+                      edit_config=lambda c: c["text_config"].update(num_nextn_predict_layers=1))
+    loaded = VLM.from_pretrained(path).model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in VLM.from_pretrained(checkpoint).model.state_dict().items())
+
+
+def test_undeclared_layer_past_the_network_is_named(kind, checkpoint, tmp_path):
+    n = json.loads((checkpoint / "config.json").read_text())["text_config"]["num_hidden_layers"]
+    # no num_nextn_predict_layers: layer n is not a declared MTP layer
+    path = _copy_with(checkpoint, tmp_path, _mtp_layer(n))
+    with pytest.raises(ValueError, match=rf"'model.language_model.layers.{n}.eh_proj.weight'.*num_hidden_layers={n} "
+                                         r"and num_nextn_predict_layers=0"):
+        VLM.from_pretrained(path)
+    # one MTP layer declared, two stored: the second is not skipped
+    path = _copy_with(checkpoint, tmp_path, lambda t: (_mtp_layer(n)(t), _mtp_layer(n + 1)(t)),
+                      edit_config=lambda c: c["text_config"].update(num_nextn_predict_layers=1))
+    with pytest.raises(ValueError, match=rf"layers.{n + 1}.eh_proj.weight"):
+        VLM.from_pretrained(path)
+    # fewer layers declared, the last real layer passed off as the declared MTP layer
+    path = _copy_with(checkpoint, tmp_path, lambda t: None,
+                      edit_config=lambda c: c["text_config"].update(num_hidden_layers=n - 1, num_nextn_predict_layers=1))
+    with pytest.raises(ValueError, match=rf"layers.{n - 1} .*has no eh_proj.weight"):
+        VLM.from_pretrained(path)
+
+
+def test_config_with_fewer_layers_than_stored_does_not_load(kind, checkpoint, tmp_path):
+    """The audit's case: config.json says one layer less; loading used to run a cut network."""
+    n = json.loads((checkpoint / "config.json").read_text())["text_config"]["num_hidden_layers"]
+    path = _copy_with(checkpoint, tmp_path, lambda t: None,
+                      edit_config=lambda c: c["text_config"].update(num_hidden_layers=n - 1))
+    with pytest.raises(ValueError, match=rf"layers.{n - 1}\..*num_hidden_layers={n - 1}"):
+        VLM.from_pretrained(path)
 
 
 def test_missing_tensor_names_key_and_file(checkpoint, tmp_path):
@@ -147,3 +184,62 @@ def test_loads_shards_written_by_transformers(kind, checkpoint, tmp_path):
     single = VLM.from_pretrained(checkpoint).model.state_dict()
     assert sharded.keys() == single.keys()
     assert all(torch.equal(sharded[k], single[k]) for k in single)
+
+
+class _PowerCut(Exception):
+    """Raised in place of the k-th file-system step of a save."""
+
+
+def _cut_at(monkeypatch, k):
+    """Make the k-th file write, fsync, rename or unlink of a save raise `_PowerCut`; returns a
+    counter of the steps seen (k=None: never cut)."""
+    import os
+    import pathlib
+
+    import vlm.weights
+
+    seen = [0]
+
+    def step(original):
+        def wrapped(*args, **kwargs):
+            if seen[0] == k:
+                raise _PowerCut(f"cut at step {k}")
+            seen[0] += 1
+            return original(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(os, "replace", step(os.replace))
+    monkeypatch.setattr(os, "fsync", step(os.fsync))
+    monkeypatch.setattr(pathlib.Path, "unlink", step(pathlib.Path.unlink))
+    monkeypatch.setattr(vlm.weights, "save_file", step(vlm.weights.save_file))
+    return seen
+
+
+SHARDED, SINGLE = 200 * 1024, 1 << 40  # about 4 shards of the tiny model
+
+
+@pytest.mark.parametrize(("before", "after"), [(SINGLE, SHARDED), (SHARDED, SINGLE), (SHARDED, SHARDED), (SINGLE, SINGLE)],
+                         ids=["single-to-shards", "shards-to-single", "shards-to-same-count", "single-to-single"])
+def test_a_save_cut_at_any_step_leaves_the_old_or_the_new_checkpoint(checkpoint, tmp_path, before, after):
+    old = VLM.from_pretrained(checkpoint)
+    new = VLM.from_config(old.config, seed=7)
+    versions = [old.model.state_dict(), new.model.state_dict()]
+    k = 0
+    while True:
+        directory = tmp_path / f"cut-{k}"
+        old.save_pretrained(directory, max_shard_bytes=before)
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            seen = _cut_at(monkeypatch, k)
+            try:
+                new.save_pretrained(directory, max_shard_bytes=after)
+                finished = True
+            except _PowerCut:
+                finished = False
+        loaded = VLM.from_pretrained(directory).model.state_dict()
+        matches = [all(torch.equal(loaded[n], v[n]) for n in v) for v in versions]
+        assert any(matches), f"a save cut at step {k} left a checkpoint that is neither the old nor the new one"
+        if finished:
+            assert matches[1] and seen[0] == k
+            break
+        k += 1
+    assert k > 3  # the save had steps to cut

@@ -14,6 +14,10 @@ A checkpoint is a directory `OUTPUT/checkpoints/step-000123/` holding
 It is written into a hidden staging directory next to the final one and renamed into place
 only when complete (rename is atomic on POSIX), so a run killed mid-save never leaves a
 half-written checkpoint that `latest()` would pick up.
+
+The `.pt` files are read with `torch.load(weights_only=True)` (`load_state`): tensors, plain
+Python data and the numpy arrays of the RNG state, nothing else, so a checkpoint from elsewhere
+cannot run code when a run resumes from it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -34,6 +39,8 @@ import torch
 log = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+# What `np.random.get_state()` pickles as, beyond torch's default allow-list (plain data, tensors).
+_NUMPY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,7 +145,19 @@ def load_rng(directory: Path, rank: int) -> None:
     path = directory / f"rng-{rank}.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: was the checkpoint written with fewer processes?")
-    set_rng_state(torch.load(path, weights_only=False))
+    set_rng_state(load_state(path))
+
+
+def load_state(path: Path) -> Any:
+    """A `.pt` file of this trainer's (optimizer, scheduler, RNG state), read without running code:
+    anything but tensors, plain data and numpy arrays is refused with an error naming the file."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        reason = str(err).split("WeightsUnpickler error: ")[-1].split(". Please")[0]
+        raise ValueError(f"{path} holds more than tensors and plain data ({reason}); refusing to load it, "
+                         "since unpickling it could run code") from None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -342,8 +342,8 @@ class Trainer:
         with torch.no_grad():
             for name, value in tensors.items():
                 current[name].copy_(value)
-        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=False))
-        self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=False))
+        self.optimizer.load_state_dict(checkpoint.load_state(directory / "optimizer.pt"))
+        self.scheduler.load_state_dict(checkpoint.load_state(directory / "scheduler.pt"))
         checkpoint.load_rng(directory, self.accelerator.process_index)
         self.state = checkpoint.TrainerState.load(directory / "trainer_state.json")
         self._main_log(f"resumed from {directory} at step {self.state.step}")
@@ -391,8 +391,7 @@ class _Metrics:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= after_step]
+            kept = [line for line, record in _metric_records(path) if record["step"] <= after_step]
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, path)
@@ -418,3 +417,23 @@ class _Metrics:
             self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _metric_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) for each line of metrics.jsonl. A last line that does not parse was torn by
+    a crash mid-write: it is dropped with a warning. A bad line before it is an error: that is
+    not what a crash leaves, and dropping it would lose data."""
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError(f"expected an object with an integer step, got {line[:80]!r}")
+        except (ValueError, RecursionError) as err:
+            if number == len(lines):
+                log.warning("%s: dropping its torn last line %d (%r): %s", path, number, line[:80], err)
+                break
+            raise ValueError(f"{path} line {number} is not a metrics record ({err}); fix or remove it") from None
+        records.append((line, record))
+    return records

@@ -9,6 +9,8 @@ What is unusual here:
   read is written back.
 - Every field we do not model is kept in `extra` and written back unchanged, so a load/save round
   trip never loses information.
+- Every value is checked when a config is built (`config_checks`): a bad `config.json` is a
+  `ValueError` naming the file, the field, the value and what was expected, at load time.
 - The GLM-4.1V variant (`model_type` "glm4v") differs in the text model only: dense MLP in every
   layer, "sandwich" norms and the interleaved rotary layout. Those three switches are explicit
   fields derived from the model type, never inferred later from shapes.
@@ -23,6 +25,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from . import config_checks
+from .files import atomic_write
 
 ModelType = Literal["glm4v_moe", "glm4v"]
 RotaryLayout = Literal["half", "interleaved"]
@@ -45,6 +50,9 @@ class VisionConfig:
     rope_theta: float = 10000.0  # 2D rotary base
     hidden_act: str = "silu"
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        config_checks.check_vision(self)
 
     @property
     def head_dim(self) -> int:
@@ -93,9 +101,18 @@ class TextConfig:
     on_disk: frozenset[str] = field(default_factory=frozenset, compare=False, repr=False)  # keys read
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        config_checks.check_text(self)
+
     @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def num_nextn_predict_layers(self) -> int:
+        """Multi-token-prediction layers stored after the network's layers (not run here; kept in
+        `extra` because transformers' config does not have the field)."""
+        return self.extra.get("num_nextn_predict_layers", 0)
 
     def is_moe_layer(self, layer: int) -> bool:
         return self.n_routed_experts > 0 and layer >= self.first_k_dense_replace
@@ -134,17 +151,19 @@ class VLMConfig:
             raise ValueError(
                 f"vision out_hidden_size {self.vision.out_hidden_size} != text hidden_size {self.text.hidden_size}"
             )
+        config_checks.check_top(self)
 
     # ---- config.json -------------------------------------------------------------------------
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> VLMConfig:
-        raw = copy.deepcopy(raw)
+        raw = copy.deepcopy(_object(raw, "config.json"))
         model_type = raw.pop("model_type", None)
         if model_type not in MODEL_TYPES:
             raise ValueError(f"config.json has model_type {model_type!r}; expected one of {MODEL_TYPES}")
-        text = _text_from_dict(raw.pop("text_config", {}) or {}, model_type)
-        vision = _dataclass_from_dict(VisionConfig, raw.pop("vision_config", {}) or {}, rope_key="rope_parameters")
+        text = _text_from_dict(_object(raw.pop("text_config", None), "text_config"), model_type)
+        vision = _dataclass_from_dict(VisionConfig, _object(raw.pop("vision_config", None), "vision_config"),
+                                      rope_key="rope_parameters")
         known = {f.name for f in dataclasses.fields(cls)} - {"model_type", "text", "vision", "extra"}
         top = {k: raw.pop(k) for k in list(raw) if k in known}
         if "tie_word_embeddings" in raw and raw["tie_word_embeddings"] and not text.tie_word_embeddings:
@@ -170,16 +189,19 @@ class VLMConfig:
             file = file / "config.json"
         if not file.exists():
             raise FileNotFoundError(f"no config.json at {file}")
-        return cls.from_dict(json.loads(file.read_text()))
+        try:
+            return cls.from_dict(json.loads(file.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            raise ValueError(f"{file} is not valid JSON: {err}") from None
+        except ValueError as err:
+            raise ValueError(f"{file}: {err}") from None
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write `directory/config.json` atomically."""
         file = Path(directory) / "config.json"
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, file)
-        return file
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return atomic_write(file, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # ---- (de)serialisation helpers -------------------------------------------------------------------
@@ -188,12 +210,26 @@ _TEXT_DERIVED = ("sandwich_norms", "rotary_layout", "fused_gate_up", "on_disk") 
 _ROPE_FIELDS = ("rope_theta", "partial_rotary_factor", "mrope_section")
 
 
+def _object(value: Any, name: str) -> dict[str, Any]:
+    """A JSON object (absent or null: empty), else an error naming `name`."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object, got {type(value).__name__} {value!r:.80}")
+    return value
+
+
+def _number(value: Any) -> Any:
+    """A JSON number as a float; anything else unchanged, for `config_checks` to name."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
 def _dataclass_from_dict(cls, raw: dict[str, Any], *, rope_key: str, **overrides):
     raw = copy.deepcopy(raw)
-    rope = raw.get(rope_key) or {}
+    rope = _object(raw.get(rope_key), f"vision_config.{rope_key}")
     values: dict[str, Any] = {}
     if "rope_theta" in rope:
-        values["rope_theta"] = float(rope["rope_theta"])
+        values["rope_theta"] = _number(rope["rope_theta"])
     names = {f.name for f in dataclasses.fields(cls)} - {"extra", *_TEXT_DERIVED}
     for name in names:
         if name in raw:
@@ -205,25 +241,23 @@ def _dataclass_from_dict(cls, raw: dict[str, Any], *, rope_key: str, **overrides
 def _text_from_dict(raw: dict[str, Any], model_type: str) -> TextConfig:
     raw = copy.deepcopy(raw)
     raw_keys = set(raw)
-    rope = dict(raw.get("rope_parameters") or {})
-    legacy_scaling = raw.get("rope_scaling") or {}
+    rope = dict(_object(raw.get("rope_parameters"), "text_config.rope_parameters"))
+    legacy_scaling = _object(raw.get("rope_scaling"), "text_config.rope_scaling")
     values: dict[str, Any] = {}
     # Newer spelling first, then the released files' top-level keys.
-    values["rope_theta"] = float(rope.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    values["rope_theta"] = _number(rope.get("rope_theta", raw.get("rope_theta", 10000.0)))
     default_factor = 0.5 if model_type == "glm4v_moe" else 1.0
-    values["partial_rotary_factor"] = float(
+    values["partial_rotary_factor"] = _number(
         rope.get("partial_rotary_factor", raw.get("partial_rotary_factor", default_factor))
     )
     section = rope.get("mrope_section", legacy_scaling.get("mrope_section", [8, 12, 12]))
-    values["mrope_section"] = tuple(int(s) for s in section)
+    values["mrope_section"] = tuple(section) if isinstance(section, list) else section
     names = {f.name for f in dataclasses.fields(TextConfig)} - {"extra", *_TEXT_DERIVED, *_ROPE_FIELDS}
     for name in names:
         if name in raw:
             values[name] = raw.pop(name)
     if values.get("head_dim") is None:
-        hidden = values.get("hidden_size", TextConfig.hidden_size)
-        heads = values.get("num_attention_heads", TextConfig.num_attention_heads)
-        values["head_dim"] = hidden // heads
+        values["head_dim"] = _derived_head_dim(values)
     if values.get("num_key_value_heads") is None:
         values["num_key_value_heads"] = values.get("num_attention_heads", TextConfig.num_attention_heads)
     if isinstance(values.get("eos_token_id"), list):
@@ -233,6 +267,19 @@ def _text_from_dict(raw: dict[str, Any], model_type: str) -> TextConfig:
             n_routed_experts=0, sandwich_norms=True, rotary_layout="interleaved", fused_gate_up=True
         )
     return TextConfig(**values, on_disk=frozenset(raw_keys), extra=raw)
+
+
+def _derived_head_dim(values: dict[str, Any]) -> Any:
+    """hidden_size / num_attention_heads when config.json gives no head_dim (GLM-4.1V)."""
+    hidden = values.get("hidden_size", TextConfig.hidden_size)
+    heads = values.get("num_attention_heads", TextConfig.num_attention_heads)
+    valid = [isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (hidden, heads)]
+    if not all(valid):
+        return None  # the check of hidden_size / num_attention_heads names the bad value
+    if hidden % heads:
+        raise ValueError(f"text_config.num_attention_heads={heads} does not divide text_config.hidden_size={hidden} "
+                         "and there is no text_config.head_dim to say the head width")
+    return hidden // heads
 
 
 def _text_to_dict(text: TextConfig, model_type: str) -> dict[str, Any]:

@@ -26,9 +26,10 @@ BOX_OPEN, BOX_CLOSE = "<|begin_of_box|>", "<|end_of_box|>"
 STOP_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
 
 _BOX_SPAN = re.compile(re.escape(BOX_OPEN) + r"(.*?)(?:" + re.escape(BOX_CLOSE) + r"|$)", re.DOTALL)
-_NUMBER = r"-?\d+(?:\.\d+)?"
-# An innermost bracket group of numbers: no bracket inside it.
-_GROUP = re.compile(r"[\[(]\s*(" + _NUMBER + r"(?:\s*,\s*" + _NUMBER + r")*)\s*,?\s*[\])]")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+# An innermost bracket group: no bracket inside it. Its numbers are read by splitting at commas,
+# not by one regex: `\s*,?\s*` and the like backtrack quadratically over a run of blanks.
+_GROUP = re.compile(r"[\[(]([^\[\]()]*)[\])]")
 _SPECIAL = re.compile(
     r"<\|[a-z_]+\|>|\[gMASK\]|\[sMASK\]|\[MASK\]|<sop>|<eop>|</?think>|</?tool_call>|</?arg_key>|</?arg_value>"
     r"|</?tool_response>"
@@ -70,7 +71,7 @@ def parse_boxes(text: str, *, anywhere: bool = False) -> list[Point | Box]:
     found: list[Point | Box] = []
     for span in spans:
         for group in _GROUP.finditer(span):
-            values = [_coord(v) for v in re.findall(_NUMBER, group.group(1))]
+            values = [_coord(v) for v in _numbers(group.group(1))]
             if len(values) == 2:
                 found.append(Point(values[0], values[1]))
             elif len(values) == 4:
@@ -79,8 +80,17 @@ def parse_boxes(text: str, *, anywhere: bool = False) -> list[Point | Box]:
     return found
 
 
+def _numbers(group: str) -> list[str]:
+    """`1, 2,3,` -> ["1", "2", "3"] (one trailing comma allowed); [] unless every part is a number."""
+    parts = [part.strip() for part in group.split(",")]
+    if len(parts) > 1 and not parts[-1]:
+        parts.pop()
+    return parts if all(_NUMBER.fullmatch(part) for part in parts) else []
+
+
 def _coord(value: str) -> int:
-    return min(max(round(float(value)), 0), MODEL_SPACE - 1)
+    # Clamp before rounding: a 400-digit number is float("inf"), which round() refuses.
+    return round(min(max(float(value), 0.0), MODEL_SPACE - 1.0))
 
 
 def to_pixels(target: Point | Box, *, width: float, height: float) -> tuple[float, ...]:

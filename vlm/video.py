@@ -60,10 +60,31 @@ class Video:
     timestamps: tuple[float, ...]  # seconds of each frame in the source
     frame_indices: tuple[int, ...] | None = None  # indices in the source file, when decoded
 
+    def __post_init__(self) -> None:
+        check_timestamps(self.timestamps)
+
     @property
     def pair_seconds(self) -> list[int]:
         """Integer second of the first frame of each temporal pair: the prompt's time index."""
         return [int(t) for t in self.timestamps[::2]]
+
+
+def check_timestamps(timestamps: Sequence[object]) -> None:
+    """Frame times must be finite seconds >= 0 that never decrease: the prompt writes each
+    pair's integer second, and a time that is NaN, infinite, negative or out of order has none."""
+    previous = 0.0
+    for i, t in enumerate(timestamps):
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) or not math.isfinite(t) or t < 0:
+            raise ValueError(f"video timestamp {i} is {t!r}: expected a finite number of seconds >= 0")
+        if t < previous:
+            raise ValueError(f"video timestamps must not decrease: frame {i} at {t!r} s follows one at {previous!r} s")
+        previous = t
+
+
+def check_fps(fps: object, what: str) -> float:
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) or not 0 < fps < math.inf:
+        raise ValueError(f"{what} {fps!r} is not a finite positive number of frames per second")
+    return float(fps)
 
 
 def sample_frame_indices(
@@ -77,8 +98,7 @@ def sample_frame_indices(
     """Source frame indices to decode; an even count (the last one repeated if needed)."""
     if total_frames <= 0:
         raise ValueError(f"video has {total_frames} frames; expected at least one")
-    if not video_fps or video_fps <= 0:
-        raise ValueError(f"video fps {video_fps!r} is not positive; pass timestamps or fps for frame lists")
+    check_fps(video_fps, "video fps")
     last = total_frames - 1
     # `or` on purpose: a zero duration from a broken container falls back like the reference.
     duration = duration_s or round(last / video_fps) + 1
@@ -113,8 +133,9 @@ def load_video(path: str | os.PathLike, config: VideoConfig = VideoConfig()) -> 
     video_fps = float(reader.get_avg_fps())
     if total == 0:
         raise ValueError(f"video {name} has no frames")
-    if not video_fps > 0:
-        raise ValueError(f"video {name} has no frame rate; decode it yourself and pass frames with timestamps")
+    if not 0 < video_fps < math.inf:
+        raise ValueError(f"video {name} has no usable frame rate ({video_fps!r} fps); decode it yourself and pass "
+                         "frames with timestamps")
     indices = sample_frame_indices(
         total_frames=total,
         video_fps=video_fps,
@@ -158,9 +179,9 @@ def video_from_frames(
     if timestamps is not None and len(timestamps) != len(frames):
         raise ValueError(f"video has {len(frames)} frames but {len(timestamps)} timestamps")
     if timestamps is None:
-        if not fps or fps <= 0:
-            raise ValueError(f"video fps {fps!r} is not positive")
+        fps = check_fps(fps, "video fps")
         timestamps = [i / fps for i in range(len(frames))]
+    check_timestamps(timestamps)
     pictures = [np.array(load_image(f)) for f in frames]
     sizes = {p.shape for p in pictures}
     if len(sizes) != 1:

@@ -11,10 +11,13 @@ tensor is read straight into its place with `readinto` at the offset the safeten
 gives: no second copy of the model, and no memory-mapped pages counted in the process's
 resident memory (reading through a mapping keeps every touched page resident, which doubled
 the peak). A tensor stored in another dtype goes through one temporary, one tensor at a time. A missing, unexpected or mis-shaped tensor is an error naming the key and the
-file. Extra multi-token-prediction layers (index >= num_hidden_layers) are skipped. A block-FP8
-checkpoint (fp8.py) has its e4m3 weights dequantized into place, 128 rows at a time.
+file. Only the multi-token-prediction layers `config.json` declares (`num_nextn_predict_layers`
+layers from index `num_hidden_layers` on) are skipped; any other layer past the network is an
+error, so a config that says fewer layers than the checkpoint stores cannot run a cut network.
+A block-FP8 checkpoint (fp8.py) has its e4m3 weights dequantized into place, 128 rows at a time.
 Saving: one `model.safetensors`, or shards plus `model.safetensors.index.json` when larger than
-`max_shard_bytes`; each file is written to a temporary name and renamed (atomic).
+`max_shard_bytes`. A save over an existing checkpoint switches from the old weights to the new at
+one rename (see `save_weights`), so an interrupted save leaves the old checkpoint or the new one.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from torch import nn
 
 from .config import VLMConfig
 from .fp8 import SCALE_SUFFIX, FP8Checkpoint
+from .files import atomic_write, fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +100,13 @@ def checkpoint_files(directory: str | os.PathLike) -> list[Path]:
     directory = Path(directory)
     index = directory / INDEX_FILE
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [directory / name for name in sorted(set(weight_map.values()))]
+        try:
+            names = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+            raise ValueError(f"{index} is not a safetensors index with a weight_map of file names: {err!r}") from None
+        if not all(isinstance(name, str) and "/" not in name and name not in ("", ".", "..") for name in names):
+            raise ValueError(f"{index} names a weight file outside {directory}: {sorted(map(str, names))[:3]}")
+        return [directory / name for name in sorted(names)]
     single = directory / SINGLE_FILE
     if single.exists():
         return [single]
@@ -124,8 +133,8 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
     expected = bindings(model)
     tensors = model_tensors(model)
     seen: set[str] = set()
-    num_layers = cfg.text.num_hidden_layers
     fp8 = FP8Checkpoint.open(directory, checkpoint_files(directory))  # None unless block-FP8 (fp8.py)
+    skipped: list[str] = []
     with torch.no_grad():
         for file in checkpoint_files(directory):
             with _open(file) as f, open(file, "rb") as raw:
@@ -133,7 +142,10 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
                 for key in f.keys():
                     binding = expected.get(key)
                     if binding is None:
-                        if _is_extra_layer(key, num_layers) or (fp8 is not None and fp8.is_scale(key)):
+                        if fp8 is not None and fp8.is_scale(key):
+                            continue
+                        if _is_declared_mtp_layer(key, cfg, file):
+                            skipped.append(key)
                             continue
                         raise ValueError(f"unexpected tensor {key!r} in {file} (not part of a {cfg.model_type} model)")
                     shape = tuple(f.get_slice(key).get_shape())
@@ -144,6 +156,7 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
                     read = fp8.read_into if fp8 is not None and fp8.is_quantized(key) else _read_into
                     read(raw, offsets[key], target, key, file)
                     seen.add(key)
+    _check_mtp_layers(skipped, directory)
     missing = [key for key in expected if key not in seen]
     if missing:
         where = ", ".join(str(p) for p in checkpoint_files(directory))
@@ -151,27 +164,48 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
 
 
 def save_weights(model: nn.Module, directory: str | os.PathLike, *, max_shard_bytes: int = 5 * 1024**3) -> list[Path]:
-    """Write the released layout; returns the files written."""
+    """Write the released layout; returns the files written.
+
+    Loaders read the index when there is one, else the single file; the new weights become
+    the ones read at one atomic step, the commit: the index's rename (shards), or the single
+    file's rename or the old index's removal (one file). New shards never overwrite files the
+    live index names (a second name set, `-b`, alternates with the plain one), and stale files
+    are removed only after the commit.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     shards = list(_shard(_checkpoint_tensors(model), max_shard_bytes))
-    names = [SINGLE_FILE] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
-    ]
-    for stale in [*directory.glob("model*.safetensors"), directory / INDEX_FILE]:
-        if stale.exists() and stale.name not in names:
-            stale.unlink()
-    written = []
-    for name, shard in zip(names, shards):
-        written.append(_atomic(directory / name, lambda tmp, shard=shard: save_file(shard, str(tmp), metadata={"format": "pt"})))
+    live = _live_files(directory)
+    names = [SINGLE_FILE] if len(shards) == 1 else _shard_names(len(shards), avoid=live)
+    written = [atomic_write(directory / name, lambda tmp, shard=shard: save_file(shard, str(tmp), metadata={"format": "pt"}))
+               for name, shard in zip(names, shards)]
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())},
             "weight_map": {key: name for name, shard in zip(names, shards) for key in shard},
         }
-        written.append(_atomic(directory / INDEX_FILE, lambda tmp: tmp.write_text(json.dumps(index, indent=2) + "\n")))
+        written.append(atomic_write(directory / INDEX_FILE, lambda tmp: tmp.write_text(json.dumps(index, indent=2) + "\n")))
+    else:
+        (directory / INDEX_FILE).unlink(missing_ok=True)  # the commit when switching from shards
+    for stale in directory.glob("model*.safetensors"):
+        if stale.name not in names:
+            stale.unlink()
+    fsync_dir(directory)
     logger.info("saved %d tensors in %d file(s) to %s", sum(len(s) for s in shards), len(shards), directory)
     return written
+
+
+def _live_files(directory: Path) -> set[str]:
+    """The weight files a loader reads from `directory` now (none when it holds no checkpoint)."""
+    try:
+        return {file.name for file in checkpoint_files(directory)}
+    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+
+
+def _shard_names(count: int, *, avoid: set[str]) -> list[str]:
+    plain = [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+    return [name.replace(".safetensors", "-b.safetensors") for name in plain] if avoid & set(plain) else plain
 
 
 # ---- helpers --------------------------------------------------------------------------------------
@@ -195,13 +229,6 @@ def _shard(items: Iterator[tuple[str, torch.Tensor]], max_bytes: int) -> Iterato
         shard[key] = tensor
         size += nbytes
     yield shard
-
-
-def _atomic(path: Path, write) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
 
 
 def _open(file: Path):
@@ -238,7 +265,34 @@ def _read_into(raw, where: tuple[torch.dtype | None, int, int], target: torch.Te
         target.copy_(buffer)
 
 
-def _is_extra_layer(key: str, num_layers: int) -> bool:
-    """Multi-token-prediction layers sit at indices >= num_hidden_layers; we do not run them."""
+def _check_mtp_layers(skipped: list[str], directory: str | os.PathLike) -> None:
+    """Every skipped layer must be a real multi-token-prediction layer (it has the `eh_proj` that
+    only those have): else config.json says fewer layers than the checkpoint's network has."""
+    layers: dict[str, set[str]] = {}
+    for key in skipped:
+        prefix, _, rest = key.partition(".layers.")
+        index, _, name = rest.partition(".")
+        layers.setdefault(f"{prefix}.layers.{index}", set()).add(name)
+    for layer, names in layers.items():
+        if "eh_proj.weight" not in names:
+            raise ValueError(f"{layer} in {directory} sits where config.json declares a multi-token-prediction layer "
+                             f"(num_nextn_predict_layers) but has no eh_proj.weight: it is a layer of the network, "
+                             f"and config.json's num_hidden_layers is too small")
+
+
+def _is_declared_mtp_layer(key: str, cfg: VLMConfig, file: Path) -> bool:
+    """True for a tensor of a multi-token-prediction layer the config declares (we do not run
+    them); a layer past those is an error naming the key: the config and the weights disagree."""
     match = re.match(r"^model\.(?:language_model\.)?layers\.(\d+)\.", key)
-    return match is not None and int(match[1]) >= num_layers
+    if match is None:
+        return False
+    layer, first = int(match[1]), cfg.text.num_hidden_layers
+    if layer < first:
+        return False
+    mtp = cfg.text.num_nextn_predict_layers
+    if layer < first + mtp:
+        return True
+    raise ValueError(
+        f"tensor {key!r} in {file} belongs to layer {layer}, but config.json declares num_hidden_layers={first} "
+        f"and num_nextn_predict_layers={mtp}, so the checkpoint may store layers 0..{first + mtp - 1} only: the "
+        f"config describes fewer layers than the checkpoint holds")

@@ -20,6 +20,8 @@ from agent.actions import MODEL_SPACE, Action, Box, Point
 BOX_BEGIN = "<|begin_of_box|>"
 BOX_END = "<|end_of_box|>"
 _BOX_TOKENS = re.compile(r"<\|(?:begin|start)_of_box\|>|<\|end_of_box\|>")
+_SQUARE_GROUP = re.compile(r"\[([^\[\]]*)\]")  # innermost: no bracket inside
+_LOOSE_NUMBER = re.compile(r"-?[\d.]+")
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
 
 
@@ -113,10 +115,14 @@ def parse_box(text: str) -> Box:
     _, body = split_thinking(text)
     inner = boxed(body)
     search_in = inner if inner is not None else body
-    match = re.search(r"\[\s*\[?\s*(-?[\d.]+\s*,\s*-?[\d.]+(?:\s*,\s*-?[\d.]+\s*,\s*-?[\d.]+)?)\s*\]", search_in)
-    if match is None:
+    # The first innermost [..] holding 2 or 4 numbers; split at commas rather than matched by one
+    # regex, whose `\s*\[?\s*` backtracks quadratically over a run of blanks.
+    numbers = next((parts for group in _SQUARE_GROUP.finditer(search_in)
+                    if len(parts := [p.strip() for p in group.group(1).split(",")]) in (2, 4)
+                    and all(_LOOSE_NUMBER.fullmatch(p) for p in parts)), None)
+    if numbers is None:
         raise ParseError(text, "no [x1,y1,x2,y2] box or [x,y] point found in the grounding answer")
-    target = to_target(numbers_in(match.group(1)), text)
+    target = to_target(numbers_in(",".join(numbers)), text)
     return target if isinstance(target, Box) else Box(target.x, target.y, target.x, target.y)
 
 

@@ -69,6 +69,7 @@ def _closing_quote(inner: str, start: int, quote: str) -> int | None:
 def _parse_args(inner: str, text: str) -> dict[str, str]:
     """`k='v', k2=[1,2], k3=5` -> {k: v, ...}; values stay strings."""
     args: dict[str, str] = {}
+    closers: dict[str, int] = {}
     i = 0
     while i < len(inner):
         if inner[i] in ", \t\n":
@@ -88,10 +89,24 @@ def _parse_args(inner: str, text: str) -> dict[str, str]:
             args[name] = _unescape(inner[start:close])
             i = close + 1
         else:
-            bare = re.compile(r"(\[[^\]]*\]|\([^)]*\)|[^,]*)").match(inner, i)
-            args[name] = bare.group(1).strip()
-            i = bare.end()
+            end = _bare_end(inner, i, closers)
+            args[name] = inner[i:end].strip()
+            i = end
     return args
+
+
+def _bare_end(inner: str, i: int, closers: dict[str, int]) -> int:
+    """Where an unquoted value starting at `i` ends: after the `]` / `)` closing a bracket it opens
+    with, else at the next comma. `closers` remembers the next `]` and `)` found (-1: none left),
+    so a long run of unclosed `[` is scanned once, not once per value (that was quadratic)."""
+    closer = {"[": "]", "(": ")"}.get(inner[i:i + 1])
+    if closer is not None:
+        if -1 < closers.get(closer, -2) < i or closer not in closers:
+            closers[closer] = inner.find(closer, i)
+        if closers[closer] != -1:
+            return closers[closer] + 1
+    comma = inner.find(",", i)
+    return len(inner) if comma == -1 else comma
 
 
 def _target(args: dict[str, str], name: str, text: str) -> Point | Box:
@@ -111,7 +126,7 @@ def _call_to_action(name: str, args: dict[str, str], text: str) -> Action:
         return Drag(_target(args, "start_box", text), _target(args, "end_box", text), element_info=info)
     if name in ("key", "hotkey"):
         keys = args.get("keys", args.get("key", ""))
-        parts = tuple(normalise_key(k) for k in re.split(r"\s*\+\s*", keys.strip()))
+        parts = tuple(normalise_key(k) for k in keys.strip().split("+"))  # normalise_key strips
         if not keys.strip() or not all(parts):
             raise ParseError(text, f"key chord {keys!r} is empty or has an empty key")
         return Key(parts)

@@ -19,7 +19,8 @@ from agent.actions import (Action, Answer, Back, Box, Click, Done, Fail, Home, K
 from agent.formats.common import (BOX_BEGIN, BOX_END, ParsedResponse, ParseError,
                                   split_thinking, strip_box_tokens, to_target)
 
-_SECTION = re.compile(r"(?im)^\s*(Memory|Reason|Action)\s*:")
+# `[^\S\n]` (blanks, not newlines): `^\s*` would scan every following blank line from every line start.
+_SECTION = re.compile(r"(?im)^[^\S\n]*(Memory|Reason|Action)[^\S\n]*:")
 
 
 def _load_json(fragment: str, text: str) -> dict:

@@ -20,8 +20,11 @@ from agent.formats.common import ParsedResponse, ParseError, split_thinking, str
 from agent.formats.desktop import normalise_key
 
 BING_URL = "https://www.bing.com/"
-_SECTION = re.compile(r"(?im)^\s*(Thought|Action|Memory_Updated)\s*:")
-_LABEL = r"\[?\s*(\d{1,6})\s*\]?"
+# `[^\S\n]` (blanks, not newlines): `^\s*` would scan every following blank line from every line start.
+_SECTION = re.compile(r"(?im)^[^\S\n]*(Thought|Action|Memory_Updated)[^\S\n]*:")
+# Each optional bracket owns the blanks after it (`(?:\[\s*)?`, never `\[?\s*`): two `\s*` around
+# an optional character can split a run of blanks in n ways, and a failed match tries them all.
+_LABEL = r"(?:\[\s*)?(\d{1,6})\s*(?:\]\s*)?"
 _WEB_KEY_NAMES = {"enter": "Return"}  # the prompt's only key; others keep our names
 
 
@@ -30,6 +33,17 @@ def _strip_brackets(value: str) -> str:
     if value.startswith("[") and value.endswith("]"):
         return value[1:-1]
     return value
+
+
+def _key_chord(line: str) -> str | None:
+    r"""`Key; [ctrl+a]` -> "ctrl+a" (brackets and separator optional), else None. Written out
+    rather than as one regex: `\[?\s*(.+?)\s*\]?` is quadratic in a run of blanks."""
+    head = re.match(r"(?is)key\s*(?:[;:,]\s*)?", line)
+    if head is None:
+        return None
+    rest = line[head.end():].removeprefix("[")
+    chord = (rest[:-1] if rest.endswith("]") else rest).strip()
+    return chord if chord and "]" not in chord else None
 
 
 def parse_action(action_text: str, *, text: str | None = None) -> Action:
@@ -44,15 +58,15 @@ def parse_action(action_text: str, *, text: str | None = None) -> Action:
     line = line.rstrip(".").strip()
     if (m := re.fullmatch(r"(?is)click\s*" + _LABEL, line)):
         return Click(Mark(int(m.group(1))))
-    if (m := re.fullmatch(r"(?is)type\s*" + _LABEL + r"\s*[;:,]\s*(.*)", line)):
+    if (m := re.fullmatch(r"(?is)type\s*" + _LABEL + r"[;:,]\s*(.*)", line)):
         return Type(_strip_brackets(m.group(2)), target=Mark(int(m.group(1))), clear=True, press_enter=True)
-    if (m := re.fullmatch(r"(?is)scroll\s*\[?\s*(\d{1,6}|window)\s*\]?\s*[;:,]\s*\[?\s*(up|down)\s*\]?", line)):
+    if (m := re.fullmatch(r"(?is)scroll\s*(?:\[\s*)?(\d{1,6}|window)\s*(?:\]\s*)?[;:,]\s*(?:\[\s*)?(up|down)\s*\]?", line)):
         target = None if m.group(1).lower() == "window" else Mark(int(m.group(1)))
         return Scroll(m.group(2).lower(), target=target)  # type: ignore[arg-type]
-    if (m := re.fullmatch(r"(?is)key\s*[;:,]?\s*\[?\s*([^\]]+?)\s*\]?", line)):
-        keys = tuple(normalise_key(k) for k in m.group(1).split("+"))
+    if (chord := _key_chord(line)) is not None:
+        keys = tuple(normalise_key(k) for k in chord.split("+"))
         if not all(keys):
-            raise ParseError(text, f"key chord {m.group(1)!r} has an empty key")
+            raise ParseError(text, f"key chord {chord!r} has an empty key")
         return Key(keys)
     simple = {"wait": Wait(5.0), "goback": Back(), "go back": Back(), "bing": Navigate(BING_URL)}
     if line.lower() in simple:
