@@ -277,9 +277,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers drawing pictures")
     p.add_argument("--every", type=int, default=100)
+    d = ReadingConfig()
+    p.add_argument("--font-px", type=int, nargs=2, default=d.font_px, metavar=("MIN", "MAX"), help="page font sizes")
+    p.add_argument("--scale", type=float, nargs=2, default=d.scale, metavar=("MIN", "MAX"),
+                   help="input pixels per page pixel (the screenshot's resize)")
     args = p.parse_args(argv)
+    if not (0 < args.font_px[0] <= args.font_px[1] and 0 < args.scale[0] <= args.scale[1] <= 4):
+        p.error(f"--font-px {args.font_px} / --scale {args.scale}: expected 0 < MIN <= MAX (scale at most 4)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = ReadingConfig(seed=args.seed, init=args.init, batch_size=args.batch_size)
+    cfg = ReadingConfig(seed=args.seed, init=args.init, batch_size=args.batch_size, font_px=tuple(args.font_px),
+                        scale=tuple(args.scale))
     encoder, result = train(model_config(args.size).vision, cfg, steps=args.steps, minutes=args.minutes,
                             device=args.device, workers=args.workers, every=args.every)
     save_encoder(encoder, args.out, {**asdict(cfg), **result})

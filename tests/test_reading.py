@@ -78,3 +78,19 @@ def test_per_patch_labels_teach_the_encoder_characters_at_random_offsets():
     encoder, result = train(model_config("small").vision, cfg, steps=200, every=50, log_line=print)
     assert result["steps"] == 200
     assert result["patch_char_accuracy"] > 0.025, result  # measured 0.044 (n_test 32) on 2 shared cores
+
+
+def test_the_cli_takes_the_text_sizes_and_names_bad_ones(tmp_path, capsys):
+    from recipes.reading import main
+
+    out = tmp_path / "encoder.safetensors"
+    for bad in (["--font-px", "20", "10"], ["--scale", "0", "1"], ["--scale", "1", "9"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--out", str(out), "--size", "tiny", "--steps", "1", *bad])
+        assert exit_.value.code == 2 and bad[1] in capsys.readouterr().err
+    assert main(["--out", str(out), "--size", "tiny", "--steps", "2", "--batch-size", "2",
+                 "--font-px", "18", "30", "--scale", "1", "1"]) == 0
+    from safetensors import safe_open
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["font_px"] == "(18, 30)" and meta["scale"] == "(1.0, 1.0)" and meta["steps"] == "2"
