@@ -165,3 +165,12 @@ class DomainRules:
             listed = ", ".join(str(r) for r in self.allowed) or "(none)"
             return f"host {shown} is not in allowed domains [{listed}]"
         return None
+
+    def address_refusal(self, address: IPAddress, port: int) -> str | None:
+        """Why a connection to the resolved `address` on `port` is refused by a block rule, or None
+        (allow rules judge the name that was resolved, not its addresses)."""
+        address = canonical_host(address)
+        for rule in self.blocked:
+            if rule.matches(address, port, aliases=True):
+                return f"it resolves to {host_text(address)}, which matches blocked domain {rule}"
+        return None
