@@ -10,8 +10,8 @@ than the screen and zoomed out, and input takes layout (client) coordinates, so 
 point is divided by `visualViewport.scale` and offset by the visual viewport's position.
 
 URL rules (`DomainRules`) are enforced on every request by a `RequestFilter` (see
-`agent.request_filter`: a context route, and Chromium's resolver for redirect hops), fixed
-when the browser starts. A blocked main-frame navigation is raised as `BlockedURL` from
+`agent.request_filter`: a context route, and a `RulesProxy` every connection of the browser
+goes through, for redirect hops, WebSockets and workers), fixed when the browser starts. A blocked main-frame navigation is raised as `BlockedURL` from
 `execute` / `goto`, or from the next `observe` when it happened between actions.
 
 Touch devices (`device="Pixel 7"` or any descriptor with `has_touch`) tap instead of
@@ -39,7 +39,8 @@ from agent.actions import (
 from agent.chromium import launch_chromium
 from agent.domains import BlockedURL, DomainRules
 from agent.environment import ActionHandlers, ElementInfo, Observation, UnsupportedAction
-from agent.request_filter import RequestFilter, with_resolver_rules
+from agent.proxy import RulesProxy
+from agent.request_filter import RESOLVER_RULES_FLAG, RequestFilter, with_resolver_rules
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,9 @@ class BrowserEnv(ActionHandlers):
     `DomainRules()`: http(s) only). `set_of_marks` draws numbered labels for the web format.
     `settle_ms` is how long after an action to wait for what it triggers to start (a
     navigation, a popup) before waiting for the page to load; `timeout_ms` bounds that wait.
-    `launch_args` are extra Chromium flags (e.g. `--host-resolver-rules=...`).
+    `launch_args` are extra Chromium flags (e.g. `--host-resolver-rules=...`; not a proxy:
+    the URL rules need the browser's own). `blocked` lists refused requests by URL,
+    `refused_connections` the connections the rules' proxy refused.
     """
 
     platform = "web"
@@ -135,11 +138,14 @@ class BrowserEnv(ActionHandlers):
         self.home_url: str | None = None  # `Home` returns here; the first URL `goto` loaded
         self._cdp: dict[Any, Any] = {}
 
+        if any(a.startswith(("--proxy-server", "--proxy-pac-url", "--no-proxy-server", "--proxy-bypass-list"))
+               for a in launch_args):
+            raise ValueError(f"launch_args={launch_args!r} set a proxy; BrowserEnv sends every connection "
+                             "through its own (the URL rules' proxy), so it takes none")
         self._playwright = _acquire_playwright()
-        self._browser = None
+        self._browser = self._proxy = None
         try:
-            args = with_resolver_rules(tuple(launch_args), self._rules)
-            self._browser = launch_chromium(self._playwright, headless=headless, args=args)
+            self._browser = self._launch(tuple(launch_args), headless)
             options = self._context_options(viewport, device, device_scale_factor)
             self.has_touch = bool(options.get("has_touch"))
             self.is_mobile = bool(options.get("is_mobile"))
@@ -152,6 +158,14 @@ class BrowserEnv(ActionHandlers):
         except BaseException:
             self.close()
             raise
+
+    def _launch(self, launch_args: tuple[str, ...], headless: bool) -> Any:
+        """Chromium with our resolver rules and every connection (loopback too) through the proxy."""
+        args = with_resolver_rules(launch_args, self._rules)
+        resolver = next((a[len(RESOLVER_RULES_FLAG):] for a in args if a.startswith(RESOLVER_RULES_FLAG)), "")
+        self._proxy = RulesProxy(self._rules, resolver_rules=resolver, on_refused=self._requests.refuse_connection)
+        args += (f"--proxy-server={self._proxy.server}", "--proxy-bypass-list=<-loopback>")
+        return launch_chromium(self._playwright, headless=headless, args=args)
 
     def _context_options(self, viewport, device, device_scale_factor) -> dict[str, Any]:
         if isinstance(device, str):
@@ -185,6 +199,11 @@ class BrowserEnv(ActionHandlers):
         if page not in self._pages:
             self._pages.append(page)
             self._requests.watch(page)
+
+    @property
+    def refused_connections(self) -> list[BlockedURL]:
+        """Every connection the URL rules' proxy refused (host:port), in order."""
+        return self._requests.refused_connections
 
     @property
     def rules(self) -> DomainRules:
@@ -418,6 +437,8 @@ class BrowserEnv(ActionHandlers):
             if self._browser is not None:
                 self._browser.close()
         finally:
+            if self._proxy is not None:
+                self._proxy.close()
             self._playwright = None
             _release_playwright()
 

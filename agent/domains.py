@@ -7,9 +7,14 @@ URL is judged by the origin it embeds.
 
 A domain rule matches the host and all its subdomains ("example.com" covers
 "www.example.com", not "badexample.com"); a leading "*." or "." is accepted and means the
-same. A rule may carry a port ("127.0.0.1:8000"), then only that port matches. IP addresses
-match exactly. Blocked rules win over allowed ones. Hosts and rules are compared in their
-IDNA (punycode) form, so a Unicode rule also matches its encoded host.
+same. A rule may carry a port ("127.0.0.1:8000"), then only that port matches. Blocked rules
+win over allowed ones. Hosts and rules are compared in one spelling (`agent.hosts`): names in
+their IDNA (punycode) form, so a Unicode rule also matches its encoded host; IP addresses as
+addresses, so every spelling of a blocked address (decimal, octal, hex, short forms, IPv4-mapped
+IPv6, any IPv6 compression) is blocked, and so are the addresses that reach it
+(`address_aliases`: 0.0.0.0 reaches 127.0.0.1). An IP rule matches that address only, never
+as a "subdomain". The rules judge the host a URL names, not the address a name resolves to;
+`agent.proxy` checks resolved addresses for `BrowserEnv`.
 
 The same object is used by every environment and the agent loop; `BlockedURL` is the one
 error they raise for a refused URL.
@@ -17,10 +22,11 @@ error they raise for a refused URL.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from agent.hosts import IPAddress, address_aliases, canonical_host, host_text
 
 NETWORK_SCHEMES = frozenset({"http", "https", "ws", "wss"})
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -37,37 +43,24 @@ class BlockedURL(Exception):
 
 @dataclass(frozen=True)
 class _Rule:
-    host: str  # IDNA, lower case, no trailing dot
+    host: str | IPAddress  # canonical (`agent.hosts.canonical_host`)
     port: int | None  # None: any port
-    is_ip: bool
 
-    def matches(self, host: str, port: int | None) -> bool:
+    @property
+    def is_ip(self) -> bool:
+        return not isinstance(self.host, str)
+
+    def matches(self, host: str | IPAddress, port: int | None, *, aliases: bool = False) -> bool:
+        """Does the canonical `host` match? With `aliases` (block rules), an address also
+        matches through the addresses a connection to it reaches."""
         if self.port is not None and port != self.port:
             return False
-        if self.is_ip or _is_ip(host):  # addresses have no subdomains
-            return host == self.host
+        if self.is_ip or not isinstance(host, str):  # addresses have no subdomains
+            return self.host in address_aliases(host) if aliases and not isinstance(host, str) else host == self.host
         return host == self.host or host.endswith("." + self.host)
 
     def __str__(self) -> str:
-        return self.host if self.port is None else f"{self.host}:{self.port}"
-
-
-def _normalise_host(host: str) -> str:
-    host = host.strip().rstrip(".").lower()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        return host.encode("idna").decode("ascii")
-    except UnicodeError:
-        return host  # not encodable (e.g. an IPv6 literal): compare as written
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+        return host_text(self.host) if self.port is None else f"{host_text(self.host)}:{self.port}"
 
 
 def _parse_rule(rule: str) -> _Rule:
@@ -85,7 +78,7 @@ def _parse_rule(rule: str) -> _Rule:
     host, port = text, None
     if text.startswith("["):  # [v6]:port
         close = text.find("]")
-        host, rest = text[1:close], text[close + 1:]
+        host, rest = text[:close + 1], text[close + 1:]
         if rest:
             port = rest.lstrip(":")
     elif text.count(":") == 1:
@@ -94,10 +87,13 @@ def _parse_rule(rule: str) -> _Rule:
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"domain rule {rule!r} has port {port!r}; expected 1..65535")
         port = int(port)
-    host = _normalise_host(host)
-    if not host or "*" in host:
+    if "*" in host:
         raise ValueError(f"domain rule {rule!r} has no usable host; expected 'example.com' or '*.example.com'")
-    return _Rule(host, port, _is_ip(host))
+    try:
+        return _Rule(canonical_host(host), port)
+    except ValueError as error:
+        raise ValueError(f"domain rule {rule!r}: {error}; expected 'example.com', an IP address "
+                         "or either with ':port'") from None
 
 
 class DomainRules:
@@ -153,12 +149,28 @@ class DomainRules:
             return f"unparsable URL ({error})"
         if not host:
             return "URL has no host"
-        host = _normalise_host(host)
-        port = port if port is not None else DEFAULT_PORTS[scheme]
+        return self.host_refusal(host, port if port is not None else DEFAULT_PORTS[scheme])
+
+    def host_refusal(self, host: str | IPAddress, port: int) -> str | None:
+        """Why a connection to `host` (any spelling, or an address) on `port` is refused, or None."""
+        try:
+            host = canonical_host(host)
+        except ValueError as error:
+            return f"unparsable host ({error})"
+        shown = host_text(host)
         for rule in self.blocked:
-            if rule.matches(host, port):
-                return f"host {host} matches blocked domain {rule}"
+            if rule.matches(host, port, aliases=True):
+                return f"host {shown} matches blocked domain {rule}"
         if self.allowed is not None and not any(rule.matches(host, port) for rule in self.allowed):
             listed = ", ".join(str(r) for r in self.allowed) or "(none)"
-            return f"host {host} is not in allowed domains [{listed}]"
+            return f"host {shown} is not in allowed domains [{listed}]"
+        return None
+
+    def address_refusal(self, address: IPAddress, port: int) -> str | None:
+        """Why a connection to the resolved `address` on `port` is refused by a block rule, or None
+        (allow rules judge the name that was resolved, not its addresses)."""
+        address = canonical_host(address)
+        for rule in self.blocked:
+            if rule.matches(address, port, aliases=True):
+                return f"it resolves to {host_text(address)}, which matches blocked domain {rule}"
         return None

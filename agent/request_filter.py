@@ -1,29 +1,34 @@
 """`RequestFilter`: how `BrowserEnv` enforces its `DomainRules` on every request it makes.
 
-Two layers. A context-level route refuses every request whose URL is refused (navigations,
-popups, iframes, sub-resources) before it is sent; service workers are blocked (by the
-context, see `BrowserEnv`) because their requests bypass routing. Playwright does not route
-redirect hops, and fetching documents ourselves to inspect their `Location` would change the
-document's security context (Chromium then treats it as public and refuses its requests to
-local addresses), so hops are handled a layer lower: Chromium's `--host-resolver-rules`
-(`resolver_rules`) make blocked host names (and, with an allow-list, every other name) fail
-to resolve, so no request reaches them at any redirect depth. The route still sees each hop
-as a `request` event and records it; only a hop to an IP address outside the rules can be
-sent before it is refused. The rules are fixed when the browser starts.
+Three layers. A context-level route refuses every request whose URL is refused (navigations,
+popups, iframes, sub-resources, workers' requests) before it is sent; service workers are
+blocked (by the context, see `BrowserEnv`) because their requests bypass routing. Playwright
+does not route redirect hops nor WebSockets, so below it every connection Chromium opens goes
+through a `RulesProxy` (`agent.proxy`), which refuses blocked hosts and addresses, in any
+spelling and after name resolution, before anything is sent: a redirect hop or a WebSocket to
+a blocked host fails with a network error, and its response never reaches the page.
+Chromium's `--host-resolver-rules` (`resolver_rules`) make blocked host names (and, with an
+allow-list, every other name) unresolvable as well; the proxy follows the same rules.
 
-A blocked main-frame navigation is kept as pending and raised as `BlockedURL` by
-`raise_pending`, which `BrowserEnv` calls after each action, in `goto`, and in the next
-`observe` when it happened between actions (a timer, a meta refresh).
+The URL of every refused request, hop and WebSocket is recorded in `blocked` (the route,
+`request` events for hops, `websocket` events); connections the proxy refused (by host and
+port, including the browser's own background traffic) are in `refused_connections`. A blocked
+main-frame navigation (its first request or a redirect hop) is kept as pending and raised as
+`BlockedURL` by `raise_pending`, which `BrowserEnv` calls after each action, in `goto`, and in
+the next `observe` when it happened between actions (a timer, a meta refresh).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from playwright.sync_api import Error as PlaywrightError
 
-from agent.domains import BlockedURL, DomainRules
+from agent.domains import DEFAULT_PORTS, BlockedURL, DomainRules
+from agent.hosts import canonical_host, host_text
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +66,8 @@ def with_resolver_rules(args: tuple[str, ...], rules: DomainRules) -> tuple[str,
 class RequestFilter:
     """Refuses and records the requests of one browser context that `rules` refuse.
 
-    `blocked` lists every refused request in order; `pending` is a refused main-frame
+    `blocked` lists every refused request in order (by URL); `refused_connections` every
+    connection the proxy refused (by host:port, from the proxy's threads); `pending` is a refused main-frame
     navigation not yet raised (an aborted one commits an error page); `navigations` holds the
     main-frame document requests in flight (`BrowserEnv` waits for them after an action).
     """
@@ -69,6 +75,8 @@ class RequestFilter:
     def __init__(self, rules: DomainRules) -> None:
         self.rules = rules
         self.blocked: list[BlockedURL] = []
+        self._refusals: list[tuple[float, BlockedURL]] = []  # (epoch s, connection the proxy refused)
+        self._recorded: set[Any] = set()  # requests already in `blocked`
         self.pending: BlockedURL | None = None
         self.navigations: set[Any] = set()
 
@@ -77,21 +85,33 @@ class RequestFilter:
         context.route("**/*", self._route)
         context.on("request", self._on_request)
         context.on("requestfinished", self._on_request_done)
-        context.on("requestfailed", self._on_request_done)
+        context.on("requestfailed", self._on_request_failed)
 
     def watch(self, page: Any) -> None:
         """Also check the documents that commit in `page` (the last line of defence)."""
         page.on("framenavigated", self._on_framenavigated)
+        page.on("websocket", self._on_websocket)
+
+    def refuse_connection(self, blocked: BlockedURL) -> None:
+        """Record a connection the proxy refused (called from its threads)."""
+        self._refusals.append((time.time(), blocked))
+
+    @property
+    def refused_connections(self) -> list[BlockedURL]:
+        return [blocked for _, blocked in self._refusals]
 
     def _route(self, route: Any, request: Any) -> None:
         blocked = self.rules.refusal(request.url)
         if blocked is None:
             route.continue_()
             return
-        self._record(blocked, main_navigation=self._is_main_navigation(request))
+        self._record(blocked, main_navigation=self._is_main_navigation(request), request=request)
         route.abort("blockedbyclient")
 
-    def _record(self, blocked: BlockedURL, *, main_navigation: bool) -> None:
+    def _record(self, blocked: BlockedURL, *, main_navigation: bool, request: Any = None) -> None:
+        while request is not None:  # Playwright may fail the chain's first request instead
+            self._recorded.add(request)
+            request = request.redirected_from
         self.blocked.append(blocked)
         logger.info("%s", blocked)
         if main_navigation:
@@ -107,13 +127,44 @@ class RequestFilter:
         main_navigation = self._is_main_navigation(request)
         if main_navigation:
             self.navigations.add(request)
-        if request.redirected_from is not None:  # hops are not routed; the resolver stopped it
+        if request.redirected_from is not None:  # hops are not routed; the proxy refuses them
             blocked = self.rules.refusal(request.url)
             if blocked is not None:
-                self._record(blocked, main_navigation=main_navigation)
+                self._record(blocked, main_navigation=main_navigation, request=request)
+
+    def _on_websocket(self, websocket: Any) -> None:
+        # not routed: the proxy refuses the connection; the URL is recorded here
+        blocked = self.rules.refusal(websocket.url)
+        if blocked is not None:
+            self._record(blocked, main_navigation=False)
 
     def _on_request_done(self, request: Any) -> None:
         self.navigations.discard(request)
+
+    def _on_request_failed(self, request: Any) -> None:
+        self._on_request_done(request)
+        if "SOCKS" in (request.failure or "") and request not in self._recorded:
+            blocked = self._proxy_refusal(request)
+            if blocked is not None:
+                self._record(blocked, main_navigation=self._is_main_navigation(request), request=request)
+
+    def _proxy_refusal(self, request: Any) -> BlockedURL | None:
+        """Why the proxy refused a connection `request` needed: its host resolved to a blocked
+        address, or a redirect hop Playwright did not report went to a blocked host."""
+        url = request.url
+        parts = urlsplit(url)
+        try:
+            where = f"{host_text(canonical_host(parts.hostname or ''))}:{parts.port or DEFAULT_PORTS[parts.scheme]}"
+        except (ValueError, KeyError):
+            return None
+        own = next((b for _, b in reversed(self._refusals) if b.url == where), None)
+        if own is not None:
+            return BlockedURL(url, own.rule)
+        started = request.timing.get("startTime", 0) / 1000
+        during = [b for when, b in self._refusals if when >= started - 0.01]
+        if not during:
+            return None  # a connection failure of its own, not the rules
+        return BlockedURL(url, f"a redirect from it was refused: {during[-1].url}: {during[-1].rule}")
 
     def _on_framenavigated(self, frame: Any) -> None:
         # a refused document committed in a tab (e.g. an IP hop)
@@ -128,8 +179,7 @@ class RequestFilter:
         if self.pending is None:
             return
         blocked, self.pending = self.pending, None
-        # let the error page (or the refused page, for a hop the resolver could not stop)
-        # commit now, not in the middle of the next navigation
+        # let the error page (or a refused page that got through regardless) commit now, not in the middle of the next navigation
         landed = lambda url: url.startswith("chrome-error:") or not self.rules.allows(url)  # noqa: E731
         try:
             page.wait_for_url(landed, timeout=min(timeout_ms, 10_000))

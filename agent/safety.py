@@ -14,7 +14,9 @@ Secrets are given to the agent as a name -> value map and written into tasks and
 placeholders `{{secret:name}}`. The model only ever sees the placeholder; `Secrets.reveal`
 substitutes values into the action handed to the environment, and `Secrets.scrub` replaces any
 value that shows up in text (a model echo, a URL, a page title) by its placeholder before
-anything is logged or recorded. Screenshots cannot be scrubbed: a secret typed into a visible
+anything is logged, recorded or put in a prompt: the value as written and in the encodings text
+carries it in (URL/percent and form encoding, HTML character references, JSON escapes, base64;
+`agent.secret_patterns`), in any mix. Screenshots cannot be scrubbed: a secret typed into a visible
 (non-password) field is on the next screenshot.
 
 URL allow / block rules are `agent.domains.DomainRules`; the loop applies them to `Navigate`.
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 from agent.actions import Action, Click, Key, Navigate, Target, Type
 from agent.environment import ElementInfo, Environment, Observation
+from agent.secret_patterns import secret_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +138,11 @@ class Secrets:
             if not isinstance(value, str) or not value:
                 raise ValueError(f"secret {name!r} must be a non-empty string")
         self._values = values
+        # one pass over all secrets, longest first; placeholders already in the text stay
+        names = sorted(values, key=lambda name: -len(values[name]))
+        self._groups = {f"s{i}": name for i, name in enumerate(names)}
+        self._pattern = re.compile("|".join([PLACEHOLDER.pattern] + [
+            f"(?P<{group}>{secret_pattern(values[name])})" for group, name in self._groups.items()]))
 
     def __repr__(self) -> str:
         return f"Secrets({sorted(self._values)})"  # names only
@@ -171,9 +179,12 @@ class Secrets:
         return dataclasses.replace(action, **changes)
 
     def scrub(self, text: str | None) -> str | None:
-        """`text` with every secret value replaced by its placeholder (longest values first)."""
+        """`text` with every secret value, in any of its encodings, replaced by its placeholder
+        (longest values first)."""
         if not text or not self._values:
             return text
-        for name, value in sorted(self._values.items(), key=lambda item: -len(item[1])):
-            text = text.replace(value, self.placeholder(name))
-        return text
+        return self._pattern.sub(self._placeholder_for, text)
+
+    def _placeholder_for(self, match: re.Match) -> str:
+        group = match.lastgroup
+        return match.group(0) if group is None else self.placeholder(self._groups[group])

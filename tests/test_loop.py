@@ -2,6 +2,9 @@
 answers in the released formats: goal reached, parse errors re-asked, loop detection, budgets,
 domain rules, sensitive actions, secrets kept out of the recording."""
 
+import base64
+import html
+import json
 import time
 from pathlib import Path
 
@@ -224,3 +227,49 @@ def test_secrets_reach_the_page_but_not_the_recording(env, server, tmp_path):
         assert secret.encode() not in f.read_bytes(), f.name
     assert trajectory.steps[2].title == "typed {{secret:token}}"
     assert trajectory.steps[1].action.text == trajectory.steps[2].action.text == "{{secret:token}}"
+
+
+def encodings_of(value):
+    """The ways `value` travels in text: what a recording or prompt must not contain."""
+    from urllib.parse import quote, quote_plus
+    data = value.encode()
+    return {
+        "raw": value, "form": quote_plus(value), "percent": quote(value, safe=""), "path": quote(value),
+        "percent lower-case": quote(value, safe="").lower(), "form twice": quote(quote_plus(value), safe=""),
+        "html": html.escape(value), "html decimal": "".join(f"&#{ord(c)};" for c in value),
+        "html hex": "".join(f"&#x{ord(c):X};" for c in value),
+        "json": json.dumps(value)[1:-1], "json ascii": json.dumps(value, ensure_ascii=True)[1:-1],
+        "json all escaped": "".join(f"\\u{ord(c):04x}" for c in value),
+        "base64": base64.b64encode(data).decode(), "base64 in basic auth": base64.b64encode(b"bob:" + data).decode(),
+        "base64 url-safe": base64.urlsafe_b64encode(b"xy" + data).decode(),
+    }
+
+
+def test_secrets_in_their_encodings_reach_neither_the_recording_nor_the_prompt(env, server, tmp_path):
+    secret = "hunter2 pa$$!&<é"
+    forms = encodings_of(secret)
+    server.add("/form", FORM.replace('action="/welcome"', 'action="/shown"'))
+    server.add("/shown", """<!doctype html><script>const v = new URLSearchParams(location.search).get('user');
+document.title = 'auth ' + btoa(unescape(encodeURIComponent('bob:' + v)));</script>""")
+    echo = "<think>I typed " + " / ".join(forms.values()) + "</think>\nDone.\n<|begin_of_box|>DONE()<|end_of_box|>\nMemory:\n[]"
+    policy = ScriptedPolicy([
+        desktop(f"left_click(start_box='{USER_FIELD}')"),
+        desktop("type(content='{{secret:pw}}')"),
+        desktop(f"left_click(start_box='{NEXT}')"),  # a GET form: the next URL carries it form-encoded
+        desktop(f"hover(start_box='{NOOP}')", reason=f"The page says {forms['html']} and {forms['json ascii']}."),
+        echo,
+    ])
+    agent = Agent(policy=policy, env=env, platform="desktop", secrets={"pw": secret}, record=str(tmp_path / "run"))
+    trajectory = agent.run("Sign in with {{secret:pw}}", start_url=server.url("/form"))
+    assert trajectory.status == "done"
+    assert forms["form"] in env.page.url and forms["base64 in basic auth"] in env.page.title()  # the leaks exist
+    assert "user={{secret:pw}}" in trajectory.steps[3].url and "{{secret:pw}}" in trajectory.steps[3].title
+    written = {f.name: f.read_text(errors="replace") for f in Path(tmp_path / "run").iterdir() if f.suffix != ".png"}
+    assert set(written) == {"steps.jsonl", "trajectory.json", "report.html"}
+    prompts = json.dumps([[part.get("text", "") for m in call for part in (m["content"] if isinstance(m["content"], list)
+                                                                          else [{"text": m["content"]}])]
+                          for call in policy.calls])
+    for where, text in {**written, "prompts": prompts}.items():
+        for name, form in forms.items():
+            assert form not in text, f"{name} form {form!r} of the secret is in {where}"
+    assert "The page says {{secret:pw}} and {{secret:pw}}." in prompts  # its own echo, scrubbed in the history

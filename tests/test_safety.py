@@ -98,3 +98,47 @@ def test_password_field_detected_in_a_real_browser():
         assert sensitivity(Type("x", target=Point(500, 500)), obs, env) == "typing into a password field"
         env.page.fill("#p", "")  # focus it: a Type without target types into the focused element
         assert sensitivity(Type("x"), obs, env) == "typing into a password field"
+
+
+SECRETS = ["hunter2 pa$$!", "s3cret&<>\"'/\\", "pässwörd€😀 x", "tok+en/=%41", "longer-secret-value-1234567890"]
+
+
+def _encodings(value):
+    import base64
+    import re
+    import html
+    import json
+    from urllib.parse import quote, quote_plus
+    data = value.encode()
+    forms = {
+        quote_plus(value), quote(value, safe=""), quote(value), quote(value, safe="").lower(),
+        quote(quote_plus(value), safe=""), html.escape(value), html.escape(value, quote=False),
+        "".join(f"&#{ord(c)};" for c in value), "".join(f"&#x{ord(c):x}" for c in value),
+        "".join(f"&#x{ord(c):X};" for c in value), json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=True)[1:-1],
+        re.sub(r"\\u[0-9a-f]{4}", lambda m: "\\u" + m.group(0)[2:].upper(), json.dumps(value)[1:-1]),
+        "".join(f"\\x{ord(c):02x}" if ord(c) < 256 else c for c in value),
+    }
+    for prefix in (b"", b"a", b"ab", b"bob:"):  # each alignment inside a longer base64 string
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            forms.add(encode(prefix + data + b"tail").decode())
+            forms.add(quote(encode(prefix + data).decode(), safe=""))
+    return forms
+
+
+@pytest.mark.parametrize("value", SECRETS)
+def test_scrub_removes_every_common_encoding_of_a_secret(value):
+    secrets = Secrets({"pw": value})
+    for form in _encodings(value):
+        for text in (form, f"before {form} after", f"x={form}&y=1"):
+            scrubbed = secrets.scrub(text)
+            assert "{{secret:pw}}" in scrubbed, (form, scrubbed)
+            for other in _encodings(value) - {value}:
+                assert other not in scrubbed or other in text.replace(form, ""), (form, other, scrubbed)
+
+
+def test_scrub_leaves_other_text_and_placeholders_alone():
+    secrets = Secrets({"pw": "hunter2 pa$$!", "pin": "42", "secret": "secret"})
+    text = "page 1/42 of {{secret:pw}}: the secret word, Basic Ym9iOnB3"
+    assert secrets.scrub(text) == "page 1/{{secret:pin}} of {{secret:pw}}: the {{secret:secret}} word, Basic Ym9iOnB3"
+    assert secrets.scrub("hunter2 pa$$") == "hunter2 pa$$"  # a prefix is not the secret
+    assert secrets.scrub("NDI=") == "NDI="  # base64 is searched only for secrets of 6 bytes and more
