@@ -97,8 +97,8 @@ def _set(section, **values):
 
 # (edit of a valid tiny config.json, what the error must say: field, value, expectation)
 BAD_CONFIGS = {
-    "patch size 0": (_set("vision_config", patch_size=0), r"vision_config.patch_size=0: expected an integer >= 1"),
-    "negative vocab": (_set("text_config", vocab_size=-5), r"text_config.vocab_size=-5: expected an integer >= 1"),
+    "patch size 0": (_set("vision_config", patch_size=0), r"vision_config.patch_size=0: expected an integer in 1..16777216"),
+    "negative vocab": (_set("text_config", vocab_size=-5), r"text_config.vocab_size=-5: expected an integer in 1..16777216"),
     "heads do not divide the width": (_set("vision_config", num_heads=3),
                                       r"vision_config.num_heads=3 does not divide vision_config.hidden_size=32"),
     "text heads without head_dim": (lambda r: (r["text_config"].pop("head_dim"), r["text_config"].update(num_attention_heads=3,
@@ -117,15 +117,19 @@ BAD_CONFIGS = {
     "string rope theta": (lambda r: r["text_config"]["rope_parameters"].update(rope_theta="big"),
                           r"text_config.rope_theta='big': expected a finite number > 0"),
     "mrope section of strings": (lambda r: r["text_config"]["rope_parameters"].update(mrope_section=["1", "1", "2"]),
-                                 r"text_config.mrope_section\[0\]='1': expected an integer >= 0"),
+                                 r"text_config.mrope_section\[0\]='1': expected an integer in 0..16777216"),
     "kv heads not dividing heads": (_set("text_config", num_key_value_heads=3),
                                     r"text_config.num_key_value_heads=3 does not divide text_config.num_attention_heads=4"),
     "unknown activation": (_set("vision_config", hidden_act="gelu"), r"vision_config.hidden_act='gelu': expected one of \['silu'\]"),
     "eos past the vocabulary": (_set("text_config", eos_token_id=[1, 999]), r"text_config.eos_token_id\[1\]=999"),
     "negative MTP layers": (_set("text_config", num_nextn_predict_layers=-1),
-                            r"text_config.num_nextn_predict_layers=-1: expected an integer >= 0"),
+                            r"text_config.num_nextn_predict_layers=-1: expected an integer in 0..16777216"),
     "infinite rotary factor": (lambda r: r["text_config"]["rope_parameters"].update(partial_rotary_factor=float("inf")),
                                r"partial_rotary_factor=inf: expected a finite number > 0 and <= 1"),
+    # absurd sizes pass a lower bound and then never finish building the model
+    "10**30 layers": (_set("text_config", num_hidden_layers=10**30), r"num_hidden_layers=10{30}: expected an integer in 1..16777216".replace("10{30}", str(10**30))),
+    "10**30 vision width": (_set("vision_config", hidden_size=10**30), r"vision_config.hidden_size=1000000000000000000000000000000"),
+    "10**30 routed experts": (_set("text_config", n_routed_experts=10**30), r"text_config.n_routed_experts=1000000000000000000000000000000"),
     "more groups kept than exist": (_set("text_config", topk_group=3), r"n_group=2, topk_group=3"),
 }
 

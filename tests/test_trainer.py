@@ -191,7 +191,7 @@ def test_the_validation_pass_is_cached_until_the_data_media_or_encoder_change(tm
     processor = Processor.from_pretrained()
     encoded = []
     real_encode = Encoder.encode
-    monkeypatch.setattr(Encoder, "encode", lambda self, messages: encoded.append(1) or real_encode(self, messages))
+    monkeypatch.setattr(Encoder, "encode", lambda self, messages, **kw: encoded.append(1) or real_encode(self, messages, **kw))
 
     def dataset(max_length=256):
         bad = BadRecords()

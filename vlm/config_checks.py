@@ -26,13 +26,17 @@ _TEXT_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_lay
                "num_key_value_heads", "head_dim", "max_position_embeddings", "num_experts_per_tok",
                "moe_intermediate_size", "n_group", "topk_group")
 _TEXT_COUNTS = ("n_routed_experts", "n_shared_experts", "first_k_dense_replace")
+# No size may be absurd: 10**30 layers or a width of 10**30 would pass a lower bound and then never
+# finish building the model. 2**24 is far above any released model's largest size (vocab 151,552,
+# positions 131,072) and still fails at once.
+MAX_SIZE = 2 ** 24
 _TEXT_FLAGS = ("attention_bias", "tie_word_embeddings", "norm_topk_prob", "sandwich_norms", "fused_gate_up")
 
 
 def check_vision(cfg: VisionConfig) -> None:
     where = "vision_config."
     for name in _VISION_SIZES:
-        integer(f"{where}{name}", getattr(cfg, name), low=1)
+        integer(f"{where}{name}", getattr(cfg, name), low=1, high=MAX_SIZE)
     real(f"{where}rms_norm_eps", cfg.rms_norm_eps, low=0.0)
     real(f"{where}rope_theta", cfg.rope_theta, low=0.0)
     activation(f"{where}hidden_act", cfg.hidden_act)
@@ -47,9 +51,9 @@ def check_vision(cfg: VisionConfig) -> None:
 def check_text(cfg: TextConfig) -> None:
     where = "text_config."
     for name in _TEXT_SIZES:
-        integer(f"{where}{name}", getattr(cfg, name), low=1)
+        integer(f"{where}{name}", getattr(cfg, name), low=1, high=MAX_SIZE)
     for name in _TEXT_COUNTS:
-        integer(f"{where}{name}", getattr(cfg, name), low=0)
+        integer(f"{where}{name}", getattr(cfg, name), low=0, high=MAX_SIZE)
     for name in _TEXT_FLAGS:
         if not isinstance(getattr(cfg, name), bool):
             raise ValueError(f"{where}{name}={getattr(cfg, name)!r}: expected true or false")
@@ -62,8 +66,8 @@ def check_text(cfg: TextConfig) -> None:
     if not isinstance(cfg.mrope_section, tuple) or not cfg.mrope_section:
         raise ValueError(f"{where}mrope_section={cfg.mrope_section!r}: expected a list of integers (T, H, W)")
     for i, size in enumerate(cfg.mrope_section):
-        integer(f"{where}mrope_section[{i}]", size, low=0)
-    integer(f"{where}num_nextn_predict_layers", cfg.extra.get("num_nextn_predict_layers", 0), low=0)
+        integer(f"{where}mrope_section[{i}]", size, low=0, high=MAX_SIZE)
+    integer(f"{where}num_nextn_predict_layers", cfg.extra.get("num_nextn_predict_layers", 0), low=0, high=MAX_SIZE)
     _check_token_ids(cfg)
     _check_relations(cfg)
 
@@ -111,9 +115,10 @@ def check_top(cfg: VLMConfig) -> None:
 # ---- one value ------------------------------------------------------------------------------------
 
 
-def integer(name: str, value: Any, *, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r}: expected an integer >= {low}")
+def integer(name: str, value: Any, *, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name}={value!r}: expected an integer {bounds}")
 
 
 def real(name: str, value: Any, *, low: float, high: float = math.inf, low_open: bool = True) -> None:
