@@ -10,7 +10,7 @@ it resizes screenshots (to 728x420). Two tasks, 8 classes each (chance 0.125):
 
 - colour: one square, 50-190 px, in one of 8 colours, anywhere: what colour is it?
 - word: one of 8 UI words ("Home", "Search", ...) in 48-px DejaVu Sans (27 px after the
-  resize), at any pixel offset: which word is it?
+  resize; `--word-px 16`: UI body text, 9 px after it), at any pixel offset: which word is it?
 
 `--encoder PATH` starts the encoder from the reading stage's weights (`recipes.reading`)
 instead of random ones: does reading transfer to a task it was never told about?
@@ -57,11 +57,11 @@ def labels(task: Task) -> tuple[str, ...]:
 
 
 @functools.cache
-def _font() -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(str(FONT), WORD_PX)
+def _font(px: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(FONT), px)
 
 
-def picture(task: Task, rng: random.Random) -> tuple[Image.Image, int]:
+def picture(task: Task, rng: random.Random, *, word_px: int = WORD_PX) -> tuple[Image.Image, int]:
     """One 1280x720 picture of `task` and the index of its label."""
     image = Image.new("RGB", CANVAS, BACKGROUND)
     draw = ImageDraw.Draw(image)
@@ -71,7 +71,7 @@ def picture(task: Task, rng: random.Random) -> tuple[Image.Image, int]:
         x, y = rng.randint(0, CANVAS[0] - side), rng.randint(0, CANVAS[1] - side)
         draw.rectangle([x, y, x + side, y + side], fill=COLOURS[labels(task)[label]])
     else:
-        font = _font()
+        font = _font(word_px)
         _, _, right, bottom = draw.textbbox((0, 0), WORDS[label], font=font)
         x, y = rng.randint(0, CANVAS[0] - right), rng.randint(0, CANVAS[1] - bottom)
         draw.text((x, y), WORDS[label], fill=(29, 35, 48), font=font)
@@ -85,10 +85,10 @@ class Batch:
     labels: torch.Tensor
 
 
-def batch(task: Task, rng: random.Random, n: int, config: ImageConfig) -> Batch:
+def batch(task: Task, rng: random.Random, n: int, config: ImageConfig, *, word_px: int = WORD_PX) -> Batch:
     patches, grids, ys = [], [], []
     for _ in range(n):
-        image, label = picture(task, rng)
+        image, label = picture(task, rng, word_px=word_px)
         p = preprocess_image(image, config)
         patches.append(p.pixel_values)
         grids.append(p.grid_thw)
@@ -113,7 +113,7 @@ class Probe(torch.nn.Module):
 
 
 def run(task: Task, *, steps: int, size: str = "small", seed: int = 0, batch_size: int = 16, lr: float = 1e-3,
-        every: int = 25, n_test: int = 128, encoder: Path | None = None,
+        every: int = 25, n_test: int = 128, encoder: Path | None = None, word_px: int = WORD_PX,
         log: Callable[[str], Any] = print) -> float:
     """Train for `steps` steps, from scratch or from `encoder` (reading-stage weights); held-out
     accuracy at the end (and every `every`)."""
@@ -121,6 +121,8 @@ def run(task: Task, *, steps: int, size: str = "small", seed: int = 0, batch_siz
         raise ValueError(f"task {task!r}: expected one of {list(TASKS)}")
     if steps < 1:
         raise ValueError(f"steps={steps}: expected a positive number of steps")
+    if not 6 <= word_px <= 200:
+        raise ValueError(f"word_px={word_px}: expected a font size of 6-200 page pixels")
     torch.manual_seed(seed)
     vision_cfg = model_config(size).vision  # type: ignore[arg-type]
     model = Probe(VisionEncoder(vision_cfg), vision_cfg.out_hidden_size, len(labels(task)))
@@ -128,7 +130,7 @@ def run(task: Task, *, steps: int, size: str = "small", seed: int = 0, batch_siz
     if encoder is not None:
         load_encoder(model.vision, encoder)
     config = ImageConfig(max_pixels=IMAGE_MAX_PIXELS)
-    test = batch(task, random.Random(f"test/{seed}"), n_test, config)
+    test = batch(task, random.Random(f"test/{seed}"), n_test, config, word_px=word_px)
     train_rng = random.Random(f"train/{seed}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
 
@@ -140,7 +142,7 @@ def run(task: Task, *, steps: int, size: str = "small", seed: int = 0, batch_siz
         return (predicted == test.labels).float().mean().item()
 
     for step in range(1, steps + 1):
-        b = batch(task, train_rng, batch_size, config)
+        b = batch(task, train_rng, batch_size, config, word_px=word_px)
         loss = torch.nn.functional.cross_entropy(model(b.pixel_values, b.grid_thw), b.labels)
         optimizer.zero_grad()
         loss.backward()
@@ -160,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--every", type=int, default=25)
     p.add_argument("--encoder", type=Path, default=None, help="start from these encoder weights (recipes.reading)")
+    p.add_argument("--word-px", type=int, default=WORD_PX, help="the word's font size on the 1280x720 page")
     args = p.parse_args(argv)
     result = run(args.task, steps=args.steps, size=args.size, seed=args.seed, batch_size=args.batch_size,
-                 lr=args.lr, every=args.every, encoder=args.encoder, log=lambda line: print(line, flush=True))
+                 lr=args.lr, every=args.every, encoder=args.encoder, word_px=args.word_px, log=lambda line: print(line, flush=True))
     print(f"accuracy: {result:.3f}")
     return 0
 

@@ -23,12 +23,14 @@ them and `recipes.learnability --encoder` measures what they transfer.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import math
 import os
 import random
 import sys
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal
@@ -61,6 +63,9 @@ class ReadingConfig:
     # page font sizes, body text to headings: text reaches the encoder 5.5-36 px high (a
     # 5.5-22 px range did not carry over to 27 px words in `recipes.learnability word`)
     font_px: tuple[int, int] = (11, 36)
+    # curriculum: the first `large_steps` batches draw LARGE text (page 18-30 px at scale 1), the
+    # study's setting, where glyphs are learned fastest; then the whole range above
+    large_steps: int = 0
     slots: int = 3  # characters per patch
     batch_size: int = 32
     lr: float = 1e-3
@@ -68,6 +73,16 @@ class ReadingConfig:
     none_weight: float = 0.25
     token_weight: float = 0.5  # the merged-token head's share of the loss
     n_test: int = 128
+
+
+# Held-out text by the height it reaches the encoder at, (page font px, scale) each: a reading
+# stage is judged per size, as the mean over all sizes hides that small text lags large
+LARGE = ((18, 30), (1.0, 1.0))
+SIZES: dict[str, tuple[tuple[int, int], tuple[float, float]]] = {
+    "5-9px": ((11, 15), (0.5, 0.6)),  # body text in a 1280x720 screenshot at the recipe's budget
+    "9-14px": ((15, 20), (0.6, 0.7)),  # headings there; body text on a phone
+    "18-30px": LARGE,  # `recipes.learnability word` draws its words 27 px high
+}
 
 
 @dataclass(frozen=True)
@@ -80,15 +95,17 @@ class Batch:
         return Batch(self.pixel_values.to(device), self.grid_thw.to(device), self.labels_NS.to(device))
 
 
-def make_batch(rng: random.Random, n: int, cfg: ReadingConfig) -> Batch:
-    """`n` fresh pictures from `rng`: patches in the encoder's order and their labels."""
+def make_batch(rng: random.Random, n: int, cfg: ReadingConfig, *, large: bool = False) -> Batch:
+    """`n` fresh pictures from `rng`: patches in the encoder's order and their labels (`large`:
+    text drawn at LARGE sizes instead of `cfg`'s)."""
+    font_px, scale = LARGE if large else (cfg.font_px, cfg.scale)
     width, height = cfg.size
     image_cfg = ImageConfig(max_pixels=2 * width * height)  # the picture is already its input size
     patches, labels = [], []
     grid = torch.tensor([[1, height // 14, width // 14]])
     rows, cols, _, _ = patch_coordinates(grid, 2)
     for _ in range(n):
-        picture = text.draw(rng, size=cfg.size, scale=cfg.scale, font_px=cfg.font_px)
+        picture = text.draw(rng, size=cfg.size, scale=scale, font_px=font_px)
         vp = preprocess_image(picture.image, image_cfg)
         if tuple(vp.grid_thw) != tuple(grid[0].tolist()):
             raise ValueError(f"picture size {cfg.size} is not a multiple of 28 pixels (grid {vp.grid_thw})")
@@ -98,16 +115,22 @@ def make_batch(rng: random.Random, n: int, cfg: ReadingConfig) -> Batch:
 
 
 class Batches(torch.utils.data.IterableDataset):
-    """An endless stream of training batches; each DataLoader worker draws its own seed stream."""
+    """An endless stream of training batches; each DataLoader worker draws its own seed stream.
+
+    The DataLoader takes batches from its workers in turn, so worker i's k-th batch is step
+    k * workers + i + 1: the curriculum switches at the same step for any number of workers.
+    """
 
     def __init__(self, cfg: ReadingConfig) -> None:
         self.cfg = cfg
 
     def __iter__(self) -> Iterator[Batch]:
         info = torch.utils.data.get_worker_info()
-        rng = random.Random(f"reading/train/{self.cfg.seed}/{info.id if info else 0}")
-        while True:
-            yield make_batch(rng, self.cfg.batch_size, self.cfg)
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = random.Random(f"reading/train/{self.cfg.seed}/{worker}")
+        for k in itertools.count():
+            step = k * workers + worker + 1
+            yield make_batch(rng, self.cfg.batch_size, self.cfg, large=step <= self.cfg.large_steps)
 
 
 class Reader(nn.Module):
@@ -201,6 +224,13 @@ def evaluate(reader: Reader, test: Batch) -> tuple[float, float]:
     return char_accuracy(patch, test.labels_NS), char_accuracy(token, test.labels_NS)
 
 
+def size_tests(cfg: ReadingConfig) -> dict[str, Batch]:
+    """Held-out pictures per text size (`SIZES`), from their own seed stream."""
+    return {name: make_batch(random.Random(f"reading/test/{cfg.seed}/{name}"), cfg.n_test,
+                             dataclasses.replace(cfg, font_px=font_px, scale=scale))
+            for name, (font_px, scale) in SIZES.items()}
+
+
 def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None, minutes: float | None = None,
           device: str = "cpu", workers: int = 0, every: int = 100,
           log_line: Callable[[str], object] = log.info) -> tuple[VisionEncoder, dict[str, float]]:
@@ -212,6 +242,7 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
         raise ValueError("give steps or minutes")
     reader = Reader(new_encoder(vision, init=cfg.init, seed=cfg.seed), cfg.slots).to(device)
     test = make_batch(random.Random(f"reading/test/{cfg.seed}"), cfg.n_test, cfg).to(device)
+    by_size = {name: batch.to(device) for name, batch in size_tests(cfg).items()}
     optimizer = torch.optim.AdamW(reader.parameters(), lr=cfg.lr, weight_decay=0.01, fused=True)
     loader = torch.utils.data.DataLoader(Batches(cfg), batch_size=None, num_workers=workers,
                                          persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
@@ -232,13 +263,18 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
         elapsed = time.monotonic() - start
         done = (steps is not None and step >= steps) or (minutes is not None and elapsed >= 60 * minutes)
         if step % every == 0 and not done:
+            sizes = ", ".join(f"{name} {evaluate(reader, batch)[0]:.3f}" for name, batch in by_size.items())
             log_line(f"step {step} ({elapsed:.0f} s): loss {loss.item():.3f}, held-out char accuracy "
-                     "patch {:.3f} token {:.3f}".format(*evaluate(reader, test)))
+                     "patch {:.3f} token {:.3f}; patch by text height: ".format(*evaluate(reader, test)) + sizes)
         if done:
             break
     patch_acc, token_acc = evaluate(reader, test)
     result = {"steps": step, "seconds": round(time.monotonic() - start, 1), "patch_char_accuracy": round(patch_acc, 4),
               "token_char_accuracy": round(token_acc, 4), "loss": round(loss.item(), 4)}
+    for name, batch in by_size.items():
+        patch_acc, token_acc = evaluate(reader, batch)
+        result[f"patch_char_accuracy_{name}"] = round(patch_acc, 4)
+        result[f"token_char_accuracy_{name}"] = round(token_acc, 4)
     log_line(f"done: {result}")
     return reader.encoder.cpu(), result
 
@@ -281,12 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--font-px", type=int, nargs=2, default=d.font_px, metavar=("MIN", "MAX"), help="page font sizes")
     p.add_argument("--scale", type=float, nargs=2, default=d.scale, metavar=("MIN", "MAX"),
                    help="input pixels per page pixel (the screenshot's resize)")
+    p.add_argument("--large-steps", type=int, default=d.large_steps,
+                   help="curriculum: the first steps draw large text (page 18-30 px at scale 1)")
     args = p.parse_args(argv)
+    if args.large_steps < 0:
+        p.error(f"--large-steps {args.large_steps}: expected 0 or more")
     if not (0 < args.font_px[0] <= args.font_px[1] and 0 < args.scale[0] <= args.scale[1] <= 4):
         p.error(f"--font-px {args.font_px} / --scale {args.scale}: expected 0 < MIN <= MAX (scale at most 4)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = ReadingConfig(seed=args.seed, init=args.init, batch_size=args.batch_size, font_px=tuple(args.font_px),
-                        scale=tuple(args.scale))
+                        scale=tuple(args.scale), large_steps=args.large_steps)
     encoder, result = train(model_config(args.size).vision, cfg, steps=args.steps, minutes=args.minutes,
                             device=args.device, workers=args.workers, every=args.every)
     save_encoder(encoder, args.out, {**asdict(cfg), **result})

@@ -38,5 +38,17 @@ def test_bad_arguments_are_named():
         run("shape", steps=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="steps=0"):
         run("colour", steps=0)
+    with pytest.raises(ValueError, match="word_px=3"):
+        run("word", steps=1, word_px=3)
     with pytest.raises(SystemExit):
         main(["shape"])
+
+
+def test_word_size_is_a_choice_and_small_words_are_small():
+    def ink_height(word_px: int) -> int:
+        image, _ = picture("word", random.Random(5), word_px=word_px)
+        box = image.convert("L").point(lambda v: 255 if v < 200 else 0).getbbox()
+        return box[3] - box[1]
+
+    assert picture("word", random.Random(5))[0].tobytes() == picture("word", random.Random(5), word_px=48)[0].tobytes()
+    assert 2.5 * ink_height(16) < ink_height(48)

@@ -94,3 +94,27 @@ def test_the_cli_takes_the_text_sizes_and_names_bad_ones(tmp_path, capsys):
     with safe_open(str(out), "pt") as f:
         meta = f.metadata()
     assert meta["font_px"] == "(18, 30)" and meta["scale"] == "(1.0, 1.0)" and meta["steps"] == "2"
+
+
+def test_the_curriculum_switches_to_the_whole_size_range_at_the_same_step_for_any_number_of_workers():
+    from recipes.reading import LARGE, Batches
+
+    cfg = ReadingConfig(size=(112, 56), batch_size=1, large_steps=3)
+
+    def expected(step: int, workers: int) -> torch.Tensor:  # worker i's k-th batch is step k * workers + i + 1
+        worker, k = (step - 1) % workers, (step - 1) // workers
+        rng = random.Random(f"reading/train/{cfg.seed}/{worker}")
+        for j in range(k + 1):
+            batch = make_batch(rng, 1, cfg, large=j * workers + worker + 1 <= cfg.large_steps)
+        return batch.pixel_values
+
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(Batches(cfg), batch_size=None, num_workers=workers)
+        got = [b.pixel_values for b, _ in zip(loader, range(6))]
+        for step, pixels in enumerate(got, start=1):
+            assert torch.equal(pixels, expected(step, max(workers, 1))), (workers, step)
+    # the large batches really are large text: a scale-1 picture at 18-30 px has fewer glyphs than 5.5-9 px text
+    rng = random.Random(0)
+    big = sum(len(text.draw(rng, size=(224, 112), font_px=LARGE[0], scale=LARGE[1]).glyphs) for _ in range(20))
+    small = sum(len(text.draw(rng, size=(224, 112), font_px=(11, 15), scale=(0.5, 0.6)).glyphs) for _ in range(20))
+    assert 2 * big < small
