@@ -19,7 +19,10 @@ Every step draws a fresh batch from the seed's stream; the held-out pictures com
 stream. Held-out accuracy is printed every `--every` steps; the last line is `accuracy: X`.
 Measured with the small (shipped) size, batch 16, on 2 CPU cores: colour 0.92 after 25 steps
 (0.98 after 50, 77 s); word 0.148 after 150 (6 min; the loss still ln 8): the encoder learns a
-colour at once but not to tell 8 large words apart.
+colour at once but not to tell 8 large words apart. From the reading stage's encoder (`python -m
+recipes.reading --minutes 20`, 2,267 steps, held-out patch accuracy 0.51), batch 32: word 0.914
+after 40 steps (0.18 / 0.43 / 0.76 at 10 / 20 / 30), but 0.133 with `--word-px 16` (UI body
+text, 9 px at the input): it reads large text, not yet small.
 """
 
 from __future__ import annotations
