@@ -125,8 +125,9 @@ def heldout_data(task: Task, *, n: int, seed: int, workdir: Path, workers: int =
                              "have none of them")
         if viewport != "both":
             raise ValueError(f"viewport {viewport!r}: ui_grounding draws every screen size ('both')")
-        config = ui.UIConfig(n=n, seed=seed, kinds=("grounding",), split="heldout", languages=drawn)  # type: ignore[arg-type]
-        return ui.generate(config, workdir / task, workers=workers, overwrite=True)
+        drawn_config = ui.UIConfig(n=n, seed=seed, kinds=("grounding",), split="heldout",
+                                   languages=drawn)  # type: ignore[arg-type]
+        return ui.generate(drawn_config, workdir / task, workers=workers, overwrite=True)
     kind = {"grounding": "grounding", "action": "action", "qa": "qa", "video": "video"}[task]
     config = SynthConfig(n=n, seed=seed, kinds=(kind,), viewport=viewport, split="heldout", languages=languages)
     return synthesize(config, workdir / task, workers=workers, overwrite=True)
