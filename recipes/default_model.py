@@ -30,14 +30,15 @@ decide the model are a `recipes.recipe.Recipe`:
    plan, results, what was not run) is `work/eval.json`. `--pack DIR` also writes the
    checkpoint as a few files (`recipes.pack`: the weight shards, `checkpoint.tar`, `eval.json`).
 
-A GPU machine without Chromium (see README.md, "Training on a GPU"):
+A GPU machine without Chromium (README.md, "Training the default model on a GPU machine"):
 
-    python -m recipes.default_model --device cuda --samples 0 --ui-samples 6000 --minutes 5 \
-        --eval browserless --workers 16 --max-shard-mb 16 --out runs/gpu/model --work runs/gpu/work --pack $OUT
+    python -m recipes.default_model --device cuda --samples 0 --ui-samples 4000 --kinds grounding,read \
+        --keep-tokenizer --reading-minutes 2 --minutes 5 --eval browserless --eval-n 50 --workers 16 \
+        --max-shard-mb 16 --out runs/gpu/model --work runs/gpu/work --pack "$OUT" --no-progress
 
 and later, where Chromium is, the rest of the eval on what came back:
 
-    python -m recipes.default_model --eval-only PACK --out runs/gpu/model --work runs/gpu/eval
+    python -m recipes.default_model --eval-only RETURNED --out runs/gpu/model --work runs/gpu/eval
 
 Why float32 weights: on CPU the model runs in float32 (bfloat16 matmuls are hundreds of times
 slower on these CPUs), and a float32 checkpoint loads as float32 with no cast; at ~11M
