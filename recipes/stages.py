@@ -337,17 +337,17 @@ def ship(run: Path, out: Path, *, card: str, config: VLMConfig, max_shard_bytes:
         save_weights(weights, out)
     else:  # save_weights counts tensor bytes only, as transformers does
         save_weights(weights, out, max_shard_bytes=max_shard_bytes - header_bound(weights))
+    text = config.text
+    generation = {"eos_token_id": list(text.eos_token_ids), "pad_token_id": text.pad_token_id,
+                  "do_sample": False, "max_new_tokens": 512}
+    write_json(out / "generation_config.json", generation)
+    _write_text(out / "README.md", card)
 
 
 def header_bound(model: torch.nn.Module) -> int:
     """More than the safetensors header of any shard of `model` takes: its length (8 bytes),
     the metadata, and per tensor its key and under 128 bytes of dtype, shape and offsets."""
     return 8 + 128 + sum(len(key) + 128 for key in bindings(model))
-    text = config.text
-    generation = {"eos_token_id": list(text.eos_token_ids), "pad_token_id": text.pad_token_id,
-                  "do_sample": False, "max_new_tokens": 512}
-    write_json(out / "generation_config.json", generation)
-    _write_text(out / "README.md", card)
 
 
 def _copy_atomic(source: Path, destination: Path) -> None:

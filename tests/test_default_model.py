@@ -183,7 +183,7 @@ def test_the_gpu_command_runs_without_a_browser_and_packs_a_loadable_checkpoint(
 
     out, work, packed = tmp_path / "model", tmp_path / "work", tmp_path / "OUT"
     command = [sys.executable, "-m", "recipes.default_model", "--device", "cpu", "--size", "tiny", "--samples", "0",
-               "--ui-samples", "12", "--kinds", "grounding:1,read:1", "--keep-tokenizer", "--reading-minutes", "0.03",
+               "--ui-samples", "12", "--kinds", "grounding,read", "--keep-tokenizer", "--reading-minutes", "0.03",
                "--minutes", "0.05", "--batch-size", "4", "--eval", "browserless", "--eval-n", "4", "--workers", "2",
                "--max-shard-mb", "2.5", "--out", str(out), "--work", str(work), "--pack", str(packed), "--no-progress"]
     done = subprocess.run(command, cwd=ROOT, env=_without_browser(tmp_path), capture_output=True, text=True,
@@ -206,6 +206,8 @@ def test_the_gpu_command_runs_without_a_browser_and_packs_a_loadable_checkpoint(
 
     back = unpack(packed, tmp_path / "back")
     assert back == record
+    assert sorted(p.name for p in (tmp_path / "back").iterdir()) == sorted(p.name for p in out.iterdir())
+    assert {"README.md", "generation_config.json", "model.safetensors.index.json"} <= {p.name for p in out.iterdir()}
     trained = VLM.from_pretrained(work / "run").model.state_dict()
     for directory in (out, tmp_path / "back"):
         assert sorted(f.name for f in directory.glob("model-*.safetensors")) == shards
