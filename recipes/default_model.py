@@ -21,19 +21,37 @@ decide the model are a `recipes.recipe.Recipe`:
 4. train: the project trainer (`pretrain` preset, Muon), from that start (or from scratch
    with `--reading-minutes 0`), resumed from its last checkpoint when there is one;
 5. eval: `synth.eval` on fresh held-out data in the training languages for every task the
-   issue sets a target for, plus grounding on pages in all six languages;
-6. ship: `config.json`, `model.safetensors`, tokenizer, chat template, preprocessor and
-   generation configs and a `README.md` model card (`recipes.model_card`) with the measured
-   numbers into `--out`.
+   issue sets a target for, plus grounding on pages in all six languages (and on drawn UIs
+   when the data has them); `--eval browserless` runs only what needs no Chromium, ffmpeg or
+   decord (grounding on drawn UIs) and records the rest as not run;
+6. ship: `config.json`, `model.safetensors` (or `--max-shard-mb` shards and their index),
+   tokenizer, chat template, preprocessor and generation configs and a `README.md` model card
+   (`recipes.model_card`) with the measured numbers into `--out`; the run's record (options,
+   plan, results, what was not run) is `work/eval.json`. `--pack DIR` also writes the
+   checkpoint as a few files (`recipes.pack`: the weight shards, `checkpoint.tar`, `eval.json`).
+
+A GPU machine without Chromium (README.md, "Training the default model on a GPU machine"):
+
+    python -m recipes.default_model --device cuda --samples 0 --ui-samples 4000 --kinds grounding,read \
+        --keep-tokenizer --reading-minutes 2 --minutes 5 --eval browserless --eval-n 50 --workers 16 \
+        --max-shard-mb 16 --out runs/gpu/model --work runs/gpu/work --pack "$OUT" --no-progress
+
+and later, where Chromium is, the rest of the eval on what came back:
+
+    python -m recipes.default_model --eval-only RETURNED --out runs/gpu/model --work runs/gpu/eval
 
 Why float32 weights: on CPU the model runs in float32 (bfloat16 matmuls are hundreds of times
 slower on these CPUs), and a float32 checkpoint loads as float32 with no cast; at ~11M
 parameters it is ~45 MB, under the 50 MB limit, and two hours of two CPU cores could not train
 a larger model further anyway (see `pilot` numbers in the model card).
 
-`--hours` turns a time budget into a fixed number of optimiser steps by timing a few steps on
-this machine (stage 3b, recorded in `work/plan.json`); for a bit-exact rerun elsewhere pass the
-recorded `--steps`. Everything else is a pure function of `--seed`.
+On a GPU the trainer runs bf16 autocast over float32 weights (`train.trainer`) and the reading
+stage bf16 autocast too; the checkpoint is float32 either way.
+
+`--hours` (or `--minutes`) turns a time budget into a fixed number of optimiser steps by timing
+a few steps on this machine (stage 3b, recorded in `work/plan.json`; on CUDA each step's time
+ends after a synchronise); for a bit-exact rerun elsewhere pass the recorded `--steps`.
+Everything else is a pure function of `--seed`.
 """
 
 from __future__ import annotations
@@ -51,21 +69,21 @@ from typing import Any
 import torch
 
 from recipes.model_card import model_card, target_rows
+from recipes.pack import pack, unpack
 from recipes.recipe import Recipe
-from recipes.stages import (evaluate_model, learn_to_read, make_data, make_processor, measure_reliance, plan_steps, ship,
-                            train_model, training_stats, write_config, write_json)
+from recipes.stages import (EVAL_MODES, EvalMode, evals_not_run, evaluate_model, learn_to_read, machine, make_data,
+                            make_processor, measure_reliance, plan_steps, ship, train_model, training_stats,
+                            write_config, write_json)
+from vlm.config import VLMConfig
 
 log = logging.getLogger(__name__)
 
 
 def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bool = True,
+        eval_mode: EvalMode = "full", max_shard_bytes: int | None = None, pack_to: Path | None = None,
         progress: bool = True, command: str = "") -> dict[str, Any]:
     """All stages; returns the eval results (empty when `evaluate` is False)."""
-    work.mkdir(parents=True, exist_ok=True)
-    saved = work / "recipe.json"
-    if saved.is_file() and Recipe(**json.loads(saved.read_text())) != recipe:
-        raise ValueError(f"{work} holds a run of another recipe ({saved}); pass the same options or another --work")
-    write_json(saved, dataclasses.asdict(recipe))
+    claim(work, recipe)
     started = time.perf_counter()
     corpus = make_data(recipe, work, workers=workers, progress=progress)
     log.info("data ready (%.0f s)", time.perf_counter() - started)
@@ -78,18 +96,60 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
     plan = plan_steps(recipe, work, progress=progress)
     log.info("training plan: %s", plan)
     run_dir = train_model(recipe, work, steps=plan["steps"], progress=progress)
-    train_stats = training_stats(run_dir / "metrics.jsonl")
-    results = evaluate_model(recipe, run_dir, work, workers=workers) if evaluate else {}
+    precision = "bf16 autocast, float32 weights" if device == "cuda" else "float32"
+    train_stats = {**training_stats(run_dir / "metrics.jsonl"), "machine": f"{machine()}, {precision}"}
+    results = evaluate_model(recipe, run_dir, work, workers=workers, mode=eval_mode) if evaluate else {}
     reliance = measure_reliance(run_dir, work) if evaluate else {}
     kinds: dict[str, int] = {}
     for line in corpus.read_text(encoding="utf-8").splitlines():
         kind = json.loads(line)["meta"].get("kind", "?")
         kinds[kind] = kinds.get(kind, 0) + 1
-    card = model_card(recipe, command=command, config=config, plan=plan, results=results, reliance=reliance,
-                      train_stats=train_stats, reading=read,
-                      data_stats={"samples": sum(kinds.values()), "kinds": kinds})
-    ship(run_dir, out, card=card, config=config)
+    record = {"recipe": dataclasses.asdict(recipe), "command": command, "plan": plan, "reading": read,
+              "train_stats": train_stats, "data_stats": {"samples": sum(kinds.values()), "kinds": kinds},
+              "results": results, "reliance": reliance, "not_run": evals_not_run(recipe, results)}
+    write_json(work / "eval.json", record)
+    ship(run_dir, out, card=card(record, config), config=config, max_shard_bytes=max_shard_bytes)
+    if pack_to is not None:
+        pack(out, pack_to, record=record, max_file_bytes=max_shard_bytes)
     return results
+
+
+def evaluate_only(source: Path, *, out: Path, work: Path, workers: int = 2,
+                  eval_mode: EvalMode = "full") -> dict[str, Any]:
+    """Stage 5 on a checkpoint another run packed (`--pack`): rebuild it into `out`, run the
+    evals of `eval_mode` its record lacks (in `work`), rewrite its card and the record
+    (`work/eval.json`). How a GPU run without Chromium gets its full eval where Chromium is."""
+    record = unpack(source, out)
+    recipe = Recipe(**record["recipe"])
+    claim(work, recipe)
+    for name, result in record["results"].items():  # measured there: kept, not measured again
+        if not (work / "eval" / f"{name}.json").is_file():
+            write_json(work / "eval" / f"{name}.json", result)
+    if record["reliance"] and not (work / "eval" / "reliance.json").is_file():
+        write_json(work / "eval" / "reliance.json", record["reliance"])
+    results = {**record["results"], **evaluate_model(recipe, out, work, workers=workers, mode=eval_mode)}
+    record = {**record, "results": results, "reliance": measure_reliance(out, work),
+              "not_run": evals_not_run(recipe, results)}
+    write_json(work / "eval.json", record)
+    text = card(record, VLMConfig.load(out))
+    (out / "README.md").write_text(text, encoding="utf-8")
+    return results
+
+
+def claim(work: Path, recipe: Recipe) -> None:
+    """`work` is this recipe's (`work/recipe.json`): a rerun must not mix two recipes' stages."""
+    work.mkdir(parents=True, exist_ok=True)
+    saved = work / "recipe.json"
+    if saved.is_file() and Recipe(**json.loads(saved.read_text())) != recipe:
+        raise ValueError(f"{work} holds a run of another recipe ({saved}); pass the same options or another --work")
+    write_json(saved, dataclasses.asdict(recipe))
+
+
+def card(record: dict[str, Any], config: VLMConfig) -> str:
+    """The model card from a run's record (`work/eval.json`)."""
+    return model_card(Recipe(**record["recipe"]), command=record["command"], config=config, plan=record["plan"],
+                      results=record["results"], reliance=record["reliance"], train_stats=record["train_stats"],
+                      reading=record["reading"], data_stats=record["data_stats"], not_run=record["not_run"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="checkpoint directory to write (assets/model ships it)")
     p.add_argument("--work", default="runs/default_model", help="stage outputs; rerun to resume")
-    p.add_argument("--hours", type=float, default=d.hours, help="training budget (ignored with --steps)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--hours", type=float, default=d.hours, help="training budget (ignored with --steps)")
+    budget.add_argument("--minutes", type=float, default=None, help="training budget in minutes, instead of --hours")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (reproducible on any machine)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--size", choices=("small", "tiny"), default=d.size)
@@ -123,7 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--eval-n", type=int, default=d.eval_n, help="held-out samples per task (episodes: a fifth)")
     p.add_argument("--no-eval", action="store_true", help="skip stage 5 (the card then says 'not run')")
-    p.add_argument("--workers", type=int, default=2, help="data-engine processes")
+    p.add_argument("--eval", choices=EVAL_MODES, default="full", dest="eval_mode",
+                   help="stage 5: every eval (needs Chromium, ffmpeg, decord), or only grounding on drawn UIs")
+    p.add_argument("--eval-only", default=None, metavar="PACK",
+                   help="no training: rebuild the checkpoint a --pack folder holds into --out and run the evals "
+                        "its record lacks; the other recipe options are the record's")
+    p.add_argument("--max-shard-mb", type=float, default=None,
+                   help="weights as shards of at most this many MiB, with their index; unset: one file")
+    p.add_argument("--pack", default=None, metavar="DIR",
+                   help="also write the checkpoint as its weight files, checkpoint.tar (the rest) and eval.json")
+    p.add_argument("--workers", type=int, default=2,
+                   help="data-engine processes; on CUDA also the reading stage's DataLoader workers")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -138,19 +210,40 @@ def main(argv: list[str] | None = None) -> int:
     elif args.device == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device is available")
+    if args.workers < 1:
+        raise SystemExit(f"--workers {args.workers}: expected at least 1")
+    if args.max_shard_mb is not None and args.max_shard_mb <= 0:
+        raise SystemExit(f"--max-shard-mb {args.max_shard_mb}: expected a positive size")
+    if args.minutes is not None and args.minutes <= 0:
+        raise SystemExit(f"--minutes {args.minutes}: expected a positive training budget")
+    if args.eval_only is not None:
+        results = evaluate_only(Path(args.eval_only), out=Path(args.out), work=Path(args.work), workers=args.workers,
+                                eval_mode=args.eval_mode)
+        report(results, f"checkpoint and card in {args.out}, record in {Path(args.work) / 'eval.json'}")
+        return 0
+    hours = args.minutes / 60 if args.minutes is not None else args.hours
     recipe = Recipe(size=args.size, seed=args.seed, samples=args.samples, ui_samples=args.ui_samples, kinds=args.kinds,
                     grounding_turns=args.grounding_turns, languages=args.languages, nothink=args.nothink,
                     retrain_tokenizer=not args.keep_tokenizer, image_max_pixels=args.image_max_pixels, max_length=args.max_length,
                     reading_minutes=args.reading_minutes,
-                    reading_init=args.reading_init, steps=args.steps, hours=args.hours,
+                    reading_init=args.reading_init, steps=args.steps, hours=hours,
                     batch_size=args.batch_size, lr=args.lr, eval_n=args.eval_n)
     command = "python -m recipes.default_model " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = run(recipe, out=Path(args.out), work=Path(args.work), workers=args.workers,
-                  evaluate=not args.no_eval, progress=not args.no_progress, command=command)
+    max_shard_bytes = None if args.max_shard_mb is None else int(args.max_shard_mb * 2**20)
+    results = run(recipe, out=Path(args.out), work=Path(args.work), workers=args.workers, evaluate=not args.no_eval,
+                  eval_mode=args.eval_mode, max_shard_bytes=max_shard_bytes,
+                  pack_to=None if args.pack is None else Path(args.pack), progress=not args.no_progress,
+                  command=command)
+    report(results, f"checkpoint written to {args.out}" + (f", packed into {args.pack}" if args.pack else ""))
+    return 0
+
+
+def report(results: dict[str, Any], done: str) -> None:
     for name, measured, target, ok in target_rows(results):
         print(f"{name}: {'not run' if measured is None else f'{measured:.3f}'} (target {target:.2f})")
-    print(f"checkpoint written to {args.out}")
-    return 0
+    for name, result in results.items():
+        print(f"{name}: {result['accuracy']:.3f} of {result['n']} ({result.get('measured', '')})")
+    print(done)
 
 
 if __name__ == "__main__":

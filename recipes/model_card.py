@@ -8,7 +8,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from recipes.recipe import EVAL_SEED, EVERY_LANGUAGE, VIDEO_MAX_PIXELS, Recipe
+from recipes.recipe import EVAL_SEED, EVERY_LANGUAGE, UI_GROUNDING, VIDEO_MAX_PIXELS, Recipe
 from synth.dataset import parse_kinds, parse_languages
 from synth.vocab import LANGUAGES
 from vlm import VLM
@@ -39,16 +39,21 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, float | None, float,
 
 def model_card(recipe: Recipe, *, command: str, config: VLMConfig, plan: dict[str, Any], data_stats: dict[str, Any],
                train_stats: dict[str, Any], results: dict[str, Any], reliance: dict[str, Any] | None = None,
-               reading: dict[str, Any] | None = None) -> str:
+               reading: dict[str, Any] | None = None, not_run: list[str] | None = None) -> str:
+    """`not_run`: the evals left out (a browserless eval's Chromium and video tasks), named on the card."""
     params = sum(p.numel() for p in VLM.from_config(config).model.parameters())
     rows = "\n".join(f"| {name} | {'not run' if m is None else f'{m:.1%}'} | {t:.0%} | "
                      f"{'n/a' if ok is None else ('yes' if ok else f'no (short by {t - m:.1%})')} |"
                      for name, m, t, ok in target_rows(results))
-    label = {EVERY_LANGUAGE: "grounding on pages in all six languages"}
+    label = {EVERY_LANGUAGE: "grounding on pages in all six languages",
+             UI_GROUNDING: "grounding on held-out screens drawn with PIL (`synth.ui`, not web pages)"}
     details = "\n".join(f"- {label.get(task, task)}: {r['accuracy']:.1%} of {r['n']} ("
                         + ", ".join(f"{g} {v['correct']}/{v['total']}" for g, v in r["groups"].items()) + ")"
+                        + (f"; {r['measured']}" if "measured" in r else "")
                         for task, r in results.items())
+    details += _not_run_sentence(results, not_run or [])
     t, v = config.text, config.vision
+    where = f" on {train_stats['machine']}" if "machine" in train_stats else ""
     return f"""# glmv default model
 
 A small model with GLM-4.5V's architecture and checkpoint layout (`model_type` `glm4v_moe`:
@@ -78,7 +83,7 @@ and act on synthetic web pages and shape videos; it knows nothing else.
 
 Trainer `pretrain` preset (Muon on hidden matrices, AdamW elsewhere), lr {recipe.lr}, warmup {recipe.warmup_steps},
 cosine to 10%, batch {recipe.batch_size} x {recipe.grad_accum}, {plan['steps']} steps ({plan['source']}), max length {recipe.max_length}.
-Training took {train_stats.get('hours', float('nan')):.2f} h; final loss {train_stats.get('final_loss', float('nan')):.3f}.
+Training took {train_stats.get('hours', float('nan')):.2f} h{where}; final loss {train_stats.get('final_loss', float('nan')):.3f}.
 
 Command:
 
@@ -92,6 +97,16 @@ Command:
 
 {details}
 {_reliance_section(reliance or {})}"""
+
+
+def _not_run_sentence(results: dict[str, Any], not_run: list[str]) -> str:
+    if not not_run or not results:  # nothing evaluated at all: the table says "not run" already
+        return ""
+    return "\n\n" + textwrap.fill(
+        f"Not run: {', '.join(not_run)} (they need Chromium, or ffmpeg and decord for the videos, which the "
+        "machine that evaluated lacked). `python -m recipes.default_model --eval-only PACK --out DIR --work WORK` "
+        "runs them on the packed checkpoint (`--pack`) where those tools are installed.", width=95,
+        break_on_hyphens=False)  # the command's options stay whole
 
 
 def _screenshot_tokens(recipe: Recipe) -> int:

@@ -19,6 +19,7 @@ Size = Literal["small", "tiny"]
 EVAL_TASKS = ("grounding", "action", "video", "episodes", "qa")
 EVAL_SEED = 1  # held-out stream seed for the reported numbers
 EVERY_LANGUAGE = "grounding_every_language"  # extra eval when the recipe's pages are not all six
+UI_GROUNDING = "ui_grounding"  # grounding on held-out drawn UIs: the eval a machine without Chromium can run
 # Unit shares, chosen by compute rather than by count: an action or episode step carries the
 # released agent prompt (~1,800-2,200 tokens with our tokenizer) for one short answer, a
 # grounding unit is one ~430-token conversation of GROUNDING_TURNS questions about one

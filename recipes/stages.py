@@ -1,6 +1,10 @@
 """The default model's stages, each cached in the work directory so a rerun resumes: data,
 processor (tokenizer and pixel budgets), config, step plan, training, held-out eval, the
 image-reliance check, and shipping the checkpoint. `recipes.default_model` runs them in order.
+
+The eval has two modes: "full" needs Chromium (pages, episodes) and ffmpeg and decord (videos);
+"browserless" runs what Pillow alone can make data for (grounding on drawn UIs), so a GPU
+machine without them evaluates, and its record says which evals are still to run.
 """
 
 from __future__ import annotations
@@ -13,18 +17,19 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from transformers import AutoTokenizer
 
 from recipes import reading, reliance
 from recipes import tokenizer as bpe
-from recipes.recipe import (EVAL_SEED, EVAL_TASKS, EVERY_LANGUAGE, VIDEO_MAX_PIXELS, Recipe,
+from recipes.recipe import (EVAL_SEED, EVAL_TASKS, EVERY_LANGUAGE, UI_GROUNDING, VIDEO_MAX_PIXELS, Recipe,
                             model_config)
 from synth import eval as heldout
 from synth import ui
 from synth.dataset import parse_languages, synthesize
-from synth.vocab import LANGUAGES
+from synth.vocab import LANGUAGES, Language
 from train import checkpoint
 from train.config import TrainConfig, pretrain
 from train.model import fit_to_tokenizer
@@ -32,6 +37,7 @@ from train.trainer import Trainer
 from vlm import VLM
 from vlm.config import VLMConfig
 from vlm.processor import ASSETS, Processor
+from vlm.weights import bindings, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +171,7 @@ def plan_steps(recipe: Recipe, work: Path, *, progress: bool) -> dict[str, Any]:
     if recipe.steps is None:
         plan = calibrate(recipe, work, progress=progress)
         plan["steps"] = max(1, int(recipe.hours * 3600 / plan["seconds_per_step"]))
-        plan["source"] = f"--hours {recipe.hours}"
+        plan["source"] = f"--hours {recipe.hours:g}" if recipe.hours >= 1 else f"--minutes {recipe.hours * 60:g}"
     write_json(plan_file, plan)
     return plan
 
@@ -223,46 +229,91 @@ def training_stats(metrics_file: Path) -> dict[str, float]:
             "hours": sum(r["seconds"] for r in records) / 3600}
 
 
-def evaluate_model(recipe: Recipe, model: Path, work: Path, *, workers: int) -> dict[str, Any]:
-    """Every task on fresh held-out data; results cached per task in `work/eval/`."""
-    results: dict[str, Any] = {}
-    policy = heldout.load_model(str(model))
+EvalMode = Literal["full", "browserless"]
+EVAL_MODES: tuple[EvalMode, ...] = ("full", "browserless")
+RELIANCE_N = 24  # conversations per kind in the image-reliance check
+
+
+def eval_runs(recipe: Recipe, mode: EvalMode) -> list[tuple[str, heldout.Task, tuple[Language, ...]]]:
+    """(result name, task, page languages) of each held-out eval of `mode`. "full": every task
+    the issue sets a target for, grounding on pages in all six languages when the recipe's are
+    not all six, and grounding on drawn UIs when it trains on them; "browserless": the last alone."""
+    if mode not in EVAL_MODES:
+        raise ValueError(f"eval mode {mode!r}: expected one of {EVAL_MODES}")
     languages = parse_languages(recipe.languages)
-    runs = [(task, task, languages) for task in EVAL_TASKS]
-    if languages != LANGUAGES:  # how far it carries beyond its training languages
-        runs.append((EVERY_LANGUAGE, "grounding", LANGUAGES))
-    for name, task, langs in runs:
+    runs: list[tuple[str, heldout.Task, tuple[Language, ...]]] = []
+    if mode == "full":
+        runs += [(task, task, languages) for task in EVAL_TASKS]
+        if languages != LANGUAGES:  # how far it carries beyond its training languages
+            runs.append((EVERY_LANGUAGE, "grounding", LANGUAGES))
+    if mode == "browserless" or recipe.ui_samples:
+        runs.append((UI_GROUNDING, "ui_grounding", recipe.ui_config(1).languages))
+    return runs
+
+
+def evals_not_run(recipe: Recipe, results: dict[str, Any]) -> list[str]:
+    """The full eval's result names that `results` lacks."""
+    return [name for name, _, _ in eval_runs(recipe, "full") if name not in results]
+
+
+def machine() -> str:
+    """Where an eval ran, in words for the card (the model itself is evaluated on the CPU)."""
+    if torch.cuda.is_available():
+        return f"the {torch.cuda.get_device_name(0)} machine"
+    return f"a CPU machine ({os.cpu_count()} cores)"
+
+
+def evaluate_model(recipe: Recipe, model: Path, work: Path, *, workers: int,
+                   mode: EvalMode = "full") -> dict[str, Any]:
+    """The evals of `mode` (`eval_runs`) on fresh held-out data; results cached per name in
+    `work/eval/`, each saying where it was measured. The drawn UIs' eval also draws held-out
+    reading conversations, for the image-reliance check (`measure_reliance`)."""
+    results: dict[str, Any] = {}
+    policy = None
+    for name, task, langs in eval_runs(recipe, mode):
         cached = work / "eval" / f"{name}.json"
         if cached.is_file():
             results[name] = json.loads(cached.read_text())
             continue
+        policy = policy or heldout.load_model(str(model))
         n = max(2, recipe.eval_n // 5) if task == "episodes" else recipe.eval_n
         started = time.perf_counter()
         data = work / "eval" / ("data" if name == task else f"data-{name}")
         result = heldout.evaluate(task, policy, n=n, seed=EVAL_SEED, workdir=data, workers=workers, languages=langs)
         results[name] = {"accuracy": result.accuracy, "n": result.total, "seconds": time.perf_counter() - started,
-                         "groups": {g: {"correct": c, "total": t} for g, (c, t) in sorted(result.groups.items())}}
+                         "groups": {g: {"correct": c, "total": t} for g, (c, t) in sorted(result.groups.items())},
+                         "measured": f"{mode} eval on {machine()}"}
+        if task == "ui_grounding":
+            reading_n = max(2, min(RELIANCE_N, recipe.eval_n))
+            ui.generate(dataclasses.replace(recipe.ui_config(reading_n), seed=EVAL_SEED, split="heldout",
+                                            kinds=("read",), nothink=0.0),
+                        data / "ui_read", workers=workers, progress=False, overwrite=True)
         write_json(cached, results[name])
         log.info("%s", result.report())
     return results
 
 
-RELIANCE_KINDS = ("grounding", "qa", "video")
+# held-out data directories (under work/eval/data/) the image-reliance check reads, by the name
+# its result is kept under; the drawn UIs' grounding and reading show whether it looks without Chromium
+RELIANCE_DATA = {"grounding": "grounding", "qa": "qa", "video": "video", "ui_grounding": "ui_grounding",
+                 "ui_read": "ui_read"}
 
 
-def measure_reliance(model: Path, work: Path, *, n: int = 24) -> dict[str, Any]:
-    """`recipes.reliance` on the held-out data the eval just generated: does the model look?"""
+def measure_reliance(model: Path, work: Path, *, n: int = RELIANCE_N) -> dict[str, Any]:
+    """`recipes.reliance` on the held-out data the eval generated: does the model look? Cached
+    in `work/eval/reliance.json`; a later eval's new data adds its kinds to it."""
     cached = work / "eval" / "reliance.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    vlm, processor, out = VLM.from_pretrained(model).model.eval(), Processor.from_pretrained(model), {}
-    for kind in RELIANCE_KINDS:
-        data = work / "eval" / "data" / kind / "data.jsonl"
-        if data.is_file():
+    out = json.loads(cached.read_text()) if cached.is_file() else {}
+    todo = {name: data for name, folder in RELIANCE_DATA.items()
+            if name not in out and (data := work / "eval" / "data" / folder / "data.jsonl").is_file()}
+    if todo:
+        vlm, processor = VLM.from_pretrained(model).model.eval(), Processor.from_pretrained(model)
+        for name, data in todo.items():
             records = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
             for r in reliance.measure(vlm, processor, records, root=data.parent, n=n):
-                out[r.kind] = {"n": r.n, "own": r.own, "swapped": r.swapped, "gap": r.gap}
-    write_json(cached, out)
+                out[name] = {"n": r.n, "own": r.own, "swapped": r.swapped, "gap": r.gap}
+    if todo or not cached.is_file():
+        write_json(cached, out)
     return out
 
 
@@ -270,16 +321,33 @@ SHIPPED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_conf
            "preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json")
 
 
-def ship(run: Path, out: Path, *, card: str, config: VLMConfig) -> None:
-    """Copy the checkpoint into `out`, one atomic rename per file (`out` may hold other files)."""
+def ship(run: Path, out: Path, *, card: str, config: VLMConfig, max_shard_bytes: int | None = None) -> None:
+    """Copy the checkpoint into `out`, one atomic rename per file (`out` may hold other files).
+    The weights are one `model.safetensors`, or shard files of at most `max_shard_bytes` each,
+    header included (for transfers that limit a file's size), with the standard
+    `model.safetensors.index.json`; a tensor larger than that would be a shard alone."""
     out.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED:
-        _copy_atomic(run / name, out / name)
+        if name != "model.safetensors":
+            _copy_atomic(run / name, out / name)
+    # saved again rather than copied: `save_weights` shards them, and switches between one file
+    # and shards atomically, so no stale index of an earlier ship is left to shadow them
+    weights = VLM.from_pretrained(run).model
+    if max_shard_bytes is None:
+        save_weights(weights, out)
+    else:  # save_weights counts tensor bytes only, as transformers does
+        save_weights(weights, out, max_shard_bytes=max_shard_bytes - header_bound(weights))
     text = config.text
     generation = {"eos_token_id": list(text.eos_token_ids), "pad_token_id": text.pad_token_id,
                   "do_sample": False, "max_new_tokens": 512}
     write_json(out / "generation_config.json", generation)
     _write_text(out / "README.md", card)
+
+
+def header_bound(model: torch.nn.Module) -> int:
+    """More than the safetensors header of any shard of `model` takes: its length (8 bytes),
+    the metadata, and per tensor its key and under 128 bytes of dtype, shape and offsets."""
+    return 8 + 128 + sum(len(key) + 128 for key in bindings(model))
 
 
 def _copy_atomic(source: Path, destination: Path) -> None:

@@ -1,6 +1,6 @@
 """Evaluation on freshly generated held-out data: `python -m synth.eval grounding --model DIR`.
 
-    python -m synth.eval grounding|action|qa|video|episodes --model PATH --n N --seed S
+    python -m synth.eval grounding|action|qa|video|episodes|ui_grounding --model PATH --n N --seed S
 
 Held-out samples come from `synth.dataset` with `split="heldout"`, whose unit seeds are a
 different hash stream from the training split's, so no page, video or episode is shared.
@@ -9,6 +9,10 @@ parts carry PIL images, video parts absolute paths. Episodes are three-step form
 (two fields, then submit) run by the agent itself, `agent.loop.Agent` driving the agent's
 `BrowserEnv` (pages served from 127.0.0.1), with the model as its policy; an episode succeeds
 only if the page then reports the requested values.
+
+`ui_grounding` needs no browser, ffmpeg or decord: the same grounding questions on held-out
+screens drawn with PIL (`synth.ui`, its Latin-script languages only), for machines that have
+none of them (a GPU machine); its numbers are not comparable with `grounding`'s on web pages.
 
 Results are grouped (grounding by viewport, action by format, ...) and the last line printed
 is `accuracy: <fraction>`.
@@ -25,13 +29,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from PIL import Image
 
-from agent.browser import BrowserEnv
 from agent.loop import Agent
 from agent.policy import VLMPolicy
+from synth import ui
 from synth.agent_steps import Format
 from synth.dataset import SynthConfig, page_language, parse_languages, synthesize, unit_seed
 from synth.episodes import plan_episode
@@ -41,12 +45,17 @@ from synth.scoring import score
 from synth.vocab import LANGUAGES, Language
 from vlm import VLM
 
+if TYPE_CHECKING:
+    from agent.browser import BrowserEnv
+
 log = logging.getLogger(__name__)
 
-Task = Literal["grounding", "action", "qa", "video", "episodes"]
-TASKS: tuple[Task, ...] = ("grounding", "action", "qa", "video", "episodes")
+Task = Literal["grounding", "action", "qa", "video", "episodes", "ui_grounding"]
+TASKS: tuple[Task, ...] = ("grounding", "action", "qa", "video", "episodes", "ui_grounding")
+BROWSERLESS_TASKS: tuple[Task, ...] = ("ui_grounding",)  # Pillow alone makes their data
 ModelFn = Callable[[list[dict[str, Any]]], str]
-_GROUP_KEY = {"grounding": "viewport", "action": "format", "qa": "question_type", "video": "question_type"}
+_GROUP_KEY = {"grounding": "viewport", "action": "format", "qa": "question_type", "video": "question_type",
+              "ui_grounding": "viewport"}
 
 
 @dataclass
@@ -96,15 +105,32 @@ def evaluate_samples(task: Task, model: ModelFn, *, n: int, seed: int, workdir: 
                      viewport: Literal["desktop", "phone", "both"] = "both",
                      languages: tuple[Language, ...] = LANGUAGES) -> EvalResult:
     """Score `model` on `n` fresh held-out samples of one kind, on pages in `languages`."""
-    kind = {"grounding": "grounding", "action": "action", "qa": "qa", "video": "video"}[task]
-    config = SynthConfig(n=n, seed=seed, kinds=(kind,), viewport=viewport, split="heldout", languages=languages)
-    data = synthesize(config, workdir / task, workers=workers, overwrite=True)
+    data = heldout_data(task, n=n, seed=seed, workdir=workdir, workers=workers, viewport=viewport, languages=languages)
     result = EvalResult(task)
     for line in (data / "data.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         answer = model(with_media(record["messages"][:-1], data))
         result.add(str(record["meta"].get(_GROUP_KEY[task])), score(record["meta"], answer))
     return result
+
+
+def heldout_data(task: Task, *, n: int, seed: int, workdir: Path, workers: int = 1,
+                 viewport: Literal["desktop", "phone", "both"] = "both",
+                 languages: tuple[Language, ...] = LANGUAGES) -> Path:
+    """`workdir/task/`: `n` fresh held-out samples of one kind (`data.jsonl` and media)."""
+    if task == "ui_grounding":
+        drawn = tuple(lang for lang in languages if lang in ui.UI_LANGUAGES)
+        if not drawn:
+            raise ValueError(f"ui_grounding draws screens in {list(ui.UI_LANGUAGES)} only; languages {list(languages)} "
+                             "have none of them")
+        if viewport != "both":
+            raise ValueError(f"viewport {viewport!r}: ui_grounding draws every screen size ('both')")
+        drawn_config = ui.UIConfig(n=n, seed=seed, kinds=("grounding",), split="heldout",
+                                   languages=drawn)  # type: ignore[arg-type]
+        return ui.generate(drawn_config, workdir / task, workers=workers, overwrite=True)
+    kind = {"grounding": "grounding", "action": "action", "qa": "qa", "video": "video"}[task]
+    config = SynthConfig(n=n, seed=seed, kinds=(kind,), viewport=viewport, split="heldout", languages=languages)
+    return synthesize(config, workdir / task, workers=workers, overwrite=True)
 
 
 class PageServer:
@@ -153,6 +179,7 @@ class _PILPolicy:
 
 def open_env(viewport: Viewport, *, set_of_marks: bool = False) -> BrowserEnv:
     """The agent's `BrowserEnv` at the data engine's desktop or phone viewport."""
+    from agent.browser import BrowserEnv  # needs playwright: only the episodes import it
     return BrowserEnv(device=dict(VIEWPORTS[viewport]), set_of_marks=set_of_marks)
 
 

@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 from agent import set_of_marks
 from agent.actions import MODEL_SPACE, Box
-from agent.browser import _DESCRIBE_JS  # the exact script BrowserEnv.describe runs (no public name yet)
 from agent.chromium import launch_chromium
 from agent.environment import ElementInfo
 from agent.loop import MAX_DESCRIBED_MARKS
@@ -94,6 +93,9 @@ def _describe_marks(tab: Any, boxes: list[Box], rendered: Rendered) -> str:
     """The web prompt's element list, made as the agent loop makes it: `BrowserEnv.describe`'s
     script at each label's model-space centre (the first `MAX_DESCRIBED_MARKS` labels), then
     `describe_marks`. Our pages are never zoomed, so screen and layout pixels agree."""
+    # the exact script BrowserEnv.describe runs (no public name yet); imported here because
+    # agent.browser needs playwright, and machines without it still draw `synth.ui` data
+    from agent.browser import _DESCRIBE_JS
     infos = {}
     for mark_id, box in enumerate(boxes[:MAX_DESCRIBED_MARKS]):
         info = tab.evaluate(_DESCRIBE_JS, list(box.center.to_pixels(rendered.width, rendered.height)))

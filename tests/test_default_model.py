@@ -10,6 +10,10 @@ the accuracy floor applies only to the shipped model, the pilot is too small to 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +24,7 @@ from recipes.stages import SHIPPED, make_processor
 from synth.dataset import parse_languages
 from vlm.processor import ASSETS
 
+ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS = 40  # held-out grounding questions, seed 11
 # The shipped model answers 10 of them (25%; 12% on the card's seed-1 eval), from the questions'
 # text and the pages' layouts: it does not look (`recipes.reliance` gap ~0). Constant boxes get <= 2.
@@ -141,3 +146,81 @@ def test_the_browserless_recipe_reads_then_trains_from_the_reading_encoder(tmp_p
         assert torch.equal(model.visual.state_dict()[name], tensor), name
     # rerunning the stage reuses its output instead of training another encoder
     assert learn_to_read(recipe, work, config, device="cpu", workers=0) == result
+
+
+def _without_browser(tmp_path):
+    """The environment of the GPU machine the recipe's GPU run is made on: neither playwright nor
+    decord imports (stub packages shadow them and raise), and PATH holds no program at all
+    (no Chromium, no ffmpeg). Run `python -m ...` in it from the repository root."""
+    blocked = tmp_path / "blocked"
+    for name in ("playwright", "decord"):
+        (blocked / name).mkdir(parents=True)
+        stub = f"raise ModuleNotFoundError('no {name} on this machine (test stub)')\n"
+        (blocked / name / "__init__.py").write_text(stub)
+    (tmp_path / "empty-bin").mkdir()
+    return {**os.environ, "PYTHONPATH": str(blocked), "PATH": str(tmp_path / "empty-bin"), "CUDA_VISIBLE_DEVICES": ""}
+
+
+def test_the_gpu_run_imports_without_playwright_or_decord(tmp_path):
+    code = ("import sys, recipes.default_model, recipes.pack, synth.ui, synth.eval; "
+            "assert 'playwright' not in sys.modules and 'decord' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_without_browser(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_gpu_command_runs_without_a_browser_and_packs_a_loadable_checkpoint(tmp_path):
+    """The README's GPU command at test size, on CPU, where neither playwright nor decord imports:
+    drawn-UI data, the reading stage, a --minutes plan, training, the browserless eval, small
+    shards, and a --pack folder of at most 8 files of at most the shard size that rebuilds into
+    the same checkpoint; --eval-only on it keeps what was measured there."""
+    from transformers import AutoModelForImageTextToText
+
+    from recipes.default_model import evaluate_only
+    from recipes.pack import unpack
+    from vlm import VLM
+
+    out, work, packed = tmp_path / "model", tmp_path / "work", tmp_path / "OUT"
+    command = [sys.executable, "-m", "recipes.default_model", "--device", "cpu", "--size", "tiny", "--samples", "0",
+               "--ui-samples", "12", "--kinds", "grounding,read", "--keep-tokenizer", "--reading-minutes", "0.03",
+               "--minutes", "0.05", "--batch-size", "4", "--eval", "browserless", "--eval-n", "4", "--workers", "2",
+               "--max-shard-mb", "2.5", "--out", str(out), "--work", str(work), "--pack", str(packed), "--no-progress"]
+    done = subprocess.run(command, cwd=ROOT, env=_without_browser(tmp_path), capture_output=True, text=True,
+                          timeout=3600)  # minutes unloaded; the slack is for a busy machine
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    files = sorted(packed.iterdir())
+    shards = [f.name for f in files if f.name.startswith("model-")]
+    sizes = {f.name: f.stat().st_size for f in files}
+    assert len(files) <= 8 and max(sizes.values()) <= 2.5 * 2**20, sizes
+    assert len(shards) >= 2 and {f.name for f in files} == {*shards, "checkpoint.tar", "eval.json"}
+    record = json.loads((packed / "eval.json").read_text())
+    plan = json.loads((work / "plan.json").read_text())
+    assert plan["source"] == "--minutes 0.05" and record["plan"] == plan
+    assert set(record["results"]) == {"ui_grounding"} and record["results"]["ui_grounding"]["n"] == 4
+    assert record["results"]["ui_grounding"]["measured"].startswith("browserless eval on a CPU machine")
+    assert record["not_run"] == ["grounding", "action", "video", "episodes", "qa"]
+    assert "ui_read" in record["reliance"]  # does it look at the screen it reads?
+    assert "Not run: grounding, action, video, episodes, qa" in (out / "README.md").read_text()
+
+    back = unpack(packed, tmp_path / "back")
+    assert back == record
+    assert sorted(p.name for p in (tmp_path / "back").iterdir()) == sorted(p.name for p in out.iterdir())
+    assert {"README.md", "generation_config.json", "model.safetensors.index.json"} <= {p.name for p in out.iterdir()}
+    trained = VLM.from_pretrained(work / "run").model.state_dict()
+    for directory in (out, tmp_path / "back"):
+        assert sorted(f.name for f in directory.glob("model-*.safetensors")) == shards
+        loaded = VLM.from_pretrained(directory).model.state_dict()
+        assert all(torch.equal(loaded[k], trained[k]) for k in trained)
+    theirs = AutoModelForImageTextToText.from_pretrained(tmp_path / "back", dtype=torch.float32).eval()
+    ours = VLM.from_pretrained(tmp_path / "back").model
+    ids = torch.randint(20, ours.cfg.text.vocab_size, (1, 12))
+    with torch.no_grad():
+        assert torch.allclose(ours(input_ids=ids).logits, theirs(input_ids=ids).logits, atol=1e-4)
+
+    # here, with no Chromium either, --eval-only measures nothing again and rewrites the card
+    results = evaluate_only(packed, out=tmp_path / "again", work=tmp_path / "work-again", workers=1,
+                            eval_mode="browserless")
+    assert results == record["results"]
+    assert "Not run: grounding" in (tmp_path / "again" / "README.md").read_text()

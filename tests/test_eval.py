@@ -65,6 +65,27 @@ def test_held_out_pages_are_in_the_languages_asked_for(tmp_path):
     assert len(records) == 6 and {r["meta"]["language"] for r in records} == {"es"}
 
 
+def test_browserless_grounding_scores_drawn_held_out_screens_without_chromium(tmp_path):
+    answers = {}
+
+    def perfect(messages):
+        if not answers:
+            for line in (tmp_path / "a" / "ui_grounding" / "data.jsonl").read_text().splitlines():
+                record = json.loads(line)
+                answers[_text(record["messages"][:-1])] = record["messages"][-1]["content"]
+        return answers[_text(messages)]
+
+    result = evaluate("ui_grounding", perfect, n=8, seed=3, workdir=tmp_path / "a", languages=("de", "zh"))
+    assert (result.correct, result.total) == (8, 8)
+    records = [json.loads(line) for line in (tmp_path / "a" / "ui_grounding" / "data.jsonl").read_text().splitlines()]
+    assert {r["meta"]["renderer"] for r in records} == {"ui"} and {r["meta"]["language"] for r in records} == {"de"}
+    heldout = {unit_seed("heldout", 3, i) for i in range(8)}
+    assert {r["meta"]["page_seed"] for r in records} <= heldout  # the eval's own seed stream, not training's
+    assert evaluate("ui_grounding", lambda m: "", n=4, seed=3, workdir=tmp_path / "b").accuracy == 0.0
+    with pytest.raises(ValueError, match="languages \\['zh'\\] have none"):
+        evaluate("ui_grounding", perfect, n=4, seed=3, workdir=tmp_path / "c", languages=("zh",))
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 def test_the_agent_loop_driven_by_an_expert_fills_the_form_and_giving_up_fails():

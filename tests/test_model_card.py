@@ -49,3 +49,17 @@ def test_the_card_reports_the_reading_stage_the_budget_and_drawn_uis():
     v1 = model_card(Recipe(reading_minutes=0, image_max_pixels=320_000), command="c", config=model_config("tiny"),
                     plan={"steps": 1, "source": "--steps"}, data_stats={}, train_stats={}, results={})
     assert "No reading stage" in v1 and "a 1280x720 screenshot is 190 tokens" in v1
+
+
+def test_a_browserless_eval_says_what_was_measured_where_and_what_was_not_run():
+    recipe = Recipe(samples=0, ui_samples=64, kinds="grounding")
+    ui = {**_result({"desktop": (3, 10), "phone": (1, 10)}), "measured": "browserless eval on the NVIDIA H200 machine"}
+    card = model_card(recipe, command="c", config=model_config("tiny"), plan={"steps": 1, "source": "--minutes 5"},
+                      data_stats={"samples": 64, "kinds": {"grounding": 64}},
+                      train_stats={"hours": 0.08, "machine": "the NVIDIA H200 machine, bf16 autocast, float32 weights"},
+                      results={"ui_grounding": ui}, not_run=["grounding", "action", "video", "episodes", "qa"])
+    assert "| grounding (desktop) | not run | 90% | n/a |" in card  # drawn UIs are not the targets' web pages
+    assert ("- grounding on held-out screens drawn with PIL (`synth.ui`, not web pages): 20.0% of 20 (desktop 3/10, "
+            "phone 1/10); browserless eval on the NVIDIA H200 machine") in card
+    assert "Not run: grounding, action, video, episodes, qa" in card and "--eval-only PACK" in card
+    assert "Training took 0.08 h on the NVIDIA H200 machine, bf16 autocast, float32 weights" in card

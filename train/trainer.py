@@ -16,7 +16,8 @@ What is unusual here, and why:
   step's micro-batches and all processes (see balance.py), so biases stay identical everywhere.
 
 Precision: float32 on CPU; bf16 autocast (`mixed_precision="bf16"`) with float32 master weights
-on GPU. Multi-GPU / multi-node: see `train/configs/` (FSDP2 and DeepSpeed accelerate configs).
+on GPU (the loss is taken in float32). Each step's logged time ends after a CUDA synchronise, so
+`tokens_per_s`, and the step plans made from it, count the whole step. Multi-GPU / multi-node: see `train/configs/` (FSDP2 and DeepSpeed accelerate configs).
 """
 
 from __future__ import annotations
@@ -173,6 +174,8 @@ class Trainer:
                 balance.update_biases(self.moe_layers, loads, rate=cfg.bias_update_rate)
             self.state = checkpoint.TrainerState(step=self.state.step + 1, epoch=self.state.epoch,
                                                  index=self.state.index, tokens=self.state.tokens + tokens)
+            if acc.device.type == "cuda":  # CUDA runs the optimiser step asynchronously: time all of it
+                torch.cuda.synchronize(acc.device)
             step, elapsed = self.state.step, time.perf_counter() - started
             losses[step] = loss
             lr = self.optimizer.param_groups[0]["lr"]
