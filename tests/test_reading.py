@@ -7,7 +7,8 @@ import random
 import pytest
 import torch
 
-from recipes.reading import (ReadingConfig, Reader, load_encoder, make_batch, new_encoder, save_encoder, train)
+from recipes.reading import (ReadingConfig, Reader, load_encoder, make_batch, new_encoder, position_r2, save_encoder,
+                             token_positions, train)
 from synth import text
 from vlm.rotary import apply_rotary, vision_cos_sin
 from vlm.vision import patch_coordinates
@@ -30,6 +31,21 @@ def test_batch_labels_follow_the_encoders_block_major_patch_order():
         grid = text.patch_labels(picture, slots=cfg.slots)
         for n in range(32):
             assert batch.labels_NS[32 * i + n].tolist() == grid[rows[n], cols[n]].tolist()
+
+
+def test_token_positions_are_each_merged_tokens_centre_in_the_encoders_token_order():
+    grid = torch.tensor([[1, 4, 8], [2, 2, 2]])  # a 4x8-patch picture (2x4 tokens), a 2-frame 2x2 video
+    positions = token_positions(grid)
+    assert positions.shape == (8 + 2, 2)
+    rows, cols, _, _ = patch_coordinates(grid, 2)
+    for k in range(8):  # token k merges patches 4k..4k+3 (block-major): their mean centre
+        x = ((cols[4 * k:4 * k + 4].float() + 0.5) / 8).mean().item()
+        y = ((rows[4 * k:4 * k + 4].float() + 0.5) / 4).mean().item()
+        assert positions[k].tolist() == pytest.approx([x, y])
+    assert {tuple(p) for p in positions[:8].tolist()} == {(x / 8, y / 4) for x in (1, 3, 5, 7) for y in (1, 3)}
+    assert positions[8:].tolist() == [[0.5, 0.5], [0.5, 0.5]]  # each frame: one token in the middle
+    assert position_r2(positions[:8], grid[:1]) == (1.0, 1.0)
+    assert position_r2(torch.full((8, 2), 0.5), grid[:1]) == (0.0, 0.0)
 
 
 def _mean_attention_distance(encoder, batch) -> float:
@@ -73,11 +89,13 @@ def test_encoder_weights_round_trip_and_refuse_another_shape(tmp_path):
 @pytest.mark.slow
 def test_per_patch_labels_teach_the_encoder_characters_at_random_offsets():
     """Chance is ~1/80 per character. 200 steps of the shipped-size encoder on large text at random
-    pixel offsets get above twice that on held-out pictures (one label per picture stays at chance)."""
+    pixel offsets get above twice that on held-out pictures (one label per picture stays at chance),
+    and its merged tokens say where they are (without the position loss reading trains it out)."""
     cfg = ReadingConfig(size=(112, 56), batch_size=16, scale=(1.0, 1.0), font_px=(22, 26), slots=1, n_test=64)
     encoder, result = train(model_config("small").vision, cfg, steps=200, every=50, log_line=print)
     assert result["steps"] == 200
     assert result["patch_char_accuracy"] > 0.025, result  # measured 0.044 (n_test 32) on 2 shared cores
+    assert min(result["position_r2_x"], result["position_r2_y"]) > 0.5, result
 
 
 def test_the_cli_takes_the_text_sizes_and_names_bad_ones(tmp_path, capsys):
