@@ -23,7 +23,7 @@ from .fp8 import BlockFP8, dequantized
 from .fp8_linear import keep_fp8
 from .generation import GenerationOptions, generate_ids
 from .model import VisionLanguageModel
-from .weights import checkpoint_dtype, load_weights, save_weights
+from .weights import checkpoint_dtype, has_mtp_layers, load_weights, save_weights
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +52,16 @@ class VLM:
     def from_pretrained(
         cls, path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
         adapter: str | os.PathLike | None = None, fp8: Literal["dequantize", "keep"] = "dequantize",
+        mtp: bool | None = None,
     ) -> VLM:
         """Load a checkpoint directory; without `path`, the project's embedded model in `assets/model/`.
 
         `adapter`: a LoRA adapter directory (peft format, `python -m train lora`) merged in at load.
         `fp8`: for a block-FP8 checkpoint (fp8.py), "dequantize" its weights into `dtype` on load, or
         "keep" the e4m3 linear weights in memory (fp8_linear.py; block-scaled matmuls on CUDA 9.x).
+        `mtp`: load the multi-token-prediction layer (mtp.py; used for speculative decoding) when the
+        checkpoint stores the ones config.json declares (None), always (True: an error if it does
+        not), or never (False: skipped, as transformers does).
         """
         if fp8 not in ("dequantize", "keep"):
             raise ValueError(f"fp8={fp8!r}; expected 'dequantize' or 'keep'")
@@ -74,8 +78,12 @@ class VLM:
         if layout is not None and fp8 == "dequantize":
             config = dequantized(config)  # what it saves is then a plain checkpoint
         dtype = dtype or checkpoint_dtype(path)
+        stored = has_mtp_layers(path, config)
+        if mtp and not stored:
+            raise ValueError(f"mtp=True but {path} stores no multi-token-prediction layer (config.json declares "
+                             f"num_nextn_predict_layers={config.text.num_nextn_predict_layers})")
         with torch.device("meta"):
-            model = VisionLanguageModel(config).cast(dtype)  # the routing bias stays float32
+            model = VisionLanguageModel(config, mtp=stored and mtp is not False).cast(dtype)  # routing bias stays float32
         if layout is not None and fp8 == "keep":
             keep_fp8(model, path, layout)
         load_weights(model, path, device=device, cfg=config)
