@@ -138,6 +138,7 @@ class VLM:
         stream: bool = False,
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: str | Mapping[str, Any] = "auto",
+        draft_tokens: int | None = None,
     ) -> Generation | list[Generation] | GenerationStream:
         """Answer a prompt (a string with `images` / `videos`, or OpenAI-style messages with image and
         video parts); a list of prompts runs as one batch and returns a list.
@@ -157,9 +158,14 @@ class VLM:
         `tool_choice`: "auto"; "none" (tools shown, nothing parsed); "required" or
         `{"type": "function", "function": {"name": ...}}` make the answer start with a call.
         Messages may hold OpenAI's assistant `tool_calls` and `tool` results (see `vlm.tool_calls`).
+
+        `draft_tokens`: speculative decoding with the checkpoint's multi-token-prediction layer
+        (speculative.py): on by default when the checkpoint has one (None), 0 turns it off, k > 0
+        drafts k tokens per step. Greedy answers are the same tokens either way; sampled ones
+        follow the same distribution (not the same draws for a seed).
         """
         options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                    repetition_penalty=repetition_penalty, seed=seed)
+                                    repetition_penalty=repetition_penalty, seed=seed, draft_tokens=draft_tokens)
         chat = engine.Chat.of(prompt_or_messages, images=images, videos=videos, system=system, thinking=thinking,
                               stop=stop, stream=stream, tools=tools, tool_choice=tool_choice)
         return engine.generate(self.model, self.require_processor(), chat, options, stop_token_ids=self.stop_token_ids())
