@@ -40,6 +40,21 @@ def test_targets_are_token_t_plus_2_inside_one_sample():
     assert all(wanted[i] == ids[0, t + 2] for i, t in enumerate([1, 2, 4]))
 
 
+def test_teacher_distribution_is_the_main_models_at_t_plus_1():
+    from train.mtp import teacher_probs
+
+    targets = torch.tensor([[IGNORE, 7, 8, 9, IGNORE], [IGNORE, IGNORE, 4, 5, 6]])
+    segments = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    scored = targets != IGNORE
+    logits = torch.randn(int(scored.sum()), 11)
+    at, _ = mtp_targets(targets, segments)
+    probs = teacher_probs(logits, scored, at)
+    # MTP positions (0,0),(0,1),(0,2),(1,1),(1,2) read the main logits at (0,1),(0,2),(0,3),(1,2),(1,3)
+    rows = {tuple(pos): i for i, pos in enumerate(scored.nonzero().tolist())}
+    expected = [rows[(b, t + 1)] for b, t in at.nonzero().tolist()]
+    torch.testing.assert_close(probs, logits[expected].softmax(-1))
+
+
 def _with_mtp(tmp_path, data):
     """A tiny checkpoint that has an MTP layer (one MTP-only step adds and saves it)."""
     cfg = _config(tmp_path / "seed", data, mtp_only=True, max_steps=1)

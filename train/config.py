@@ -79,6 +79,9 @@ class TrainConfig:
     # this weight (GLM-4.5: 0.3, later 0.1); 0 leaves the layer untrained.
     mtp_loss_weight: float = 0.3
     mtp_only: bool = False  # train only the MTP layer on the frozen model (adds one if there is none)
+    # What the MTP layer learns at t: "data", token t+2 of the conversation; "model", the main
+    # model's own distribution for it (self-distillation: what speculative decoding accepts).
+    mtp_target: Literal["data", "model"] = "data"
 
     # MoE balance (GLM-4.5 / DeepSeek-V3 loss-free balancing).
     bias_update_rate: float = 1e-3  # bias += rate * sign(mean_load - load) after each step
@@ -112,6 +115,8 @@ class TrainConfig:
             raise ValueError("mode 'lora' with from_scratch: adapters on random weights make no sense")
         if self.mtp_loss_weight < 0 or self.mtp_loss_weight != self.mtp_loss_weight:
             raise ValueError(f"mtp_loss_weight={self.mtp_loss_weight}: expected a number >= 0")
+        if self.mtp_target not in ("data", "model"):
+            raise ValueError(f"mtp_target={self.mtp_target!r}: expected 'data' or 'model'")
         if self.mtp_only and (self.mode == "lora" or self.mtp_loss_weight == 0 or self.from_scratch):
             raise ValueError(f"mtp_only trains the MTP layer of a trained model with its loss: not with mode "
                              f"{self.mode!r}, from_scratch={self.from_scratch}, mtp_loss_weight={self.mtp_loss_weight}")

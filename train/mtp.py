@@ -4,7 +4,9 @@ The MTP loss at position t predicts token t+2 from the main model's hidden state
 embedding of token t+1. With targets already shifted (`targets[t]` = token t+1, IGNORE where
 nothing is learned), position t is scored when `targets[t+1]` is learned and t, t+1 sit in the
 same packed sample: the assistant's tokens, as for the main loss, one position earlier. The loss
-is a token mean over the global batch with its own count, times `mtp_loss_weight`.
+is a token mean over the global batch with its own count, times `mtp_loss_weight`. With
+`mtp_target="model"` the target is the main model's own distribution for that token (soft
+cross-entropy): what speculative decoding accepts is agreement with the main model, not the data.
 
 MTP-only mode (`mtp_only`): every parameter outside `language_model.mtp_layers` is frozen, the
 main loss is still computed (and logged) but carries no gradient, and only the MTP block's MoE
@@ -35,6 +37,15 @@ def mtp_targets(targets_BT: torch.Tensor, segment_ids_BT: torch.Tensor) -> tuple
     at_BT = torch.zeros_like(targets_BT, dtype=torch.bool)
     at_BT[:, :-1] = scored_BT
     return at_BT, following_BT[scored_BT]
+
+
+def teacher_probs(logits_nV: torch.Tensor, scored_BT: torch.Tensor, at_BT: torch.Tensor) -> torch.Tensor:
+    """The main model's next-token distribution (detached, float32) at t+1 for every MTP position
+    t in `at_BT`; `logits_nV` are its logits at `scored_BT`, in row-major order (which holds every
+    t+1, since the MTP scores t only where token t+2 is learned)."""
+    next_BT = torch.zeros_like(at_BT)
+    next_BT[:, 1:] = at_BT[:, :-1]
+    return logits_nV[next_BT[scored_BT]].detach().float().softmax(-1)
 
 
 def has_mtp(model: nn.Module) -> bool:

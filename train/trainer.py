@@ -47,7 +47,7 @@ from .data import BadRecords, Conversation, read_conversations
 from .model import (apply_freeze, copy_processor_files, load_model, load_processor, processor_dir,
                     set_gradient_checkpointing, set_record_routing)
 from .metrics import Metrics
-from .mtp import balance_layers, has_mtp, mtp_targets, prepare_mtp_only
+from .mtp import balance_layers, has_mtp, mtp_targets, prepare_mtp_only, teacher_probs
 from .optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -268,6 +268,8 @@ class Trainer:
         ce = F.cross_entropy(out.logits.float(), targets[scored], reduction="sum")
         if mtp_at is None:
             return ce, torch.zeros((), device=device)
+        if self.cfg.mtp_target == "model":  # the main model's distribution for token t+2 (at t+1)
+            mtp_ids = teacher_probs(out.logits, scored, mtp_at)
         return ce, F.cross_entropy(out.mtp_logits.float(), mtp_ids, reduction="sum")
 
     def _count_only(self, batch) -> None:
