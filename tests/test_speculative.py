@@ -64,13 +64,15 @@ def _oracle(monkeypatch, plain, T):
     monkeypatch.setattr(speculative, "_draft", draft)
 
 
-@pytest.mark.parametrize("k", [2, 4])
-def test_greedy_with_mostly_right_drafts_equals_plain_decoding(vlm, monkeypatch, k):
+@pytest.mark.parametrize(("k", "penalty"), [(2, 1.0), (4, 1.0), (4, 0.3)])
+def test_greedy_with_mostly_right_drafts_equals_plain_decoding(vlm, monkeypatch, k, penalty):
+    """Also under a repetition penalty (0.3 < 1 makes the model repeat, so it matters) where each
+    verified position must count its draft prefix as seen."""
     ids, mask = _prompts(3, 6, seed=10 + k)
     inputs = {"input_ids": ids, "attention_mask": mask}
-    plain = vlm.generate_ids(inputs, max_new_tokens=30, draft_tokens=0)
+    plain = vlm.generate_ids(inputs, max_new_tokens=30, draft_tokens=0, repetition_penalty=penalty)
     _oracle(monkeypatch, plain, ids.shape[1])
-    sampler = GenerationOptions().sampler(batch=3, vocab_size=320, device="cpu")
+    sampler = GenerationOptions(repetition_penalty=penalty).sampler(batch=3, vocab_size=320, device="cpu")
     stream = TokenStream(vlm.model, inputs, max_new_tokens=30, sampler=sampler, draft_tokens=k)
     out = torch.tensor(list(stream)).T
     assert torch.equal(out, plain)
