@@ -18,84 +18,28 @@ committed per verifying forward. "identical" says whether every MTP answer equal
 
 from __future__ import annotations
 
-import json
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from vlm.generation import DraftStats, GenerationOptions, TokenStream
-
-
-@dataclass
-class Measure:
-    draft_tokens: int
-    tok_s: float = 0.0
-    acceptance_rate: float = 0.0
-    tokens_per_step: float = 0.0
-    identical: bool = True
-    outputs: list[list[int]] = field(default_factory=list, repr=False)
-
-
-def decode_pass(model, prompts: list[dict], k: int, *, new: int, stop_ids: tuple[int, ...]) -> Measure:
-    """One pass over the prompts in one mode: decode tok/s, draft statistics, the answers."""
-    measure, stats, tokens, seconds = Measure(k), DraftStats(), 0, 0.0
-    for inputs in prompts:
-        sampler = GenerationOptions().sampler(batch=1, vocab_size=model.cfg.text.vocab_size, device="cpu")
-        stream = TokenStream(model, dict(inputs), max_new_tokens=new, sampler=sampler, stop_token_ids=stop_ids,
-                             draft_tokens=k)
-        measure.outputs.append([ids[0] for ids in stream])
-        tokens, seconds = tokens + stream.decode_steps, seconds + stream.decode_s
-        for name in ("drafted", "accepted", "verify_steps", "committed"):
-            setattr(stats, name, getattr(stats, name) + getattr(stream.draft_stats, name))
-    measure.tok_s = tokens / max(seconds, 1e-9)
-    measure.acceptance_rate, measure.tokens_per_step = stats.acceptance_rate, stats.tokens_per_step
-    return measure
-
-
-def compare(model, prompts: list[dict], drafts: list[int], *, new: int, stop_ids: tuple[int, ...],
-            repeats: int) -> list[Measure]:
-    """Plain decoding (draft_tokens 0) and each draft count, best tok/s of `repeats` interleaved passes."""
-    best: dict[int, Measure] = {}
-    for _ in range(repeats):
-        for k in [0, *drafts]:
-            m = decode_pass(model, prompts, k, new=new, stop_ids=stop_ids)
-            if k not in best or m.tok_s > best[k].tok_s:
-                best[k] = m
-    for k in drafts:
-        best[k].identical = best[k].outputs == best[0].outputs
-    return [best[k] for k in [0, *drafts]]
+from recipes.mtp_layer import Measure, compare, conversation_prompts
+from vlm.generation import GenerationOptions, TokenStream
 
 
 # ---- the shipped model ---------------------------------------------------------------------------
 
 
 def shipped_prompts(vlm, path: Path | None, n: int) -> list[dict]:
-    """Model inputs for the first user turn of each conversation in `path` (or of `n` drawn screens)."""
-    from vlm import engine
+    """Inputs for the first user turn of `n` conversations of `path`, else of screens drawn by synth.ui."""
+    if path is not None:
+        return conversation_prompts(vlm, path, n)
+    from synth.ui import UIConfig, generate
 
     with tempfile.TemporaryDirectory() as tmp:
-        if path is None:
-            from synth.ui import UIConfig, generate
-
-            path = generate(UIConfig(n=n, seed=1, split="heldout", kinds=("grounding", "read")), Path(tmp) / "ui",
-                            progress=False) / "data.jsonl"
-        prompts = []
-        for line in Path(path).read_text().splitlines()[:n]:
-            messages = json.loads(line)["messages"]
-            first = next(m for m in messages if m["role"] == "user")
-            content = [_absolute(part, Path(path).parent) for part in first["content"]] \
-                if isinstance(first["content"], list) else first["content"]
-            chat = engine.Chat.of([{"role": "user", "content": content}])
-            prompts.append(engine.prepare(vlm.model, vlm.processor, chat, max_new_tokens=1).inputs)
-    return prompts
-
-
-def _absolute(part: dict, base: Path) -> dict:
-    if part.get("type") in ("image", "video") and isinstance(part.get(part["type"]), str):
-        return {**part, part["type"]: str(base / part[part["type"]])}
-    return part
+        data = generate(UIConfig(n=n, seed=1, split="heldout", kinds=("grounding", "read")), Path(tmp) / "ui",
+                        progress=False) / "data.jsonl"
+        return conversation_prompts(vlm, data, n)
 
 
 # ---- the benchmark config with a self-distilled MTP layer -----------------------------------------
