@@ -102,12 +102,13 @@ def train(model: Path, data: Path, work: Path, *, steps: int, lr: float, batch_s
     from train.trainer import Trainer
 
     output = work / "train"
+    if (output / "config.json").is_file():  # the finished run's product
+        return output
     cfg = TrainConfig(mode="sft", model=str(model), data=str(data), output=str(output), max_steps=steps, lr=lr,
                       warmup_steps=min(20, steps), batch_size=batch_size, max_length=max_length, mtp_only=True,
                       mtp_target="model", save_every=50, log_every=5, progress=False,
                       resume=(output / "checkpoints").is_dir())
-    if not (output / "config.json").is_file() or cfg.resume:
-        Trainer(cfg).train()
+    Trainer(cfg).train()
     return output
 
 
@@ -131,8 +132,9 @@ One MTP layer (`num_nextn_predict_layers: 1`; tensors `model.language_model.laye
 `enorm`, `hnorm`, `eh_proj`, a decoder block, `shared_head`) drafts tokens for speculative decoding
 (`VLM.generate` uses it unless `draft_tokens=0`). It was trained afterwards on the frozen network
 (bitwise unchanged): `python -m recipes.mtp_layer` ({t['steps']} steps of {t['batch_size']} conversations
-from `{t['data']}`, AdamW lr {t['lr']}, self-distilled: it learns the main model's distribution for token
-t+2; {t['minutes']:.0f} min on this CPU; final MTP loss {t['final_mtp_loss']:.3f}).
+from `{t['data']}`{record.get('data_note', '')}, AdamW lr {t['lr']}, self-distilled: it learns the main
+model's distribution for token t+2; about {t['minutes']:.0f} min on this CPU; final MTP loss
+{t['final_mtp_loss']:.3f}, a cross-entropy against the main model's distribution, its entropy included).
 
 Greedy acceptance on {record['n_prompts']} held-out prompts (`{record['heldout']}`, first user turn, at most
 {record['new']} new tokens):
@@ -187,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-prompts", type=int, default=40, help="held-out prompts measured")
     parser.add_argument("--new", type=int, default=128, help="max new tokens per answer")
     parser.add_argument("--out", type=Path, help="write the layer and the card section into this checkpoint")
+    parser.add_argument("--data-note", default="", help="where the training data came from, for the card")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from vlm import VLM
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts = conversation_prompts(vlm, args.heldout, args.n_prompts)
     measures = compare(vlm.model, prompts, [1, 2, 3], new=args.new, stop_ids=vlm.stop_token_ids())
     cfg = json.loads((trained_dir / "train_config.json").read_text())
-    record = {"layer": vlm.config.text.num_hidden_layers, "n_prompts": len(prompts), "heldout": str(args.heldout),
+    record = {"layer": vlm.config.text.num_hidden_layers, "data_note": f" ({args.data_note})" if args.data_note else "", "n_prompts": len(prompts), "heldout": str(args.heldout),
               "new": args.new, "train": training_summary(trained_dir, cfg),
               "measures": [{k: v for k, v in asdict(m).items() if k != "outputs"} for m in measures]}
     (args.work / "mtp.json").write_text(json.dumps(record, indent=2) + "\n")
