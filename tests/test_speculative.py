@@ -4,6 +4,8 @@ acceptance rule keeps the sampling distribution (checked statistically on a few 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -182,3 +184,15 @@ def test_draft_tokens_default_and_errors(vlm):
         plain.generate_ids({"input_ids": torch.tensor([[1, 2]])}, max_new_tokens=2, draft_tokens=2)
     with pytest.raises(ValueError, match=r"draft_tokens=-1: expected None \(automatic\), 0 \(off\)"):
         GenerationOptions(draft_tokens=-1)
+
+
+def test_shipped_model_drafts_by_default_and_answers_the_same():
+    """The default model ships a trained MTP layer: VLM.generate uses it unless told not to, with
+    the same greedy answer."""
+    shipped = VLM.from_pretrained()
+    assert len(shipped.model.language_model.mtp_layers) == 1
+    prompt = "Find the \"Sign in\" button and output its bounding box."
+    image = str(Path(__file__).resolve().parent.parent / "assets" / "examples" / "shapes.png")
+    plain = shipped.generate(prompt, images=[image], max_new_tokens=40, draft_tokens=0)
+    drafted = shipped.generate(prompt, images=[image], max_new_tokens=40)
+    assert drafted.text == plain.text and drafted.finish_reason == plain.finish_reason
