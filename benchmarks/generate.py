@@ -3,6 +3,8 @@
     .venv/bin/python -m benchmarks.generate                 # full run, prints a markdown table
     .venv/bin/python -m benchmarks.generate --quick         # fewer repeats, no transformers search
     .venv/bin/python -m benchmarks.generate --json out.json # also write the numbers (atomically)
+    .venv/bin/python -m benchmarks.generate --mtp           # speculative decoding with the MTP layer
+                                                            # (benchmarks/mtp_decode.py): with / without, acceptance
 
 The checkpoint is the fixed configuration of issue 5, written by transformers' `save_pretrained`
 with random weights into a temporary directory: text hidden 512, 8 layers, 8 heads, 2 KV heads,
@@ -347,7 +349,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 repeats, transformers with grouped_mm + static only")
     parser.add_argument("--json", type=Path, help="also write the numbers here (atomic)")
+    mtp = parser.add_argument_group("--mtp: speculative decoding (benchmarks/mtp_decode.py)")
+    mtp.add_argument("--mtp", action="store_true", help="decode tok/s with and without the MTP layer, acceptance")
+    mtp.add_argument("--draft-tokens", default="1,2,3", help="draft counts to compare with plain decoding")
+    mtp.add_argument("--new", type=int, default=128, help="max new tokens per shipped-model answer")
+    mtp.add_argument("--prompts", type=Path, help="JSONL conversations for the shipped model (default: synth.ui)")
+    mtp.add_argument("--n-prompts", type=int, default=8, help="prompts for the shipped model")
+    mtp.add_argument("--train-steps", type=int, default=150, help="self-distillation steps of the config's MTP")
     args = parser.parse_args(argv)
+    if args.mtp:
+        from .mtp_decode import run as run_mtp
+
+        text, record = run_mtp(threads=args.threads, drafts=[int(k) for k in args.draft_tokens.split(",")],
+                               repeats=2 if args.quick else args.repeats, new=args.new, prompts_path=args.prompts,
+                               n_prompts=args.n_prompts, train_steps=args.train_steps)
+        print(text)
+        if args.json:
+            tmp = args.json.with_suffix(args.json.suffix + ".tmp")
+            tmp.write_text(json.dumps(record, indent=2))
+            os.replace(tmp, args.json)
+        return
     settings = [f"{e}+{c}" for e in ("eager", "grouped_mm", "batched_mm") for c in ("dynamic", "static")]
     if args.quick:
         args.repeats, settings = 2, ["grouped_mm+static"]

@@ -15,7 +15,8 @@ import torch
 from _train_utils import metrics, write_dataset
 from train.config import TrainConfig
 from train.data import BadRecordError
-from train.trainer import Trainer, _Metrics
+from train.metrics import Metrics as _Metrics
+from train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,7 +148,7 @@ def test_sequence_balance_loss_reaches_the_router_under_gradient_checkpointing(t
         cfg = _config(tmp_path / str(coef), data, max_steps=1, batch_size=4, grad_accum=1, seq_aux_loss_coef=coef,
                       gradient_checkpointing=True)
         trainer = Trainer(cfg)
-        loss, _, _ = trainer._step(trainer._next_batches())
+        loss, _, _, _ = trainer._step(trainer._next_batches())
         assert torch.isfinite(torch.tensor(loss))
         return trainer.accelerator.unwrap_model(trainer.model).language_model.layers[1].mlp.gate.weight.grad.clone()
 
@@ -171,7 +172,7 @@ def test_expert_loads_count_real_tokens_not_padding(tmp_path):
     micro = trainer._next_batches()
     lengths = [len(s) for s in micro[0]]
     assert len(set(lengths)) > 1
-    _, tokens, loads_LE = trainer._step(micro)
+    _, tokens, loads_LE, _ = trainer._step(micro)
     k = trainer.vlm.config.text.num_experts_per_tok
     assert tokens == sum(lengths)
     assert loads_LE.sum(1).tolist() == [tokens * k] * len(trainer.moe_layers)

@@ -106,11 +106,15 @@ def _mtp_layer(n):
 
 
 def test_declared_multi_token_prediction_layer_is_skipped(kind, checkpoint, tmp_path):
+    """mtp=False skips a declared MTP layer; loaded (the default), a mis-shaped one is named
+    (tests/test_mtp.py loads real ones)."""
     n = json.loads((checkpoint / "config.json").read_text())["text_config"]["num_hidden_layers"]
     path = _copy_with(checkpoint, tmp_path, _mtp_layer(n),
                       edit_config=lambda c: c["text_config"].update(num_nextn_predict_layers=1))
-    loaded = VLM.from_pretrained(path).model.state_dict()
+    loaded = VLM.from_pretrained(path, mtp=False).model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in VLM.from_pretrained(checkpoint).model.state_dict().items())
+    with pytest.raises(ValueError, match=rf"layers.{n}.eh_proj.weight' .* has shape \[4, 4\]"):
+        VLM.from_pretrained(path)
 
 
 def test_undeclared_layer_past_the_network_is_named(kind, checkpoint, tmp_path):
@@ -124,7 +128,7 @@ def test_undeclared_layer_past_the_network_is_named(kind, checkpoint, tmp_path):
     path = _copy_with(checkpoint, tmp_path, lambda t: (_mtp_layer(n)(t), _mtp_layer(n + 1)(t)),
                       edit_config=lambda c: c["text_config"].update(num_nextn_predict_layers=1))
     with pytest.raises(ValueError, match=rf"layers.{n + 1}.eh_proj.weight"):
-        VLM.from_pretrained(path)
+        VLM.from_pretrained(path, mtp=False)
     # fewer layers declared, the last real layer passed off as the declared MTP layer
     path = _copy_with(checkpoint, tmp_path, lambda t: None,
                       edit_config=lambda c: c["text_config"].update(num_hidden_layers=n - 1, num_nextn_predict_layers=1))

@@ -68,6 +68,12 @@ def _training_parser(sub: argparse._SubParsersAction, mode: str) -> None:
     g.add_argument("--freeze-vision", action="store_true", help="freeze the vision encoder")
     g.add_argument("--freeze-projector", action="store_true", help="freeze the projector (visual.merger)")
     g.add_argument("--freeze-language", action="store_true", help="freeze the language model and lm_head")
+    g.add_argument("--mtp-loss-weight", type=float, default=d.mtp_loss_weight,
+                   help="weight of the multi-token-prediction loss when the model has an MTP layer; 0 = off")
+    g.add_argument("--mtp-only", action="store_true", help="train only the MTP layer on the frozen model "
+                   "(one is added, started from the last layer and lm_head, when the checkpoint has none)")
+    g.add_argument("--mtp-target", choices=("data", "model"), default=d.mtp_target,
+                   help="the MTP layer learns token t+2 of the data, or the main model's own distribution for it")
     g.add_argument("--gradient-checkpointing", action="store_true", help="recompute blocks in backward (less memory)")
     g.add_argument("--bias-update-rate", type=float, default=d.bias_update_rate,
                    help="MoE loss-free balance: bias += rate * sign(mean_load - load) after each step; 0 = off")
@@ -128,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed, freeze_vision=args.freeze_vision, freeze_projector=args.freeze_projector,
         freeze_language=args.freeze_language, lora=lora_options, gradient_checkpointing=args.gradient_checkpointing,
         bias_update_rate=args.bias_update_rate, seq_aux_loss_coef=args.seq_aux_loss_coef,
+        mtp_loss_weight=args.mtp_loss_weight, mtp_only=args.mtp_only, mtp_target=args.mtp_target,
         log_every=args.log_every, eval_every=args.eval_every, save_every=args.save_every,
         keep_last=args.keep_last, resume=args.resume, strict=args.strict,
         thinking={"default": None, "on": True, "off": False}[args.thinking], progress=not args.no_progress,

@@ -74,6 +74,15 @@ class TrainConfig:
     lora: LoraOptions = field(default_factory=LoraOptions)
     gradient_checkpointing: bool = False
 
+    # Multi-token prediction (vlm/mtp.py; train/mtp.py): when the model has an MTP layer, its
+    # loss (token t+2 from the hidden state at t and token t+1, on assistant tokens) is added with
+    # this weight (GLM-4.5: 0.3, later 0.1); 0 leaves the layer untrained.
+    mtp_loss_weight: float = 0.3
+    mtp_only: bool = False  # train only the MTP layer on the frozen model (adds one if there is none)
+    # What the MTP layer learns at t: "data", token t+2 of the conversation; "model", the main
+    # model's own distribution for it (self-distillation: what speculative decoding accepts).
+    mtp_target: Literal["data", "model"] = "data"
+
     # MoE balance (GLM-4.5 / DeepSeek-V3 loss-free balancing).
     bias_update_rate: float = 1e-3  # bias += rate * sign(mean_load - load) after each step
     seq_aux_loss_coef: float = 0.0  # optional sequence-level balance loss; GLM-4.5 used 1e-4
@@ -104,6 +113,13 @@ class TrainConfig:
                              "a row must hold at least one sample of the maximum length")
         if self.mode == "lora" and self.from_scratch:
             raise ValueError("mode 'lora' with from_scratch: adapters on random weights make no sense")
+        if self.mtp_loss_weight < 0 or self.mtp_loss_weight != self.mtp_loss_weight:
+            raise ValueError(f"mtp_loss_weight={self.mtp_loss_weight}: expected a number >= 0")
+        if self.mtp_target not in ("data", "model"):
+            raise ValueError(f"mtp_target={self.mtp_target!r}: expected 'data' or 'model'")
+        if self.mtp_only and (self.mode == "lora" or self.mtp_loss_weight == 0 or self.from_scratch):
+            raise ValueError(f"mtp_only trains the MTP layer of a trained model with its loss: not with mode "
+                             f"{self.mode!r}, from_scratch={self.from_scratch}, mtp_loss_weight={self.mtp_loss_weight}")
         if self.freeze_vision and self.freeze_projector and self.freeze_language and self.mode != "lora":
             raise ValueError("every part is frozen: nothing would train")
 

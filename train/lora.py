@@ -45,8 +45,8 @@ def target_module_names(model: nn.Module, options: LoraOptions) -> list[str]:
     """Full names of the `nn.Linear` modules the preset wraps, in model order."""
     names = []
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or name == "lm_head":
-            continue
+        if not isinstance(module, nn.Linear) or name == "lm_head" or ".mtp_layers." in name:
+            continue  # the MTP layer (vlm/mtp.py) has no key in peft's released-name adapter layout
         language = options.targets == "all_linear" and name.startswith("language_model.")
         language |= bool(_ATTENTION.fullmatch(name))
         language |= options.targets == "attention_mlp" and bool(_MLP.fullmatch(name))

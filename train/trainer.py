@@ -23,7 +23,6 @@ on GPU (the loss is taken in float32). Each step's logged time ends after a CUDA
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -31,7 +30,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +46,8 @@ from .config import TrainConfig
 from .data import BadRecords, Conversation, read_conversations
 from .model import (apply_freeze, copy_processor_files, load_model, load_processor, processor_dir,
                     set_gradient_checkpointing, set_record_routing)
+from .metrics import Metrics
+from .mtp import balance_layers, has_mtp, mtp_targets, prepare_mtp_only, teacher_probs
 from .optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -122,9 +122,12 @@ class Trainer:
         self.vlm = load_model(cfg, self.processor)
         model = self.vlm.model
         self.trainable_by_part = apply_freeze(model, cfg)
+        if cfg.mtp_only:
+            model = prepare_mtp_only(self.vlm)
+        self.mtp_weight = cfg.mtp_loss_weight if has_mtp(model) else 0.0
         set_gradient_checkpointing(model, cfg.gradient_checkpointing)
         set_record_routing(model, cfg.seq_aux_loss_coef > 0)
-        self.moe_layers = balance.find_moe_layers(model)
+        self.moe_layers = balance_layers(balance.find_moe_layers(model), mtp_only=cfg.mtp_only)
         if cfg.mode == "lora":
             model = lora.wrap(model, cfg.lora, base_path=cfg.model)
             self._main_log(lora.describe(model))
@@ -159,13 +162,13 @@ class Trainer:
         elif checkpoint.latest(self.output) is not None:
             raise FileExistsError(f"{self.output} already holds checkpoints of a run: pass --resume to "
                                   "continue it, or choose another --output")
-        metrics = _Metrics(self.output / "metrics.jsonl", enabled=acc.is_main_process, after_step=self.state.step)
+        metrics = Metrics(self.output / "metrics.jsonl", enabled=acc.is_main_process, after_step=self.state.step)
         bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=not (cfg.progress and acc.is_main_process),
                    desc=cfg.mode, dynamic_ncols=True)
         losses, eval_losses = {}, {}
         while self.state.step < cfg.max_steps:
             started = time.perf_counter()
-            loss, tokens, loads = self._step(self._next_batches())
+            loss, tokens, loads, mtp_loss = self._step(self._next_batches())
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or math.inf)
             self.optimizer.step()
             self.scheduler.step()
@@ -183,6 +186,8 @@ class Trainer:
                 record = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": tokens / elapsed,
                           "tokens": self.state.tokens, "grad_norm": float(grad_norm), "epoch": self.state.epoch}
                 record.update(balance.load_stats(self.moe_layers, loads))
+                if self.mtp_weight:
+                    record["mtp_loss"] = mtp_loss
                 metrics.write(record)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / elapsed:.0f}")
             bar.update(1)
@@ -220,41 +225,52 @@ class Trainer:
         return epoch_order(self.train_data.lengths, global_batch=self.global_batch, seed=self.cfg.seed,
                            epoch=epoch, group_by_length=self.cfg.group_by_length)
 
-    def _step(self, micro: list[list[Sample]]) -> tuple[float, int, torch.Tensor]:
+    def _step(self, micro: list[list[Sample]]) -> tuple[float, int, torch.Tensor, float]:
         """Forward/backward over the micro-batches; returns the global token-mean loss, the
-        global token count and the (layers, experts) loads summed over the step."""
+        global token count, the (layers, experts) loads summed over the step and the MTP loss."""
         acc, cfg = self.accelerator, self.cfg
         batches = [pack(samples, row_length=cfg.row_length, pad_id=self._pad_id) for samples in micro]
-        local = torch.tensor([float(sum(b.num_target_tokens for b in batches)),
-                              float(sum(b.num_tokens for b in batches))], device=acc.device)
-        global_targets, global_tokens = acc.reduce(local, reduction="sum").tolist()
+        local = torch.tensor([float(sum(b.num_target_tokens for b in batches)), float(sum(b.num_tokens for b in batches)),
+                              float(sum(len(mtp_targets(b.targets, b.segment_ids)[1]) for b in batches))],
+                             device=acc.device)
+        global_targets, global_tokens, global_mtp = acc.reduce(local, reduction="sum").tolist()
         scale = acc.num_processes / max(global_targets, 1.0)
-        ce_total = torch.zeros((), device=acc.device)
+        mtp_scale = self.mtp_weight * acc.num_processes / max(global_mtp, 1.0)
+        ce_total, mtp_total = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
         loads = torch.zeros(len(self.moe_layers), self._num_experts(), dtype=torch.float64)
         try:
             for i, batch in enumerate(batches):
                 sync = i == len(batches) - 1
                 with contextlib.nullcontext() if sync else acc.no_sync(self.model):
-                    ce_sum = self._loss_sum(batch)
-                    loss = ce_sum * scale
+                    ce_sum, mtp_sum = self._loss_sum(batch)
+                    loss = ce_sum * scale + mtp_sum * mtp_scale
                     if cfg.seq_aux_loss_coef > 0 and self.moe_layers:
                         loss = loss + cfg.seq_aux_loss_coef * self._aux_loss(batch) / len(batches)
                     acc.backward(loss)
                 ce_total += ce_sum.detach()
+                mtp_total += mtp_sum.detach()
                 loads += balance.current_loads(self.moe_layers)
         finally:
             self._count_only(None)
-        ce_global = acc.reduce(ce_total, reduction="sum").item()
+        ce_global, mtp_global = acc.reduce(torch.stack([ce_total, mtp_total]), reduction="sum").tolist()
         loads = acc.reduce(loads.to(acc.device), reduction="sum").cpu() if acc.num_processes > 1 else loads
-        return ce_global / max(global_targets, 1.0), int(global_tokens), loads
+        return ce_global / max(global_targets, 1.0), int(global_tokens), loads, mtp_global / max(global_mtp, 1.0)
 
-    def _loss_sum(self, batch) -> torch.Tensor:
-        """Summed next-token cross-entropy over the batch's target tokens (float32)."""
-        targets = batch.targets.to(self.accelerator.device)
+    def _loss_sum(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy over the batch's target tokens, and the MTP layer's
+        summed cross-entropy for token t+2 (train/mtp.py; zero without it), float32."""
+        device = self.accelerator.device
+        targets = batch.targets.to(device)
         scored = targets != IGNORE  # the lm_head runs on these positions only
+        mtp_at, mtp_ids = mtp_targets(targets, batch.segment_ids.to(device)) if self.mtp_weight else (None, None)
         self._count_only(batch)
-        out = self.model(**batch.model_inputs(self.accelerator.device), logits_at=scored)
-        return F.cross_entropy(out.logits.float(), targets[scored], reduction="sum")
+        out = self.model(**batch.model_inputs(device), logits_at=scored, mtp_logits_at=mtp_at)
+        ce = F.cross_entropy(out.logits.float(), targets[scored], reduction="sum")
+        if mtp_at is None:
+            return ce, torch.zeros((), device=device)
+        if self.cfg.mtp_target == "model":  # the main model's distribution for token t+2 (at t+1)
+            mtp_ids = teacher_probs(out.logits, scored, mtp_at)
+        return ce, F.cross_entropy(out.mtp_logits.float(), mtp_ids, reduction="sum")
 
     def _count_only(self, batch) -> None:
         """Expert loads (for the bias update) count `batch`'s real tokens, not its padding; the
@@ -284,7 +300,7 @@ class Trainer:
             for k in range(0, len(mine), cfg.batch_size):
                 batch = pack([self.eval_data.sample(i) for i in mine[k:k + cfg.batch_size]],
                              row_length=cfg.row_length, pad_id=self._pad_id)
-                totals += torch.stack([self._loss_sum(batch),
+                totals += torch.stack([self._loss_sum(batch)[0],
                                        torch.tensor(float(batch.num_target_tokens), device=acc.device)])
         finally:
             self._count_only(None)
@@ -379,64 +395,3 @@ class Trainer:
     def _main_log(self, message: str, level: int = logging.INFO) -> None:
         if self.accelerator.is_main_process:
             log.log(level, message)
-
-
-class _Metrics:
-    """metrics.jsonl (one JSON object per line) and TensorBoard when installed. On resume, lines
-    after the checkpoint's step (written by the killed run) are dropped so the file shows one
-    continuous curve."""
-
-    def __init__(self, path: Path, *, enabled: bool, after_step: int) -> None:
-        self.enabled = enabled
-        self.file = None
-        self.tb = None
-        if not enabled:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            kept = [line for line, record in _metric_records(path) if record["step"] <= after_step]
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
-        self.file = path.open("a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-        except ImportError:
-            self.tb = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, record["step"])
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _metric_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(line, record) for each line of metrics.jsonl. A last line that does not parse was torn by
-    a crash mid-write: it is dropped with a warning. A bad line before it is an error: that is
-    not what a crash leaves, and dropping it would lose data."""
-    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise ValueError(f"expected an object with an integer step, got {line[:80]!r}")
-        except (ValueError, RecursionError) as err:
-            if number == len(lines):
-                log.warning("%s: dropping its torn last line %d (%r): %s", path, number, line[:80], err)
-                break
-            raise ValueError(f"{path} line {number} is not a metrics record ({err}); fix or remove it") from None
-        records.append((line, record))
-    return records

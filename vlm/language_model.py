@@ -22,13 +22,14 @@ from .cache import KVCache
 from .config import TextConfig
 from .layers import FusedSwiGLU, RMSNorm, SwiGLU
 from .moe import MoE
+from .mtp import MTPLayer
 from .rotary import apply_rotary, mrope_cos_sin
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: TextConfig, layer: int) -> None:
         super().__init__()
-        self.layer = layer
+        self.layer = layer  # its slot in the KV cache
         self.num_attention_heads, self.num_key_value_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
         self.layout = cfg.rotary_layout
@@ -57,11 +58,13 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: TextConfig, layer: int) -> None:
+    def __init__(self, cfg: TextConfig, layer: int, *, cache_layer: int | None = None) -> None:
+        """`layer`: the index in the network (decides dense or MoE); `cache_layer`: its KV-cache
+        slot when that differs (an MTP layer keeps its own cache)."""
         super().__init__()
         D = cfg.hidden_size
         self.input_layernorm = RMSNorm(D, eps=cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg, layer)
+        self.self_attn = Attention(cfg, layer if cache_layer is None else cache_layer)
         self.post_attention_layernorm = RMSNorm(D, eps=cfg.rms_norm_eps)
         if cfg.is_moe_layer(layer):
             self.mlp: nn.Module = MoE(cfg)
@@ -79,12 +82,14 @@ class DecoderLayer(nn.Module):
 
 
 class TextModel(nn.Module):
-    def __init__(self, cfg: TextConfig) -> None:
+    def __init__(self, cfg: TextConfig, *, num_mtp_layers: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList([DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        # Multi-token prediction (mtp.py): not run by `forward`; `forward_mtp` runs the first.
+        self.mtp_layers = nn.ModuleList([MTPLayer(cfg, i) for i in range(num_mtp_layers)])
         self.gradient_checkpointing = False
 
     def forward(
@@ -97,13 +102,7 @@ class TextModel(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Embedded inputs -> final-normed hidden states (B, T, D)."""
-        cfg = self.cfg
-        cos, sin = mrope_cos_sin(
-            positions_3BT, rotary_dim=cfg.rotary_dim, theta=cfg.rope_theta, mrope_section=cfg.mrope_section,
-            layout=cfg.rotary_layout,
-        )
-        past = cache.length if cache is not None else 0
-        mask = attention_mask_4d(x_BTD.shape[1], past, attention_mask=attention_mask, segment_ids=segment_ids, device=x_BTD.device)
+        cos, sin, mask = self._rotary_and_mask(x_BTD, positions_3BT, attention_mask, segment_ids, cache)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
                 x_BTD = checkpoint(layer, x_BTD, cos, sin, mask, cache, use_reentrant=False)
@@ -112,6 +111,35 @@ class TextModel(nn.Module):
         if cache is not None:
             cache.advance(x_BTD.shape[1])
         return self.norm(x_BTD)
+
+    def forward_mtp(
+        self,
+        next_embeds_BTD: torch.Tensor,
+        hidden_BTD: torch.Tensor,
+        positions_3BT: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The first MTP layer's hidden states g (B, T, D) (no cache: training and checks).
+        `next_embeds_BTD[:, t]` embeds token t+1; `hidden_BTD` is `forward`'s output."""
+        if not len(self.mtp_layers):
+            raise ValueError("this model has no multi-token-prediction layer (num_nextn_predict_layers is 0)")
+        cos, sin, mask = self._rotary_and_mask(next_embeds_BTD, positions_3BT, attention_mask, segment_ids, None)
+        layer = self.mtp_layers[0]
+        if self.gradient_checkpointing and self.training:
+            return checkpoint(layer, next_embeds_BTD, hidden_BTD, cos, sin, mask, None, use_reentrant=False)
+        return layer(next_embeds_BTD, hidden_BTD, cos, sin, mask, None)
+
+    def _rotary_and_mask(self, x_BTD, positions_3BT, attention_mask, segment_ids, cache):
+        cfg = self.cfg
+        cos, sin = mrope_cos_sin(
+            positions_3BT, rotary_dim=cfg.rotary_dim, theta=cfg.rope_theta, mrope_section=cfg.mrope_section,
+            layout=cfg.rotary_layout,
+        )
+        past = cache.length if cache is not None else 0
+        mask = attention_mask_4d(x_BTD.shape[1], past, attention_mask=attention_mask, segment_ids=segment_ids, device=x_BTD.device)
+        return cos, sin, mask
 
 
 def attention_mask_4d(

@@ -25,14 +25,18 @@ from .vision import VisionEncoder
 class ModelOutput:
     logits: torch.Tensor  # (B, T or logits_to_keep, vocab), or (n, vocab) with logits_at
     rope_deltas: torch.Tensor | None  # (B,) when positions were computed here (prefill / training)
+    hidden: torch.Tensor | None = None  # (B, T, D) final-normed hidden states (what an MTP layer reads)
+    position_ids: torch.Tensor | None = None  # (3, B, T) the M-RoPE ids used
+    mtp_logits: torch.Tensor | None = None  # (n, vocab) the MTP layer's logits at `mtp_logits_at` (token t+2)
 
 
 class VisionLanguageModel(nn.Module):
-    def __init__(self, cfg: VLMConfig) -> None:
+    def __init__(self, cfg: VLMConfig, *, mtp: bool = True) -> None:
+        """`mtp=False` leaves out the multi-token-prediction layers the config declares."""
         super().__init__()
         self.cfg = cfg
         self.visual = VisionEncoder(cfg.vision)
-        self.language_model = TextModel(cfg.text)
+        self.language_model = TextModel(cfg.text, num_mtp_layers=cfg.text.num_nextn_predict_layers if mtp else 0)
         self.lm_head = nn.Linear(cfg.text.hidden_size, cfg.text.vocab_size, bias=False)
         if cfg.text.tie_word_embeddings:
             self.lm_head.weight = self.language_model.embed_tokens.weight
@@ -60,15 +64,19 @@ class VisionLanguageModel(nn.Module):
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
         logits_at: torch.Tensor | None = None,
+        mtp_logits_at: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Logits for `input_ids` (B, T). With a non-empty `cache`, `position_ids` (3, B, T) are
         required (`real tokens so far + rope_delta`, see positions.py). `logits_to_keep=n > 0`
         runs the lm_head on the last n positions only; `logits_at`, a (B, T) bool mask, on the
         masked positions only, returned as (n, vocab) in row-major order (training computes the
-        loss on the assistant's tokens: the rest need no vocabulary projection)."""
-        if logits_at is not None and (logits_at.shape != input_ids.shape or logits_at.dtype != torch.bool):
-            raise ValueError(f"logits_at: expected a bool mask of shape {tuple(input_ids.shape)}, got "
-                             f"{logits_at.dtype} {tuple(logits_at.shape)}")
+        loss on the assistant's tokens: the rest need no vocabulary projection). `mtp_logits_at`, a
+        (B, T) bool mask, also runs the first MTP layer (embedding of token t+1 with the hidden state
+        at t; no cache) and returns its logits for token t+2 at the masked positions."""
+        for name, where in (("logits_at", logits_at), ("mtp_logits_at", mtp_logits_at)):
+            if where is not None and (where.shape != input_ids.shape or where.dtype != torch.bool):
+                raise ValueError(f"{name}: expected a bool mask of shape {tuple(input_ids.shape)}, got "
+                                 f"{where.dtype} {tuple(where.shape)}")
         x_BTD = self.language_model.embed_tokens(input_ids)
         decoding = cache is not None and cache.length > 0 and pixel_values is None and pixel_values_videos is None
         if not decoding:  # a generated placeholder id is plain text, not a missing image
@@ -84,14 +92,29 @@ class VisionLanguageModel(nn.Module):
                 attention_mask=attention_mask, segment_ids=segment_ids,
             )
             position_ids, rope_deltas = positions.ids_3BT, positions.rope_deltas_B
-        h_BTD = self.language_model(
+        hidden_BTD = self.language_model(
             x_BTD, position_ids, attention_mask=attention_mask, segment_ids=segment_ids, cache=cache
         )
+        h_BTD = hidden_BTD
         if logits_at is not None:
             h_BTD = h_BTD[logits_at]
         elif logits_to_keep > 0:
             h_BTD = h_BTD[:, -logits_to_keep:]
-        return ModelOutput(logits=self.lm_head(h_BTD), rope_deltas=rope_deltas)
+        mtp_logits = None
+        if mtp_logits_at is not None:
+            mtp_logits = self.mtp_logits(input_ids, hidden_BTD, position_ids, mtp_logits_at,
+                                         attention_mask=attention_mask, segment_ids=segment_ids)
+        return ModelOutput(logits=self.lm_head(h_BTD), rope_deltas=rope_deltas, hidden=hidden_BTD,
+                           position_ids=position_ids, mtp_logits=mtp_logits)
+
+    def mtp_logits(self, input_ids, hidden_BTD, position_ids, at_BT, *, attention_mask=None, segment_ids=None):
+        """The first MTP layer's logits (n, vocab) for token t+2 at the positions `at_BT`; the
+        embedding of token t+1 comes from `input_ids` (the last position wraps round to the row's first token: leave it out of `at_BT`)."""
+        lm = self.language_model
+        next_BT = torch.roll(input_ids, -1, dims=1)
+        g_BTD = lm.forward_mtp(lm.embed_tokens(next_BT), hidden_BTD, position_ids,
+                               attention_mask=attention_mask, segment_ids=segment_ids)
+        return lm.mtp_layers[0].shared_head(g_BTD[at_BT])
 
     def encode_vision(
         self,

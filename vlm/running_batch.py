@@ -30,7 +30,8 @@ import torch
 
 from .cache import KVCache
 from .engine import Chat, Generation, finish, prepare
-from .generation import MODEL_INPUTS, GenerationOptions, decode_plan, decode_step
+from .decode import decode_plan, decode_step
+from .generation import MODEL_INPUTS, GenerationOptions
 from .model import VisionLanguageModel
 from .row_text import Channel, RowText
 from .rotary import mrope_cos_sin

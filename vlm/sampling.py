@@ -76,14 +76,16 @@ class Sampler:
             return logits_BV.argmax(-1)
         return torch.multinomial(logits_BV.softmax(-1), 1, generator=self.generator)[:, 0]
 
-    def warp(self, logits_BV: torch.Tensor) -> torch.Tensor:
+    def warp(self, logits_BV: torch.Tensor, *, seen_BV: torch.Tensor | None = None) -> torch.Tensor:
         """Float32 logits after the penalty and, when sampling, temperature / top-k / top-p
-        (-inf where a token may not be drawn)."""
+        (-inf where a token may not be drawn). `seen_BV` replaces the observed tokens (speculative
+        decoding warps a position as if its draft prefix had been observed)."""
         p = self.params
         logits_BV = logits_BV.float()
-        if self.seen_BV is not None:
+        seen_BV = self.seen_BV if seen_BV is None else seen_BV
+        if seen_BV is not None:
             penalised = torch.where(logits_BV > 0, logits_BV / p.repetition_penalty, logits_BV * p.repetition_penalty)
-            logits_BV = torch.where(self.seen_BV, penalised, logits_BV)
+            logits_BV = torch.where(seen_BV, penalised, logits_BV)
         if p.greedy:
             return logits_BV
         logits_BV = logits_BV / p.temperature

@@ -23,7 +23,7 @@ from .fp8 import BlockFP8, dequantized
 from .fp8_linear import keep_fp8
 from .generation import GenerationOptions, generate_ids
 from .model import VisionLanguageModel
-from .weights import checkpoint_dtype, load_weights, save_weights
+from .weights import checkpoint_dtype, has_mtp_layers, load_weights, save_weights
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +52,16 @@ class VLM:
     def from_pretrained(
         cls, path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
         adapter: str | os.PathLike | None = None, fp8: Literal["dequantize", "keep"] = "dequantize",
+        mtp: bool | None = None,
     ) -> VLM:
         """Load a checkpoint directory; without `path`, the project's embedded model in `assets/model/`.
 
         `adapter`: a LoRA adapter directory (peft format, `python -m train lora`) merged in at load.
         `fp8`: for a block-FP8 checkpoint (fp8.py), "dequantize" its weights into `dtype` on load, or
         "keep" the e4m3 linear weights in memory (fp8_linear.py; block-scaled matmuls on CUDA 9.x).
+        `mtp`: load the multi-token-prediction layer (mtp.py; used for speculative decoding) when the
+        checkpoint stores the ones config.json declares (None), always (True: an error if it does
+        not), or never (False: skipped, as transformers does).
         """
         if fp8 not in ("dequantize", "keep"):
             raise ValueError(f"fp8={fp8!r}; expected 'dequantize' or 'keep'")
@@ -74,8 +78,12 @@ class VLM:
         if layout is not None and fp8 == "dequantize":
             config = dequantized(config)  # what it saves is then a plain checkpoint
         dtype = dtype or checkpoint_dtype(path)
+        stored = has_mtp_layers(path, config)
+        if mtp and not stored:
+            raise ValueError(f"mtp=True but {path} stores no multi-token-prediction layer (config.json declares "
+                             f"num_nextn_predict_layers={config.text.num_nextn_predict_layers})")
         with torch.device("meta"):
-            model = VisionLanguageModel(config).cast(dtype)  # the routing bias stays float32
+            model = VisionLanguageModel(config, mtp=stored and mtp is not False).cast(dtype)  # routing bias stays float32
         if layout is not None and fp8 == "keep":
             keep_fp8(model, path, layout)
         load_weights(model, path, device=device, cfg=config)
@@ -130,6 +138,7 @@ class VLM:
         stream: bool = False,
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: str | Mapping[str, Any] = "auto",
+        draft_tokens: int | None = None,
     ) -> Generation | list[Generation] | GenerationStream:
         """Answer a prompt (a string with `images` / `videos`, or OpenAI-style messages with image and
         video parts); a list of prompts runs as one batch and returns a list.
@@ -149,9 +158,14 @@ class VLM:
         `tool_choice`: "auto"; "none" (tools shown, nothing parsed); "required" or
         `{"type": "function", "function": {"name": ...}}` make the answer start with a call.
         Messages may hold OpenAI's assistant `tool_calls` and `tool` results (see `vlm.tool_calls`).
+
+        `draft_tokens`: speculative decoding with the checkpoint's multi-token-prediction layer
+        (speculative.py): on by default when the checkpoint has one (None), 0 turns it off, k > 0
+        drafts k tokens per step. Greedy answers are the same tokens either way; sampled ones
+        follow the same distribution (not the same draws for a seed).
         """
         options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                    repetition_penalty=repetition_penalty, seed=seed)
+                                    repetition_penalty=repetition_penalty, seed=seed, draft_tokens=draft_tokens)
         chat = engine.Chat.of(prompt_or_messages, images=images, videos=videos, system=system, thinking=thinking,
                               stop=stop, stream=stream, tools=tools, tool_choice=tool_choice)
         return engine.generate(self.model, self.require_processor(), chat, options, stop_token_ids=self.stop_token_ids())

@@ -11,9 +11,11 @@ tensor is read straight into its place with `readinto` at the offset the safeten
 gives: no second copy of the model, and no memory-mapped pages counted in the process's
 resident memory (reading through a mapping keeps every touched page resident, which doubled
 the peak). A tensor stored in another dtype goes through one temporary, one tensor at a time. A missing, unexpected or mis-shaped tensor is an error naming the key and the
-file. Only the multi-token-prediction layers `config.json` declares (`num_nextn_predict_layers`
-layers from index `num_hidden_layers` on) are skipped; any other layer past the network is an
-error, so a config that says fewer layers than the checkpoint stores cannot run a cut network.
+file. The multi-token-prediction layers `config.json` declares (`num_nextn_predict_layers` layers
+from index `num_hidden_layers` on, mtp.py) load into `language_model.mtp_layers` (key names:
+`mtp_layer_key`), or are skipped when the model is built without them; any other layer past the
+network is an error, so a config that says fewer layers than the checkpoint stores cannot run a
+cut network.
 A block-FP8 checkpoint (fp8.py) has its e4m3 weights dequantized into place, 128 rows at a time.
 Saving: one `model.safetensors`, or shards plus `model.safetensors.index.json` when larger than
 `max_shard_bytes`. A save over an existing checkpoint switches from the old weights to the new at
@@ -45,6 +47,8 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
 _EXPERTS = re.compile(r"^(?P<prefix>.*\.mlp\.experts)\.(?P<proj>gate_up_proj|down_proj)$")
+_MTP = re.compile(r"^(?P<prefix>language_model)\.mtp_layers\.(?P<index>\d+)\.(?:mtp_block\.)?(?P<rest>.+)$")
+_MTP_EMBED = re.compile(r"^model\.language_model\.layers\.(?P<layer>\d+)\.embed_tokens\.weight$")
 
 
 @dataclass(frozen=True)
@@ -76,15 +80,27 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def mtp_layer_key(name: str, num_hidden_layers: int) -> str:
+    """An MTP layer's name -> its released key: the layer sits at index `num_hidden_layers + i`,
+    its decoder block's tensors directly under it (`mtp_layers.0.mtp_block.self_attn...` ->
+    `layers.{N}.self_attn...`; `mtp_layers.0.eh_proj...` -> `layers.{N}.eh_proj...`)."""
+    match = _MTP.match(name)
+    if match is None:
+        return checkpoint_key(name)
+    layer = num_hidden_layers + int(match["index"])
+    return checkpoint_key(f"{match['prefix']}.layers.{layer}.{match['rest']}")
+
+
 def bindings(model: nn.Module) -> dict[str, Binding]:
     """Checkpoint key -> Binding, in checkpoint order, for every tensor the checkpoint holds."""
     out: dict[str, Binding] = {}
+    first_mtp = model.cfg.text.num_hidden_layers
     for name, tensor in model_tensors(model).items():
         match = _EXPERTS.match(name)
         if match is None:
-            out[checkpoint_key(name)] = Binding(name, (), tuple(tensor.shape))
+            out[mtp_layer_key(name, first_mtp)] = Binding(name, (), tuple(tensor.shape))
             continue
-        prefix = checkpoint_key(match["prefix"])
+        prefix = mtp_layer_key(match["prefix"], first_mtp)
         E, rows, cols = tensor.shape
         for e in range(E):
             if match["proj"] == "gate_up_proj":
@@ -135,6 +151,8 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
     seen: set[str] = set()
     fp8 = FP8Checkpoint.open(directory, checkpoint_files(directory))  # None unless block-FP8 (fp8.py)
     skipped: list[str] = []
+    embed_copies: dict[str, torch.Tensor] = {}
+    has_mtp = len(model.language_model.mtp_layers) > 0
     with torch.no_grad():
         for file in checkpoint_files(directory):
             with _open(file) as f, open(file, "rb") as raw:
@@ -144,7 +162,10 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
                     if binding is None:
                         if fp8 is not None and fp8.is_scale(key):
                             continue
-                        if _is_declared_mtp_layer(key, cfg, file):
+                        if has_mtp and _MTP_EMBED.match(key) and _is_declared_mtp_layer(key, cfg, file):
+                            embed_copies[key] = _read_copy(raw, offsets[key], tensors["language_model.embed_tokens.weight"], key, file)
+                            continue
+                        if not has_mtp and _is_declared_mtp_layer(key, cfg, file):
                             skipped.append(key)
                             continue
                         raise ValueError(f"unexpected tensor {key!r} in {file} (not part of a {cfg.model_type} model)")
@@ -161,6 +182,10 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
     if missing:
         where = ", ".join(str(p) for p in checkpoint_files(directory))
         raise ValueError(f"missing tensor {missing[0]!r} ({len(missing)} missing in all) in {where}")
+    for key, copy in embed_copies.items():  # the MTP layer reads the main embedding (mtp.py)
+        if not torch.equal(copy, tensors["language_model.embed_tokens.weight"]):
+            raise ValueError(f"{key!r} in {directory} differs from model.language_model.embed_tokens.weight; this "
+                             "loader shares the main embedding with the multi-token-prediction layer, as GLM-4.5 trains it")
 
 
 def save_weights(model: nn.Module, directory: str | os.PathLike, *, max_shard_bytes: int = 5 * 1024**3) -> list[Path]:
@@ -263,6 +288,26 @@ def _read_into(raw, where: tuple[torch.dtype | None, int, int], target: torch.Te
         raise ValueError(f"cannot read tensor {key!r} from {file}: the file is truncated")
     if not direct:
         target.copy_(buffer)
+
+
+def _read_copy(raw, where, like: torch.Tensor, key: str, file: Path) -> torch.Tensor:
+    """A stored tensor read into a new CPU tensor shaped and typed like `like`."""
+    copy = torch.empty(like.shape, dtype=like.dtype)
+    _read_into(raw, where, copy, key, file)
+    return copy
+
+
+def has_mtp_layers(directory: str | os.PathLike, cfg: VLMConfig) -> bool:
+    """Whether the checkpoint stores every MTP layer `config.json` declares (their `eh_proj`).
+    transformers drops the layer on load, so a checkpoint it saved declares one and stores none."""
+    n = cfg.text.num_nextn_predict_layers
+    if n == 0:
+        return False
+    wanted = {f"model.language_model.layers.{cfg.text.num_hidden_layers + i}.eh_proj.weight" for i in range(n)}
+    for file in checkpoint_files(directory):
+        with _open(file) as f:
+            wanted -= set(f.keys())
+    return not wanted
 
 
 def _check_mtp_layers(skipped: list[str], directory: str | os.PathLike) -> None:

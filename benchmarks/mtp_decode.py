@@ -1,0 +1,120 @@
+"""Speculative decoding with the MTP layer: decode tokens/s with and without it, and its acceptance.
+
+    .venv/bin/python -m benchmarks.generate --mtp [--threads 1] [--draft-tokens 1,2,3] [--json out.json]
+
+Two models, greedy, batch 1, float32, the same thread count:
+- the shipped default model (`assets/model`, with its trained MTP layer) on held-out prompts:
+  `--prompts JSONL` (the first user turn of each conversation), else screens drawn by `synth.ui`
+  (held-out split, seed 1, grounding and reading questions). The checkpoint's stop tokens apply,
+  at most `--new` tokens per answer. Decode tokens/s = all decoded tokens / all decode time (the
+  engine's own decode clock, prefill excluded), best of `--repeats` passes, the modes interleaved.
+- the benchmark config of benchmarks/generate.py (random weights written by transformers) with an
+  MTP layer trained here by self-distillation (`--train-steps` AdamW steps on the model's own
+  greedy continuations of random prompts: what the drafts must agree with), measured on fresh
+  random prompts: 64 new tokens after 64, no stop ids.
+Acceptance rate = accepted drafts / drafts (rows still running); tokens per step = tokens
+committed per verifying forward. "identical" says whether every MTP answer equals the plain one.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from recipes.mtp_layer import Measure, compare, conversation_prompts
+from vlm.generation import GenerationOptions, TokenStream
+
+
+# ---- the shipped model ---------------------------------------------------------------------------
+
+
+def shipped_prompts(vlm, path: Path | None, n: int) -> list[dict]:
+    """Inputs for the first user turn of `n` conversations of `path`, else of screens drawn by synth.ui."""
+    if path is not None:
+        return conversation_prompts(vlm, path, n)
+    from synth.ui import UIConfig, generate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = generate(UIConfig(n=n, seed=1, split="heldout", kinds=("grounding", "read")), Path(tmp) / "ui",
+                        progress=False) / "data.jsonl"
+        return conversation_prompts(vlm, data, n)
+
+
+# ---- the benchmark config with a self-distilled MTP layer -----------------------------------------
+
+
+def distilled_mtp_model(model, *, steps: int, prompt: int, new: int, seed: int = 0):
+    """`model` given an MTP layer trained to predict its own greedy continuations (soft targets)."""
+    from vlm.mtp import add_mtp_layer
+
+    model = add_mtp_layer(model, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    vocab = model.cfg.text.vocab_size
+    with torch.inference_mode():
+        starts = torch.randint(100, vocab, (16, prompt), generator=generator)
+        sampler = GenerationOptions().sampler(batch=16, vocab_size=vocab, device="cpu")
+        new_BN = torch.tensor(list(TokenStream(model, {"input_ids": starts}, max_new_tokens=new, sampler=sampler,
+                                               draft_tokens=0))).T
+    sequences = torch.cat([starts, new_BN], dim=1)
+    params = list(model.language_model.mtp_layers.parameters())
+    optimizer = torch.optim.AdamW(params, lr=2e-3)
+    at = torch.zeros_like(sequences, dtype=torch.bool)
+    at[:, prompt - 1 : -2] = True  # positions whose t+1 and t+2 are the model's own tokens
+    model.train()
+    for step in range(steps):
+        rows = torch.randint(0, sequences.shape[0], (4,), generator=generator)
+        with torch.no_grad():
+            out = model(sequences[rows], logits_at=torch.roll(at[rows], 1, dims=1))
+        teacher = out.logits.float().softmax(-1)
+        hidden = out.hidden.detach()
+        logits = model.mtp_logits(sequences[rows], hidden, out.position_ids, at[rows])
+        loss = torch.nn.functional.cross_entropy(logits.float(), teacher)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def random_prompts(vocab: int, *, n: int, length: int, seed: int) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(100, vocab, (1, length), generator=generator)} for _ in range(n)]
+
+
+def rows(name: str, measures: list[Measure]) -> list[str]:
+    plain = measures[0].tok_s
+    out = [f"| {name} | plain | {plain:.1f} | 1.00x | | | |"]
+    for m in measures[1:]:
+        out.append(f"| {name} | MTP, {m.draft_tokens} draft{'s' if m.draft_tokens > 1 else ''} | {m.tok_s:.1f} | "
+                   f"{m.tok_s / plain:.2f}x | {m.acceptance_rate:.1%} | {m.tokens_per_step:.2f} | "
+                   f"{'yes' if m.identical else 'NO'} |")
+    return out
+
+
+def run(*, threads: int, drafts: list[int], repeats: int, new: int, prompts_path: Path | None, n_prompts: int,
+        train_steps: int) -> tuple[str, dict]:
+    from vlm import VLM
+
+    from .generate import NEW, PROMPT, checkpoint_bytes, write_checkpoint  # noqa: F401 (same config)
+
+    torch.set_num_threads(threads)
+    shipped = VLM.from_pretrained()
+    if not len(shipped.model.language_model.mtp_layers):
+        raise SystemExit("assets/model has no MTP layer: train one (README, 'MTP') before this benchmark")
+    prompts = shipped_prompts(shipped, prompts_path, n_prompts)
+    ship = compare(shipped.model, prompts, drafts, new=new, stop_ids=shipped.stop_token_ids(), repeats=repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_checkpoint(Path(tmp))
+        base = VLM.from_pretrained(tmp).model
+    bench = distilled_mtp_model(base, steps=train_steps, prompt=PROMPT, new=NEW)
+    random = random_prompts(bench.cfg.text.vocab_size, n=4, length=PROMPT, seed=7)
+    config = compare(bench, random, drafts, new=NEW, stop_ids=(), repeats=repeats)
+    lines = [f"float32, {threads} thread(s), greedy, batch 1; best of {repeats}", "",
+             "| model | decoding | decode tok/s | vs plain | acceptance | tokens / forward | identical |",
+             "|---|---|---|---|---|---|---|",
+             *rows(f"shipped ({len(prompts)} held-out prompts)", ship),
+             *rows(f"benchmark config (self-distilled MTP, {train_steps} steps)", config)]
+    record = {"threads": threads, "shipped": [vars(m) | {"outputs": None} for m in ship],
+              "benchmark_config": [vars(m) | {"outputs": None} for m in config]}
+    return "\n".join(lines), record
