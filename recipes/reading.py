@@ -17,7 +17,10 @@ as screenshots are. Two linear heads, used only in this stage:
   but grounding answers with coordinates, so the tokens must keep saying where they are.
 
 Loss: cross-entropy over all slots, NONE weighted `none_weight` (most slots are empty), plus
-`position_weight` times the position's mean squared error. Held-out position is reported as
+`position_weight` times the position's mean squared error, plus `centre_weight` times the share
+of the tokens' energy in their mean (the part every token shares, `shared_share`): tokens that
+differ by a small part of one large shared vector are tokens a language model trained from
+scratch does not learn to tell apart (`python -m recipes.looking`). Held-out position is reported as
 R^2 (1: the tokens say exactly where they are; 0: no better than the picture's centre).
 `--init mimetic` starts attention local (Trockman & Kolter 2023, arXiv 2305.09828) without
 changing the architecture. The encoder's weights (our module names, `VisionEncoder`'s
@@ -81,6 +84,11 @@ class ReadingConfig:
     # alone trains position out of the tokens (held-out R^2 0.10 / -0.03 after 20 min), and a
     # language model cannot box what its tokens do not locate
     position_weight: float = 10.0
+    # the share of the tokens' energy that every token shares (the batch's mean token): a language
+    # model from scratch does not learn to pick out tokens that differ by a small part of a large
+    # shared vector (`python -m recipes.looking side`: chance after 400 steps; learned in 80 once
+    # the shared part is removed), so the stage trains it away
+    centre_weight: float = 1.0
     n_test: int = 128
 
 
@@ -169,7 +177,7 @@ class Reader(nn.Module):
         C = text.CLASSES
         return Reading(self.patch_head(features).view(-1, self.slots, C),
                        self.token_head(tokens).view(-1, self.slots, C),  # 4 patches per token, in block order
-                       self.position_head(tokens))
+                       self.position_head(tokens), shared_share(tokens))
 
 
 @dataclass(frozen=True)
@@ -177,6 +185,13 @@ class Reading:
     patch: torch.Tensor  # (N, slots, C) logits per patch
     token: torch.Tensor  # (N, slots, C) logits per patch, from its merged token
     position: torch.Tensor  # (N / 4, 2) each merged token's (x, y), 0..1
+    shared: torch.Tensor  # () the share of the tokens' energy in their mean
+
+
+def shared_share(tokens: torch.Tensor) -> torch.Tensor:
+    """|mean token|^2 / mean |token|^2: 1 when every token is the same vector, 0 when they are centred."""
+    tokens = tokens.float()
+    return tokens.mean(0).pow(2).sum() / tokens.pow(2).sum(-1).mean().clamp_min(1e-12)
 
 
 def token_positions(grid_thw: torch.Tensor, merge: int = 2) -> torch.Tensor:
@@ -252,14 +267,21 @@ def new_encoder(vision: VisionConfig, *, init: Init, seed: int) -> VisionEncoder
     return encoder
 
 
-def evaluate(reader: Reader, test: Batch) -> tuple[float, float, tuple[float, float]]:
-    """Held-out character accuracy of the patch head and of the token head, position R^2 (x, y)."""
+@dataclass(frozen=True)
+class Scores:
+    patch: float  # held-out character accuracy of the patch head
+    token: float  # ... of the token head
+    position_r2: tuple[float, float]  # (x, y)
+    shared: float  # the share of the tokens' energy in their mean
+
+
+def evaluate(reader: Reader, test: Batch) -> Scores:
     reader.eval()
     with torch.no_grad():
         out = reader(test.pixel_values, test.grid_thw)
     reader.train()
-    return (char_accuracy(out.patch, test.labels_NS), char_accuracy(out.token, test.labels_NS),
-            position_r2(out.position, test.grid_thw))
+    return Scores(char_accuracy(out.patch, test.labels_NS), char_accuracy(out.token, test.labels_NS),
+                  position_r2(out.position, test.grid_thw), round(out.shared.item(), 4))
 
 
 def size_tests(cfg: ReadingConfig) -> dict[str, Batch]:
@@ -270,15 +292,19 @@ def size_tests(cfg: ReadingConfig) -> dict[str, Batch]:
 
 
 def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None, minutes: float | None = None,
-          device: str = "cpu", workers: int = 0, every: int = 100,
+          device: str = "cpu", workers: int = 0, every: int = 100, start_from: Path | None = None,
           log_line: Callable[[str], object] = log.info) -> tuple[VisionEncoder, dict[str, float]]:
-    """Train for `steps` optimiser steps or `minutes` of wall time, whichever ends first.
+    """Train for `steps` optimiser steps or `minutes` of wall time, whichever ends first;
+    `start_from`: an earlier stage's encoder weights (`save_encoder`) instead of `cfg.init`'s.
 
     Returns the encoder (on CPU) and the final held-out numbers.
     """
     if steps is None and minutes is None:
         raise ValueError("give steps or minutes")
-    reader = Reader(new_encoder(vision, init=cfg.init, seed=cfg.seed), cfg.slots).to(device)
+    encoder = new_encoder(vision, init=cfg.init, seed=cfg.seed)
+    if start_from is not None:
+        load_encoder(encoder, start_from)
+    reader = Reader(encoder, cfg.slots).to(device)
     test = make_batch(random.Random(f"reading/test/{cfg.seed}"), cfg.n_test, cfg).to(device)
     by_size = {name: batch.to(device) for name, batch in size_tests(cfg).items()}
     optimizer = torch.optim.AdamW(reader.parameters(), lr=cfg.lr, weight_decay=0.01, fused=True)
@@ -294,7 +320,8 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
             out = reader(batch.pixel_values, batch.grid_thw)
         loss = (loss_fn(out.patch, batch.labels_NS, cfg.none_weight)
                 + cfg.token_weight * loss_fn(out.token, batch.labels_NS, cfg.none_weight)
-                + cfg.position_weight * F.mse_loss(out.position.float(), token_positions(batch.grid_thw)))
+                + cfg.position_weight * F.mse_loss(out.position.float(), token_positions(batch.grid_thw))
+                + cfg.centre_weight * out.shared)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(reader.parameters(), 1.0)
@@ -302,21 +329,21 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
         elapsed = time.monotonic() - start
         done = (steps is not None and step >= steps) or (minutes is not None and elapsed >= 60 * minutes)
         if step % every == 0 and not done:
-            sizes = ", ".join(f"{name} {evaluate(reader, batch)[0]:.3f}" for name, batch in by_size.items())
-            patch_acc, token_acc, (r2x, r2y) = evaluate(reader, test)
+            sizes = ", ".join(f"{name} {evaluate(reader, batch).patch:.3f}" for name, batch in by_size.items())
+            s = evaluate(reader, test)
             log_line(f"step {step} ({elapsed:.0f} s): loss {loss.item():.3f}, held-out char accuracy patch "
-                     f"{patch_acc:.3f} token {token_acc:.3f}, position R^2 x {r2x:.3f} y {r2y:.3f}; "
-                     f"patch by text height: {sizes}")
+                     f"{s.patch:.3f} token {s.token:.3f}, position R^2 x {s.position_r2[0]:.3f} y "
+                     f"{s.position_r2[1]:.3f}, shared {s.shared:.3f}; patch by text height: {sizes}")
         if done:
             break
-    patch_acc, token_acc, (r2x, r2y) = evaluate(reader, test)
-    result = {"steps": step, "seconds": round(time.monotonic() - start, 1), "patch_char_accuracy": round(patch_acc, 4),
-              "token_char_accuracy": round(token_acc, 4), "position_r2_x": r2x, "position_r2_y": r2y,
-              "loss": round(loss.item(), 4)}
+    s = evaluate(reader, test)
+    result = {"steps": step, "seconds": round(time.monotonic() - start, 1), "patch_char_accuracy": round(s.patch, 4),
+              "token_char_accuracy": round(s.token, 4), "position_r2_x": s.position_r2[0],
+              "position_r2_y": s.position_r2[1], "shared_share": s.shared, "loss": round(loss.item(), 4)}
     for name, batch in by_size.items():
-        patch_acc, token_acc, _ = evaluate(reader, batch)
-        result[f"patch_char_accuracy_{name}"] = round(patch_acc, 4)
-        result[f"token_char_accuracy_{name}"] = round(token_acc, 4)
+        s = evaluate(reader, batch)
+        result[f"patch_char_accuracy_{name}"] = round(s.patch, 4)
+        result[f"token_char_accuracy_{name}"] = round(s.token, 4)
     log_line(f"done: {result}")
     return reader.encoder.cpu(), result
 
@@ -362,10 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--large-steps", type=int, default=d.large_steps,
                    help="curriculum: the first steps draw large text (page 18-30 px at scale 1)")
     p.add_argument("--position-weight", type=float, default=d.position_weight,
-                   help="weight of the tokens' position loss (0: off, reading alone)")
+                   help="weight of the tokens' position loss (0: off)")
+    p.add_argument("--centre-weight", type=float, default=d.centre_weight,
+                   help="weight of the tokens' shared share (0: off)")
+    p.add_argument("--start-from", type=Path, default=None, help="continue from these encoder weights")
     args = p.parse_args(argv)
-    if not (math.isfinite(args.position_weight) and args.position_weight >= 0):
-        p.error(f"--position-weight {args.position_weight}: expected a finite number >= 0")
+    for flag in ("position_weight", "centre_weight"):
+        value = getattr(args, flag)
+        if not (math.isfinite(value) and value >= 0):
+            p.error(f"--{flag.replace('_', '-')} {value}: expected a finite number >= 0")
     if args.large_steps < 0:
         p.error(f"--large-steps {args.large_steps}: expected 0 or more")
     if not (0 < args.font_px[0] <= args.font_px[1] and 0 < args.scale[0] <= args.scale[1] <= 4):
@@ -373,9 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = ReadingConfig(seed=args.seed, init=args.init, batch_size=args.batch_size, font_px=tuple(args.font_px),
                         scale=tuple(args.scale), large_steps=args.large_steps,
-                        position_weight=args.position_weight)
+                        position_weight=args.position_weight, centre_weight=args.centre_weight)
     encoder, result = train(model_config(args.size).vision, cfg, steps=args.steps, minutes=args.minutes,
-                            device=args.device, workers=args.workers, every=args.every)
+                            device=args.device, workers=args.workers, every=args.every, start_from=args.start_from)
     save_encoder(encoder, args.out, {**asdict(cfg), **result})
     print(f"wrote {args.out}: {result}")
     return 0

@@ -1,0 +1,227 @@
+"""Does the language model learn to use what its image tokens show? The whole model, told directly.
+
+    python -m recipes.looking colour|side|read|ground --model DIR [--encoder ENC] [--steps 150]
+
+`recipes.learnability` asks whether the vision encoder can learn to see; this asks the next
+question, the one the default model fails (`python -m recipes.reliance`: answers do not depend on
+the screenshot): does the language model above the encoder learn to use its tokens? Every step
+trains the whole checkpoint `--model` (AdamW, lr 1e-3) on 16 fresh 224x112 pictures (32 image
+tokens each) and one question per picture:
+
+- colour: a plain picture, dark or light? (a property of every token)
+- side: one red square, on the left or the right? (a property of a few tokens: where they are)
+- read: one UI word, what does it say? (what a few tokens show)
+- ground: three UI words, the box of each, in the released grounding format
+
+Held out (another seed stream, 48 pictures): the answers' loss with each picture and with the
+next picture in its place; the gap (nats) says how much the answers depend on the image. Then
+greedy answers to 32 of them: exact for colour, side and read, the box's centre inside the word
+for ground. `--oracle-tokens` (side only) is the control: the image tokens are replaced by three
+clean features (the square's tokens, their x, a constant), so the language model's part alone is
+measured. `--encoder` puts a reading-stage encoder (`recipes.reading`) into the checkpoint first.
+The last line printed is `gap: X accuracy: Y`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import torch
+from PIL import Image, ImageDraw
+
+from recipes.reading import load_encoder
+from synth import text
+from train.collate import IGNORE, Encoder, pack
+from vlm import VLM
+from vlm.outputs import parse_boxes
+from vlm.processor import Processor
+
+Task = Literal["colour", "side", "read", "ground"]
+TASKS: tuple[Task, ...] = ("colour", "side", "read", "ground")
+SIZE = (224, 112)
+WORDS = tuple(w for w in text._ui_words() if w.isascii() and w.isalpha() and 3 <= len(w) <= 10)
+RED, GREY = (220, 40, 40), (240, 240, 240)
+
+
+@dataclass(frozen=True)
+class Example:
+    image: Image.Image
+    turns: tuple[tuple[str, str], ...]  # (question, answer), the first asked with the image
+    boxes: tuple[tuple[int, int, int, int], ...]  # per turn, the pixels the answer is about
+
+    def messages(self, image: Image.Image | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for i, (question, answer) in enumerate(self.turns):
+            content = [{"type": "text", "text": question + "/nothink"}]
+            if i == 0:
+                content.insert(0, {"type": "image", "image": image or self.image})
+            out += [{"role": "user", "content": content}, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+        return out
+
+
+def _words(rng: random.Random, image: Image.Image, k: int) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """Up to `k` different UI words at random places, 3 px apart, each in its own font and size."""
+    draw = ImageDraw.Draw(image)
+    background = image.getpixel((0, 0))
+    ink = (20, 20, 20) if sum(background) > 384 else (235, 235, 235)
+    placed: list[tuple[str, tuple[int, int, int, int]]] = []
+    for _ in range(50):
+        if len(placed) == k:
+            break
+        word = rng.choice(WORDS)
+        font = text._font(rng.choice(text.font_files()), rng.randint(11, 20))
+        left, top, right, bottom = draw.textbbox((0, 0), word, font=font)
+        if right - left > SIZE[0] - 4 or any(word == w for w, _ in placed):
+            continue
+        x, y = rng.randint(1 - left, SIZE[0] - right - 2), rng.randint(1 - top, SIZE[1] - bottom - 2)
+        box = (x + left, y + top, x + right, y + bottom)
+        if any(box[2] + 3 >= b[0] and b[2] + 3 >= box[0] and box[3] + 3 >= b[1] and b[3] + 3 >= box[1] for _, b in placed):
+            continue
+        draw.text((x, y), word, fill=ink, font=font)
+        placed.append((word, box))
+    return placed
+
+
+def box_answer(box: tuple[int, int, int, int]) -> str:
+    """The released grounding answer: corners on a 0-999 grid."""
+    scaled = [min(999, round(v / SIZE[i % 2] * 1000)) for i, v in enumerate(box)]
+    return f"<|begin_of_box|>[{','.join(map(str, scaled))}]<|end_of_box|>"
+
+
+def example(task: Task, rng: random.Random) -> Example:
+    whole = (0, 0, *SIZE)
+    if task == "colour":
+        dark = rng.random() < 0.5
+        shade = tuple(rng.randint(0, 70) if dark else rng.randint(185, 255) for _ in range(3))
+        return Example(Image.new("RGB", SIZE, shade), (("Is the picture dark or light?", "dark" if dark else "light"),),
+                       (whole,))
+    if task == "side":
+        image, side = Image.new("RGB", SIZE, GREY), rng.randint(20, 40)
+        x, y = rng.randint(0, SIZE[0] - side), rng.randint(0, SIZE[1] - side)
+        ImageDraw.Draw(image).rectangle([x, y, x + side, y + side], fill=RED)
+        answer = "left" if x + side / 2 < SIZE[0] / 2 else "right"
+        return Example(image, (("Is the square on the left or the right?", answer),), ((x, y, x + side, y + side),))
+    image = Image.new("RGB", SIZE, text._colours(rng)[0])
+    placed = _words(rng, image, 1 if task == "read" else 3)
+    if task == "read":
+        (word, box), = placed
+        return Example(image, (("What does the text say?", word),), (box,))
+    turns = tuple((f'Where is the text "{w}"? Answer with its bounding box.', box_answer(b)) for w, b in placed)
+    return Example(image, turns, tuple(b for _, b in placed))
+
+
+def oracle_tokens(model: torch.nn.Module) -> None:
+    """Replace the image tokens by clean features: which tokens show red, their x, a constant."""
+    width = model.cfg.text.hidden_size
+
+    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+        pixels, grid = args
+        plane = pixels.shape[1] // 3  # channel-major patches: R values, then G, then B
+        red = ((pixels[:, :plane].mean(1) - pixels[:, plane:2 * plane].mean(1)) > 0.5).float()
+        red = red.view(out.shape[0], -1).amax(1)  # a token is red if one of its patches is
+        xs = [((torch.arange(w // 2).repeat(h // 2) + 0.5) / (w // 2)).repeat(t) for t, h, w in grid.tolist()]
+        features = torch.zeros(out.shape[0], width, dtype=out.dtype, device=out.device)
+        features[:, 0], features[:, 1], features[:, 2] = 3 * red, 3 * (torch.cat(xs).to(out.device) - 0.5), 1.0
+        return features
+
+    model.visual.register_forward_hook(hook)
+
+
+def answer_loss(model: torch.nn.Module, encoder: Encoder, conversations: list[list[dict[str, Any]]]) -> torch.Tensor:
+    batch = pack([encoder.encode(m) for m in conversations], row_length=1 << 16)
+    device = next(model.parameters()).device
+    logits = model(**batch.model_inputs(device)).logits.float()
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.to(device).flatten(), ignore_index=IGNORE)
+
+
+def correct(task: Task, ex: Example, reply: str) -> bool:
+    if task != "ground":
+        return reply.strip() == ex.turns[0][1]
+    found = parse_boxes(reply, anywhere=True)
+    if not found or not hasattr(found[0], "x2"):
+        return False
+    b, (x1, y1, x2, y2) = found[0], ex.boxes[0]
+    cx, cy = (b.x1 + b.x2) / 2000 * SIZE[0], (b.y1 + b.y2) / 2000 * SIZE[1]
+    return x1 <= cx <= x2 and y1 <= cy <= y2
+
+
+@dataclass(frozen=True)
+class Measure:
+    own: float  # held-out answer loss with each picture (nats)
+    swapped: float  # ... with the next picture in its place
+    accuracy: float  # greedy answers
+
+    @property
+    def gap(self) -> float:
+        return self.swapped - self.own
+
+
+def measure(vlm: VLM, encoder: Encoder, task: Task, test: list[Example], *, answers: int = 32) -> Measure:
+    model = vlm.model.eval()
+    with torch.no_grad():
+        own = answer_loss(model, encoder, [ex.messages() for ex in test]).item()
+        swapped = answer_loss(model, encoder, [ex.messages(test[(i + 1) % len(test)].image)
+                                               for i, ex in enumerate(test)]).item()
+        hits = sum(correct(task, ex, vlm.generate(ex.turns[0][0], images=[ex.image], thinking=False,
+                                                  max_new_tokens=24).text) for ex in test[:answers])
+    model.train()
+    return Measure(own, swapped, hits / min(answers, len(test)))
+
+
+def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_size: int = 16, lr: float = 1e-3,
+          n_test: int = 48, log_line: Callable[[str], object] = print) -> Measure:
+    """`steps` AdamW steps on fresh examples; held-out measures every `every` steps and at the end."""
+    encoder = Encoder(vlm.processor, max_length=1 << 16)
+    model = vlm.model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    rng, test_rng = random.Random(f"looking/{task}/{seed}"), random.Random(f"looking/{task}/{seed}/test")
+    test = [example(task, test_rng) for _ in range(n_test)]
+    start = time.monotonic()
+    for step in range(1, steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, step / 20)
+        loss = answer_loss(model, encoder, [example(task, rng).messages() for _ in range(batch_size)])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if step % every == 0 or step == steps:
+            result = measure(vlm, encoder, task, test)
+            log_line(f"step {step} ({time.monotonic() - start:.0f} s): loss {loss.item():.3f}, held-out own "
+                     f"{result.own:.3f} swapped {result.swapped:.3f} gap {result.gap:+.3f} accuracy {result.accuracy:.3f}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m recipes.looking", description=__doc__.split("\n\n")[0])
+    p.add_argument("task", choices=TASKS)
+    p.add_argument("--model", required=True, help="checkpoint directory (weights, config, processor)")
+    p.add_argument("--encoder", default=None, help="reading-stage encoder weights to put into it first")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--every", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--oracle-tokens", action="store_true", help="side only: clean image tokens, the control")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.every < 1:
+        p.error(f"--steps {args.steps} / --every {args.every}: expected at least 1")
+    if args.oracle_tokens and args.task != "side":
+        p.error(f"--oracle-tokens is a control for the side task, not {args.task!r}")
+    torch.manual_seed(args.seed)
+    vlm = VLM.from_pretrained(args.model)
+    if args.encoder:
+        load_encoder(vlm.model.visual, args.encoder)
+    if args.oracle_tokens:
+        oracle_tokens(vlm.model)
+    result = train(vlm, args.task, steps=args.steps, every=args.every, seed=args.seed)
+    print(f"gap: {result.gap:.4f} accuracy: {result.accuracy:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
