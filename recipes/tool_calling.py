@@ -18,6 +18,7 @@ that are one well-formed call and those to the right tool. `results.json` has it
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -37,16 +38,39 @@ TIMER = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"minutes": {"type": "integer"}}, "required": ["minutes"]}}}
 TOOLS = [WEATHER, TIMER]
 
-TRAIN_CITIES = ["Paris", "Berlin", "Madrid", "Rome", "Vienna", "Prague", "Lisbon", "Dublin", "Oslo", "Warsaw",
-                "Athens", "Zurich", "Munich", "Lyon", "Porto", "Seville", "Milan", "Krakow", "Bergen", "Tokyo",
-                "Osaka", "Seoul", "Lima", "Quito", "Cairo", "Nairobi", "Boston", "Denver", "Austin", "Toronto"]
-HELD_OUT_CITIES = ["Helsinki", "Budapest", "Geneva", "Hamburg", "Naples", "Valencia", "Chicago", "Sydney",
-                   "Delhi", "Bogota"]
+# Values to copy. The model must learn to copy them from the request, not to recall them, so
+# training sees hundreds of distinct ones: city-like names drawn from syllables (the shipped model's
+# tokenizer splits them into pieces, as it does real names) and minute counts 1-180. A fixed share
+# of each pool is held out: those values never occur in training.
+SYLLABLES = ("ba", "bel", "bri", "ca", "cor", "da", "del", "dor", "fa", "fen", "ga", "gor", "ha", "hel", "ka",
+             "kar", "la", "lin", "lo", "ma", "mar", "mi", "mon", "na", "nor", "o", "pa", "pol", "ra", "ri",
+             "ros", "sa", "sel", "ta", "tor", "va", "ven", "vi", "za", "zen")
+N_CITIES, N_HELD_OUT_CITIES = 600, 60
+MAX_MINUTES, N_HELD_OUT_MINUTES = 180, 36
+POOL_SEED = 1234  # the held-out split does not depend on a run's seed
+
 WEATHER_ASKS = ["What is the weather in {}?", "How is the weather in {} today?", "Is it raining in {}?",
-                "Weather for {}, please.", "Tell me the weather in {}."]
+                "Weather for {}, please.", "Tell me the weather in {}.", "{}: weather?",
+                "What's it like outside in {}?", "Check the weather in {} for me."]
 TIMER_ASKS = ["Set a timer for {} minutes.", "Start a {} minute timer.", "Remind me in {} minutes.",
-              "Timer: {} minutes, please."]
+              "Timer: {} minutes, please.", "{} minutes on the clock, please.", "Wake me in {} minutes.",
+              "Could you time {} minutes?", "Ping me after {} minutes."]
 HELD_OUT_ASKS = {"get_weather": "Do I need an umbrella in {} right now?", "set_timer": "Count down {} minutes for me."}
+
+
+@functools.cache
+def value_pools() -> dict[str, tuple[list[Any], list[Any]]]:
+    """(training values, held-out values) for each tool's argument; disjoint, fixed by POOL_SEED."""
+    rng = random.Random(POOL_SEED)
+    names: set[str] = set()
+    while len(names) < N_CITIES:
+        names.add("".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 2, 3)))).capitalize())
+    cities = sorted(names)
+    rng.shuffle(cities)
+    minutes = list(range(1, MAX_MINUTES + 1))
+    rng.shuffle(minutes)
+    return {"get_weather": (cities[N_HELD_OUT_CITIES:], cities[:N_HELD_OUT_CITIES]),
+            "set_timer": (minutes[N_HELD_OUT_MINUTES:], minutes[:N_HELD_OUT_MINUTES])}
 
 
 @dataclass(frozen=True)
@@ -61,13 +85,11 @@ def requests(n: int, *, seed: int, held_out: bool) -> list[Request]:
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        weather = i % 2 == 0
-        value: Any = rng.choice(HELD_OUT_CITIES if held_out else TRAIN_CITIES) if weather else (
-            rng.choice(range(61, 100)) if held_out else rng.choice(range(1, 61)))
-        name = "get_weather" if weather else "set_timer"
-        asks = WEATHER_ASKS if weather else TIMER_ASKS
+        name = "get_weather" if i % 2 == 0 else "set_timer"
+        value = rng.choice(value_pools()[name][held_out])
+        asks = WEATHER_ASKS if name == "get_weather" else TIMER_ASKS
         ask = HELD_OUT_ASKS[name] if held_out and i % 3 == 2 else rng.choice(asks)
-        out.append(Request(ask.format(value), name, {"city": value} if weather else {"minutes": value}))
+        out.append(Request(ask.format(value), name, {"city": value} if name == "get_weather" else {"minutes": value}))
     return out
 
 
@@ -102,9 +124,10 @@ class Score:
     hits: int  # ... with the right, correctly typed arguments
 
 
-def score(vlm: VLM, held_out: list[Request], *, max_new_tokens: int = 48) -> Score:
-    """Held-out requests answered with one call, with the right tool, and exactly right."""
-    counts = [0, 0, 0, 0]
+def score(vlm: VLM, held_out: list[Request], *, max_new_tokens: int = 48) -> tuple[Score, list[dict[str, Any]]]:
+    """Held-out requests answered with one call, with the right tool, and exactly right; and each
+    answer (its text and parsed calls) for the record."""
+    counts, answers = [0, 0, 0, 0], []
     for request in held_out:
         out = vlm.generate(request.prompt, tools=TOOLS, max_new_tokens=max_new_tokens)
         calls, one = out.tool_calls, len(out.tool_calls) == 1
@@ -112,24 +135,28 @@ def score(vlm: VLM, held_out: list[Request], *, max_new_tokens: int = 48) -> Sco
         counts[1] += one
         counts[2] += one and calls[0].name == request.name
         counts[3] += one and (calls[0].name, calls[0].arguments) == (request.name, request.arguments)
-    return Score(*counts)
+        answers.append({"prompt": request.prompt, "text": out.text,
+                        "calls": [{"name": c.name, "arguments": c.arguments} for c in calls]})
+    return Score(*counts), answers
 
 
 def run(out: Path, *, model: str | None, n: int, steps: int, n_eval: int, seed: int, lr: float,
-        batch_size: int) -> dict[str, Any]:
+        batch_size: int, options: LoraOptions = LoraOptions(r=16, alpha=32, targets="attention_mlp", embeddings=True),
+        ) -> dict[str, Any]:
     from train.trainer import Trainer  # heavy imports only when training
 
     data = write_dataset(out / "train.jsonl", n, seed=seed)
     held_out = requests(n_eval, seed=seed + 1, held_out=True)
-    base = score(VLM.from_pretrained(model), held_out)
+    base, base_answers = score(VLM.from_pretrained(model), held_out)
     cfg = lora(model=model, data=str(data), output=str(out / "adapter"), max_steps=steps, lr=lr,
                batch_size=batch_size, max_length=1024, seed=seed, progress=False,
-               lora=LoraOptions(r=16, alpha=32, targets="attention_mlp"))
+               lora=options)
     result = Trainer(cfg).train()
-    tuned = score(VLM.from_pretrained(model, adapter=out / "adapter"), held_out)
+    tuned, tuned_answers = score(VLM.from_pretrained(model, adapter=out / "adapter"), held_out)
     report = {"held_out": n_eval, "base": asdict(base), "lora": asdict(tuned), "train_conversations": n,
               "steps": steps, "final_loss": result.losses[max(result.losses)], "config": cfg.to_dict(),
-              "held_out_requests": [asdict(r) for r in held_out]}
+              "held_out_requests": [asdict(r) for r in held_out],
+              "answers": {"base": base_answers, "lora": tuned_answers}}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
