@@ -137,6 +137,10 @@ def write_dataset(path: Path, n: int, *, seed: int) -> Path:
     return path
 
 
+# r 32 on attention and MLPs, plus the embeddings and lm_head in full (see the module docstring)
+ADAPTER = LoraOptions(r=32, alpha=64, targets="attention_mlp", embeddings=True)
+
+
 @dataclass(frozen=True)
 class Score:
     attempts: int  # answers that open a call (well-formed or not)
@@ -162,8 +166,7 @@ def score(vlm: VLM, held_out: list[Request], *, max_new_tokens: int = 48) -> tup
 
 
 def run(out: Path, *, model: str | None, n: int, steps: int, n_eval: int, seed: int, lr: float,
-        batch_size: int, options: LoraOptions = LoraOptions(r=32, alpha=64, targets="attention_mlp", embeddings=True),
-        ) -> dict[str, Any]:
+        batch_size: int, options: LoraOptions = ADAPTER) -> dict[str, Any]:
     from train.trainer import Trainer  # heavy imports only when training
 
     data = write_dataset(out / "train.jsonl", n, seed=seed)
@@ -178,8 +181,9 @@ def run(out: Path, *, model: str | None, n: int, steps: int, n_eval: int, seed: 
               "steps": steps, "final_loss": result.losses[max(result.losses)], "config": cfg.to_dict(),
               "held_out_requests": [asdict(r) for r in held_out],
               "answers": {"base": base_answers, "lora": tuned_answers},
-              "lora_hits_by_tool": {name: sum(r.name == name and a["calls"] == [{"name": r.name, "arguments": r.arguments}]
-                                              for r, a in zip(held_out, tuned_answers)) for name in ("get_weather", "set_timer")}}
+              "lora_hits_by_tool": {tool["function"]["name"]: sum(
+                  r.name == tool["function"]["name"] and a["calls"] == [{"name": r.name, "arguments": r.arguments}]
+                  for r, a in zip(held_out, tuned_answers)) for tool in TOOLS}}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 

@@ -66,7 +66,8 @@ def test_held_out_requests_share_no_value_or_new_phrasing_with_training():
     assert not any(json.dumps(r.arguments) in seen for r in held)
     assert {r.name for r in held} == {"get_weather", "set_timer"}
     # hundreds of distinct values to copy, not a few to memorise
-    assert len({r.arguments.get("city") for r in train}) > 400 and len({r.arguments.get("minutes") for r in train}) > 100
+    assert len({r.arguments.get("city") for r in train}) > 400
+    assert len({r.arguments.get("minutes") for r in train}) > 100
     new_asks = [ask.split("{}")[0] for ask in HELD_OUT_ASKS.values()]
     assert not any(r.prompt.startswith(a) for r in train for a in new_asks)
     assert sum(any(r.prompt.startswith(a) for a in new_asks) for r in held) >= 10
