@@ -155,3 +155,27 @@ def test_presets_wrap_exactly_their_modules():
     report = describe(wrap(model, LoraOptions(targets="attention", r=2)))
     assert "language_model.layers.0-2.self_attn.q_proj" in report
     assert "LoRA wraps 12 modules" in report and "trainable parameters:" in report
+
+
+def test_trained_embeddings_save_load_and_merge_with_the_same_logits(tmp_path):
+    """`embeddings`: embed_tokens and lm_head train in full beside the adapters, travel in the
+    adapter file, and the loaded and the merged model compute what the trained one does."""
+    from vlm import VLM
+    from vlm.adapter import save_adapter
+    from vlm.config import tiny
+
+    options = LoraOptions(targets="attention", r=2, embeddings=True)
+    trained = wrap(VLM.from_config(tiny(), seed=0).model, options)
+    trainable = {n for n, p in trained.named_parameters() if p.requires_grad}
+    assert any("embed_tokens" in n for n in trainable) and any("lm_head" in n for n in trainable)
+    with torch.no_grad():  # as if trained: every trainable tensor moves
+        for name, param in trained.named_parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+    ids = torch.tensor([[1, 5, 9, 200, 3]])
+    with torch.no_grad():
+        want = trained(input_ids=ids).logits
+        loaded = load_adapter(VLM.from_config(tiny(), seed=0).model, save_adapter(trained, tmp_path / "a"))
+        assert torch.allclose(loaded(input_ids=ids).logits, want, atol=1e-5)
+        assert torch.allclose(merge(loaded)(input_ids=ids).logits, want, atol=1e-5)
+        assert not torch.allclose(VLM.from_config(tiny(), seed=0).model(input_ids=ids).logits, want, atol=1e-3)

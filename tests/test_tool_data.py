@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from recipes.tool_calling import TOOLS, conversation, requests, run
+from recipes.tool_calling import HELD_OUT_ASKS, TOOLS, conversation, requests, run
 from train.collate import IGNORE, Encoder
 from train.data import BadRecords, read_conversations
 
@@ -59,20 +59,28 @@ def test_the_assistants_calls_are_learned_and_the_results_are_not(processor, tmp
                        "</tool_call><|observation|><think></think>\nRain in Oslo.<|endoftext|>")
 
 
-def test_held_out_requests_share_no_value_with_training():
-    train = requests(200, seed=0, held_out=False)
+def test_held_out_requests_share_no_value_or_new_phrasing_with_training():
+    train = requests(3200, seed=0, held_out=False)
     held = requests(40, seed=1, held_out=True)
     seen = {json.dumps(r.arguments) for r in train}
     assert not any(json.dumps(r.arguments) in seen for r in held)
     assert {r.name for r in held} == {"get_weather", "set_timer"}
+    # hundreds of distinct values to copy, not a few to memorise
+    assert len({r.arguments.get("city") for r in train}) > 400
+    assert len({r.arguments.get("minutes") for r in train}) > 100
+    new_asks = [ask.split("{}")[0] for ask in HELD_OUT_ASKS.values()]
+    assert not any(r.prompt.startswith(a) for r in train for a in new_asks)
+    assert sum(any(r.prompt.startswith(a) for a in new_asks) for r in held) >= 10
     assert conversation(train[0], index=0)["messages"][-1]["role"] == "assistant"
 
 
 @pytest.mark.slow
-def test_a_small_lora_run_teaches_the_shipped_model_to_call_tools(tmp_path):
+def test_a_small_lora_run_teaches_the_shipped_model_to_call_the_right_tool(tmp_path):
     torch.set_num_threads(1)
-    # Tiny (60 steps): every held-out answer now opens a call, which the base model never does.
-    # Well-formed calls take the recipe's longer run (150 steps: 31/40), the right values longer
-    # still (0/40 exact after 150 steps).
-    report = run(tmp_path, model=None, n=64, steps=60, n_eval=6, seed=0, lr=6e-3, batch_size=8)
-    assert report["base"]["attempts"] == 0 and report["lora"]["attempts"] >= 5, report
+    # A short run (100 steps of 8, ~4 min): the base model never calls; after it, measured 9 of 10
+    # held-out answers open a call and 8 are one well-formed call to the right tool (the two misses:
+    # the unseen "umbrella" phrasing). The right values take the recipe's full run (800 steps of 4:
+    # minute counts copied, 13/20; city names not, 0/20; see the README).
+    report = run(tmp_path, model=None, n=800, steps=100, n_eval=10, seed=0, lr=2e-3, batch_size=8)
+    assert report["base"]["attempts"] == 0, report["base"]
+    assert report["lora"]["attempts"] >= 8 and report["lora"]["right_tool"] >= 7, report["answers"]["lora"]

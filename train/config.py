@@ -31,6 +31,10 @@ class LoraOptions:
     dropout: float = 0.0
     targets: LoraTargets = "attention"  # which linears get adapters (see train/lora.py)
     vision: bool = False  # also wrap the vision encoder's linears
+    # Also train the token embeddings and lm_head in full (peft `modules_to_save`). Tokens the base
+    # never saw keep their random initial rows, which no low-rank adapter elsewhere can put to use:
+    # new words in the data (a tool's name, the values to copy) need their own rows learned.
+    embeddings: bool = False
 
     def __post_init__(self) -> None:
         if self.r < 1:

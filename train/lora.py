@@ -11,6 +11,10 @@ wrapped; neither are `lm_head` and the router):
     all_linear      every nn.Linear of the language model except lm_head
                     (+ vision: every nn.Linear of the vision encoder and the projector)
 
+`embeddings` (any preset) also trains `language_model.embed_tokens` and `lm_head` in full (peft's
+`modules_to_save`; the adapter file then holds both matrices): the shipped model's tokenizer has
+thousands of tokens its training never used, whose rows are still random.
+
 Targets are written as full module names so nothing is matched by accident. The adapter file
 format (released names on disk), loading and merging live in `vlm/adapter.py`; this file is the
 training side: which modules get adapters, wrapping, the report, and `python -m train merge`.
@@ -39,6 +43,7 @@ _ATTENTION = re.compile(r"language_model\.layers\.\d+\.self_attn\.[qkvo]_proj")
 _MLP = re.compile(r"language_model\.layers\.\d+\.mlp\.(shared_experts\.)?(gate|up|down)_proj")
 _VISION_ATTENTION = re.compile(r"visual\.blocks\.\d+\.attn\.(qkv|proj)")
 _VISION_MLP = re.compile(r"visual\.blocks\.\d+\.mlp\.(gate|up|down)_proj")
+EMBEDDINGS = ["language_model.embed_tokens", "lm_head"]  # trained in full with `embeddings`
 
 
 def target_module_names(model: nn.Module, options: LoraOptions) -> list[str]:
@@ -63,7 +68,8 @@ def target_module_names(model: nn.Module, options: LoraOptions) -> list[str]:
 def wrap(model: nn.Module, options: LoraOptions, *, base_path: str | None = None) -> PeftModel:
     """Freeze `model` and add LoRA adapters on the preset's modules."""
     config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
-                        target_modules=target_module_names(model, options), bias="none")
+                        target_modules=target_module_names(model, options), bias="none",
+                        modules_to_save=EMBEDDINGS if options.embeddings else None)
     peft_model = get_peft_model(model, config)
     # Set after wrapping: peft overwrites it with the (absent) `model.name_or_path`.
     peft_model.peft_config["default"].base_model_name_or_path = base_path
