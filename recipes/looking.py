@@ -20,6 +20,12 @@ for ground. `--oracle-tokens` (side only) is the control: the image tokens are r
 clean features (the square's tokens, their x, a constant), so the language model's part alone is
 measured. `--encoder` puts a reading-stage encoder (`recipes.reading`) into the checkpoint first.
 The last line printed is `gap: X accuracy: Y`.
+
+Measured from `runs/v2/start` (random language model; 2 CPU cores): side with the reading-only
+encoder (20 min, tokens 68% one shared vector) stays at chance (gap 0.000, 56% at 120 steps; 400
+steps with a position loss too: gap 0.000); `--oracle-tokens` learns it by step 40-60 (gap 0.5);
+with the reading stage's position and centre losses (`--start-from` that encoder, 6 min) 97% at
+40 steps, 100% at 80, gap 0.55. ground (3 words, 250 steps) is not learned yet: gap 0.000, 6%.
 """
 
 from __future__ import annotations
