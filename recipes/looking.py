@@ -40,7 +40,7 @@ from typing import Any, Callable, Literal
 import torch
 from PIL import Image, ImageDraw
 
-from recipes.reading import load_encoder
+from recipes.reading import load_encoder, token_positions
 from synth import text
 from train.collate import IGNORE, Encoder, pack
 from vlm import VLM
@@ -130,9 +130,9 @@ def oracle_tokens(model: torch.nn.Module) -> None:
         plane = pixels.shape[1] // 3  # channel-major patches: R values, then G, then B
         red = ((pixels[:, :plane].mean(1) - pixels[:, plane:2 * plane].mean(1)) > 0.5).float()
         red = red.view(out.shape[0], -1).amax(1)  # a token is red if one of its patches is
-        xs = [((torch.arange(w // 2).repeat(h // 2) + 0.5) / (w // 2)).repeat(t) for t, h, w in grid.tolist()]
+        x = token_positions(grid)[:, 0].to(out.device)
         features = torch.zeros(out.shape[0], width, dtype=out.dtype, device=out.device)
-        features[:, 0], features[:, 1], features[:, 2] = 3 * red, 3 * (torch.cat(xs).to(out.device) - 0.5), 1.0
+        features[:, 0], features[:, 1], features[:, 2] = 3 * red, 3 * (x - 0.5), 1.0
         return features
 
     model.visual.register_forward_hook(hook)

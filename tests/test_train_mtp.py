@@ -15,12 +15,7 @@ from train.mtp import MTP_PREFIX, mtp_targets
 from train.trainer import Trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(tmp_path, data, **overrides):
