@@ -138,6 +138,54 @@ def oracle_tokens(model: torch.nn.Module) -> None:
     model.visual.register_forward_hook(hook)
 
 
+class WordOracle:
+    """The ground task's control: image tokens replaced by what an ideally aligned reader gives.
+
+    A token whose 28-px square overlaps a word's box becomes a code for the word's first
+    language-model token: with `codes="embeddings"` that token's input embedding as it is now
+    (the alignment `recipes.reading --align-to` trains toward), with `codes="random"` a fixed
+    random vector per token (a perfect reader whose codes the language model must learn word by
+    word); every token also carries its x, y and a constant. The pictures' order is told
+    before each forward (`expect`), as the hook sees only pixels.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, codes: Literal["embeddings", "random"]) -> None:
+        self.embeddings, self.tokenizer, self.codes = model.language_model.embed_tokens.weight, tokenizer, codes
+        generator = torch.Generator().manual_seed(0)
+        self.random = torch.nn.functional.normalize(torch.randn(self.embeddings.shape, generator=generator), dim=-1)
+        self.pending: list[Example] = []
+        model.visual.register_forward_hook(self._hook)
+
+    def expect(self, examples: list[Example]) -> None:
+        self.pending = list(examples)
+
+    def _code(self, word: str) -> torch.Tensor:
+        token = self.tokenizer(word, add_special_tokens=False)["input_ids"][0]
+        if self.codes == "random":
+            return self.random[token]
+        return torch.nn.functional.normalize(self.embeddings[token].detach().float(), dim=0)
+
+    def _hook(self, module: torch.nn.Module, args: tuple[torch.Tensor, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+        _, grid = args
+        examples, self.pending = self.pending[:len(grid)], self.pending[len(grid):]
+        if len(examples) != len(grid):
+            raise RuntimeError(f"{len(grid)} pictures in this forward, {len(examples)} expected")
+        positions = token_positions(grid).to(out.device)
+        features = torch.zeros(out.shape[0], out.shape[1], dtype=torch.float32, device=out.device)
+        per_image = out.shape[0] // len(grid)
+        for i, ex in enumerate(examples):
+            for k in range(per_image):
+                row = i * per_image + k
+                x, y = positions[row, 0].item() * SIZE[0], positions[row, 1].item() * SIZE[1]
+                for (question, _), (x1, y1, x2, y2) in zip(ex.turns, ex.boxes):
+                    if x1 < x + 14 and x - 14 < x2 and y1 < y + 14 and y - 14 < y2:
+                        features[row] += 3 * self._code(question.split('"')[1]).to(out.device)
+        features[:, 0] += 3 * (positions[:, 0] - 0.5)
+        features[:, 1] += 3 * (positions[:, 1] - 0.5)
+        features[:, 2] += 1.0
+        return features.to(out.dtype)
+
+
 def answer_loss(model: torch.nn.Module, encoder: Encoder, conversations: list[list[dict[str, Any]]]) -> torch.Tensor:
     batch = pack([encoder.encode(m) for m in conversations], row_length=1 << 16)
     device = next(model.parameters()).device
@@ -167,20 +215,27 @@ class Measure:
         return self.swapped - self.own
 
 
-def measure(vlm: VLM, encoder: Encoder, task: Task, test: list[Example], *, answers: int = 32) -> Measure:
+def measure(vlm: VLM, encoder: Encoder, task: Task, test: list[Example], *, answers: int = 32,
+            oracle: WordOracle | None = None) -> Measure:
+    expect = oracle.expect if oracle else lambda examples: None
     model = vlm.model.eval()
     with torch.no_grad():
+        expect(test)
         own = answer_loss(model, encoder, [ex.messages() for ex in test]).item()
+        expect([test[(i + 1) % len(test)] for i in range(len(test))])
         swapped = answer_loss(model, encoder, [ex.messages(test[(i + 1) % len(test)].image)
                                                for i, ex in enumerate(test)]).item()
-        hits = sum(correct(task, ex, vlm.generate(ex.turns[0][0], images=[ex.image], thinking=False,
-                                                  max_new_tokens=24).text) for ex in test[:answers])
+        hits = 0
+        for ex in test[:answers]:
+            expect([ex])
+            hits += correct(task, ex, vlm.generate(ex.turns[0][0], images=[ex.image], thinking=False,
+                                                   max_new_tokens=24).text)
     model.train()
     return Measure(own, swapped, hits / min(answers, len(test)))
 
 
 def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_size: int = 16, lr: float = 1e-3,
-          n_test: int = 48, log_line: Callable[[str], object] = print) -> Measure:
+          n_test: int = 48, oracle: WordOracle | None = None, log_line: Callable[[str], object] = print) -> Measure:
     """`steps` AdamW steps on fresh examples; held-out measures every `every` steps and at the end."""
     encoder = Encoder(vlm.processor, max_length=1 << 16)
     model = vlm.model.train()
@@ -192,13 +247,16 @@ def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_
     for step in range(1, steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, step / 20)
-        loss = answer_loss(model, encoder, [example(task, rng).messages() for _ in range(batch_size)])
+        batch = [example(task, rng) for _ in range(batch_size)]
+        if oracle:
+            oracle.expect(batch)
+        loss = answer_loss(model, encoder, [ex.messages() for ex in batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         if step % every == 0 or step == steps:
-            result = measure(vlm, encoder, task, test)
+            result = measure(vlm, encoder, task, test, oracle=oracle)
             log_line(f"step {step} ({time.monotonic() - start:.0f} s): loss {loss.item():.3f}, held-out own "
                      f"{result.own:.3f} swapped {result.swapped:.3f} gap {result.gap:+.3f} accuracy {result.accuracy:.3f}")
     return result
@@ -213,18 +271,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--oracle-tokens", action="store_true", help="side only: clean image tokens, the control")
+    p.add_argument("--oracle-words", choices=("embeddings", "random"), default=None,
+                   help="ground only: image tokens as an ideal reader's word codes (the embeddings: aligned)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.every < 1:
         p.error(f"--steps {args.steps} / --every {args.every}: expected at least 1")
     if args.oracle_tokens and args.task != "side":
         p.error(f"--oracle-tokens is a control for the side task, not {args.task!r}")
+    if args.oracle_words and args.task != "ground":
+        p.error(f"--oracle-words is a control for the ground task, not {args.task!r}")
     torch.manual_seed(args.seed)
     vlm = VLM.from_pretrained(args.model)
     if args.encoder:
         load_encoder(vlm.model.visual, args.encoder)
     if args.oracle_tokens:
         oracle_tokens(vlm.model)
-    result = train(vlm, args.task, steps=args.steps, every=args.every, seed=args.seed)
+    oracle = WordOracle(vlm.model, vlm.processor.tokenizer, args.oracle_words) if args.oracle_words else None
+    result = train(vlm, args.task, steps=args.steps, every=args.every, seed=args.seed, oracle=oracle)
     print(f"gap: {result.gap:.4f} accuracy: {result.accuracy:.4f}")
     return 0
 

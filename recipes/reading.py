@@ -1,27 +1,36 @@
 """Stage 1 of the default model: its vision encoder learns to read, told what every patch shows.
 
-    python -m recipes.reading --out runs/reading/encoder.safetensors [--minutes 8] [--init mimetic]
+    python -m recipes.reading --out runs/reading/encoder.safetensors [--minutes 8] [--align-to MODEL_DIR]
 
 A ViT trained from scratch with one label per picture stays at chance on "which of 8 words"
 once the word may sit at any pixel offset: it has to learn every glyph at every sub-patch
 offset, and one label per picture says almost nothing about that. A label per patch does
 (../shared/studies/reading.md): here every 14-px patch is told the characters centred in it
 (up to `slots`, left to right, or NONE), on `synth.text` pictures drawn at UI sizes and resized
-as screenshots are. Two linear heads, used only in this stage:
+as screenshots are. Heads used only in this stage:
 
 - a patch head on each patch's features (after `post_layernorm`), so the blocks learn glyphs;
 - a token head on each merged, language-model-facing token, predicting its 2x2 patches'
   labels, so the downsample and projector carry what the patches read to the language model;
 - a position head on each merged token, regressing where the token sits in the picture (x, y
   from 0 to 1): the labels above are shift-invariant and train position out of the tokens,
-  but grounding answers with coordinates, so the tokens must keep saying where they are.
+  but grounding answers with coordinates, so the tokens must keep saying where they are;
+- with `train(..., align=Alignment.of(start))` (`--align-to DIR`), an alignment to the language
+  model the encoder will sit under: each merged token that shows text scores every row of that
+  model's input embeddings by cosine, and is told which of its tokens it shows (each word
+  tokenized alone, as a grounding question quotes it). A language model from scratch otherwise
+  has to learn each word's look one word at a time; with it, the tokens of "Cancel" on the
+  screen already lie near the embedding of "Cancel" in the question, and what is left to
+  learn is one skill, matching.
 
 Loss: cross-entropy over all slots, NONE weighted `none_weight` (most slots are empty), plus
 `position_weight` times the position's mean squared error, plus `centre_weight` times the share
 of the tokens' energy in their mean (the part every token shares, `shared_share`): tokens that
 differ by a small part of one large shared vector are tokens a language model trained from
-scratch does not learn to tell apart (`python -m recipes.looking`). Held-out position is reported as
-R^2 (1: the tokens say exactly where they are; 0: no better than the picture's centre).
+scratch does not learn to tell apart (`python -m recipes.looking`), plus `align_weight` times
+the alignment's cross-entropy. Held-out position is reported as R^2 (1: the tokens say exactly
+where they are; 0: no better than the picture's centre), the alignment as the share of
+text-showing tokens whose nearest embedding is one of their own tokens.
 `--init mimetic` starts attention local (Trockman & Kolter 2023, arXiv 2305.09828) without
 changing the architecture. The encoder's weights (our module names, `VisionEncoder`'s
 state dict) are written with safetensors; `recipes.default_model` starts its vision tower from
@@ -41,8 +50,9 @@ import time
 import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -53,7 +63,7 @@ from synth import text
 from vlm.config import VisionConfig
 from vlm.images import ImageConfig, preprocess_image
 from vlm.vision import VisionEncoder, patch_coordinates
-from vlm.vlm import init_weights
+from vlm.vlm import VLM, init_weights
 
 log = logging.getLogger(__name__)
 Init = Literal["default", "mimetic"]
@@ -74,6 +84,11 @@ class ReadingConfig:
     # curriculum: the first `large_steps` batches draw LARGE text (page 18-30 px at scale 1), the
     # study's setting, where glyphs are learned fastest; then the whole range above
     large_steps: int = 0
+    # the first `glyph_steps` steps train the character heads alone; the position, centre and
+    # alignment losses join after them. Measured from scratch: with all of them from step 1 held-
+    # out character accuracy was 0.05 after 25 min (2766 steps); the 0.50 encoder was made glyphs
+    # first (20 min), then the rest (6 min)
+    glyph_steps: int = 0
     slots: int = 3  # characters per patch
     batch_size: int = 32
     lr: float = 1e-3
@@ -89,6 +104,14 @@ class ReadingConfig:
     # by a small part of a large shared vector (`python -m recipes.looking side`: chance after 400 steps; learned in 80 once
     # the shared part is removed), so the stage trains it away
     centre_weight: float = 1.0
+    # with `train(..., align=...)`: each merged token that shows text is told which of the
+    # language model's tokens (each word tokenized alone, as a grounding question quotes it)
+    # it shows, scored against that model's input embeddings (cosine / `align_temperature`).
+    # A language model from scratch has to learn every word's look on its own (`recipes.looking
+    # ground`: not learned in 250 steps); tokens that already lie near the quoted word's
+    # embedding leave it one generic skill, matching, instead of one association per word
+    align_weight: float = 1.0
+    align_temperature: float = 0.1
     n_test: int = 128
 
 
@@ -102,25 +125,59 @@ SIZES: dict[str, tuple[tuple[int, int], tuple[float, float]]] = {
 }
 
 
+PIECES = 4  # language-model tokens labelled per merged token, at most
+
+
 @dataclass(frozen=True)
 class Batch:
     pixel_values: torch.Tensor  # (N, patch_dim)
     grid_thw: torch.Tensor  # (n, 3)
     labels_NS: torch.Tensor  # (N, slots) per patch, block-major like the patches
+    pieces_TK: torch.Tensor | None = None  # (N / 4, PIECES) token ids per merged token, -1 padded
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.pixel_values.to(device), self.grid_thw.to(device), self.labels_NS.to(device))
+        pieces = None if self.pieces_TK is None else self.pieces_TK.to(device)
+        return Batch(self.pixel_values.to(device), self.grid_thw.to(device), self.labels_NS.to(device), pieces)
 
 
-def make_batch(rng: random.Random, n: int, cfg: ReadingConfig, *, large: bool = False) -> Batch:
+def piece_labels(picture: text.TextPicture, tokenizer, *, merge_px: int = 28) -> np.ndarray:
+    """(rows, cols, PIECES) int64: per merged token (a `merge_px` square), the language-model
+    tokens whose characters are centred in it, -1 padded.
+
+    Each word is tokenized alone, without a leading space, as a grounding question quotes it
+    (`Where is the text "Cancel"?`); a token belongs to every merged token that one of its
+    characters is centred in.
+    """
+    width, height = picture.image.size
+    rows, cols = height // merge_px, width // merge_px
+    found: dict[tuple[int, int], list[int]] = {}
+    glyphs = iter(picture.glyphs)  # `text.draw` keeps one per non-space character, line by line
+    for line in picture.lines:
+        for word in line.split():
+            places = [next(glyphs) for _ in word]
+            encoded = tokenizer(word, add_special_tokens=False, return_offsets_mapping=True)
+            for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+                for g in places[start:end]:
+                    r, c = int(g.y // merge_px), int(g.x // merge_px)
+                    if 0 <= r < rows and 0 <= c < cols and token not in found.setdefault((r, c), []):
+                        found[(r, c)].append(token)
+    labels = np.full((rows, cols, PIECES), -1, dtype=np.int64)
+    for (r, c), tokens in found.items():
+        labels[r, c, :len(tokens[:PIECES])] = tokens[:PIECES]
+    return labels
+
+
+def make_batch(rng: random.Random, n: int, cfg: ReadingConfig, *, large: bool = False, tokenizer=None) -> Batch:
     """`n` fresh pictures from `rng`: patches in the encoder's order and their labels (`large`:
-    text drawn at LARGE sizes instead of `cfg`'s)."""
+    text drawn at LARGE sizes instead of `cfg`'s; `tokenizer`: also the language-model tokens
+    each merged token shows, `piece_labels`)."""
     font_px, scale = LARGE if large else (cfg.font_px, cfg.scale)
     width, height = cfg.size
     image_cfg = ImageConfig(max_pixels=2 * width * height)  # the picture is already its input size
-    patches, labels = [], []
+    patches, labels, pieces = [], [], []
     grid = torch.tensor([[1, height // 14, width // 14]])
     rows, cols, _, _ = patch_coordinates(grid, 2)
+    token_rows, token_cols = rows[::4] // 2, cols[::4] // 2  # each merged token's first patch
     for _ in range(n):
         picture = text.draw(rng, size=cfg.size, scale=scale, font_px=font_px)
         vp = preprocess_image(picture.image, image_cfg)
@@ -128,7 +185,9 @@ def make_batch(rng: random.Random, n: int, cfg: ReadingConfig, *, large: bool = 
             raise ValueError(f"picture size {cfg.size} is not a multiple of 28 pixels (grid {vp.grid_thw})")
         patches.append(vp.pixel_values)
         labels.append(torch.from_numpy(text.patch_labels(picture, slots=cfg.slots))[rows, cols])
-    return Batch(torch.cat(patches), grid.repeat(n, 1), torch.cat(labels))
+        if tokenizer is not None:
+            pieces.append(torch.from_numpy(piece_labels(picture, tokenizer))[token_rows, token_cols])
+    return Batch(torch.cat(patches), grid.repeat(n, 1), torch.cat(labels), torch.cat(pieces) if pieces else None)
 
 
 class Batches(torch.utils.data.IterableDataset):
@@ -138,8 +197,8 @@ class Batches(torch.utils.data.IterableDataset):
     k * workers + i + 1: the curriculum switches at the same step for any number of workers.
     """
 
-    def __init__(self, cfg: ReadingConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: ReadingConfig, tokenizer=None) -> None:
+        self.cfg, self.tokenizer = cfg, tokenizer
 
     def __iter__(self) -> Iterator[Batch]:
         info = torch.utils.data.get_worker_info()
@@ -147,16 +206,23 @@ class Batches(torch.utils.data.IterableDataset):
         rng = random.Random(f"reading/train/{self.cfg.seed}/{worker}")
         for k in itertools.count():
             step = k * workers + worker + 1
-            yield make_batch(rng, self.cfg.batch_size, self.cfg, large=step <= self.cfg.large_steps)
+            yield make_batch(rng, self.cfg.batch_size, self.cfg, large=step <= self.cfg.large_steps,
+                             tokenizer=self.tokenizer)
 
 
 class Reader(nn.Module):
-    """The encoder and the two reading heads."""
+    """The encoder and the reading heads; `embeddings` (vocab, out_hidden_size), a language
+    model's input embeddings, frozen: what the alignment scores merged tokens against."""
 
-    def __init__(self, encoder: VisionEncoder, slots: int) -> None:
+    def __init__(self, encoder: VisionEncoder, slots: int, embeddings: torch.Tensor | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.slots = slots
+        if embeddings is not None and embeddings.shape[1] != encoder.cfg.out_hidden_size:
+            raise ValueError(f"embeddings of width {embeddings.shape[1]}: expected the encoder's "
+                             f"out_hidden_size {encoder.cfg.out_hidden_size}")
+        self.register_buffer("embeddings", None if embeddings is None else F.normalize(embeddings.float(), dim=-1),
+                             persistent=False)
         vc = encoder.cfg
         merge = vc.spatial_merge_size ** 2
         self.patch_head = nn.Linear(vc.hidden_size, slots * text.CLASSES)
@@ -177,7 +243,8 @@ class Reader(nn.Module):
         C = text.CLASSES
         return Reading(self.patch_head(features).view(-1, self.slots, C),
                        self.token_head(tokens).view(-1, self.slots, C),  # 4 patches per token, in block order
-                       self.position_head(tokens), shared_share(tokens))
+                       self.position_head(tokens), shared_share(tokens),
+                       None if self.embeddings is None else F.normalize(tokens.float(), dim=-1) @ self.embeddings.T)
 
 
 @dataclass(frozen=True)
@@ -186,6 +253,25 @@ class Reading:
     token: torch.Tensor  # (N, slots, C) logits per patch, from its merged token
     position: torch.Tensor  # (N / 4, 2) each merged token's (x, y), 0..1
     shared: torch.Tensor  # () the share of the tokens' energy in their mean
+    cosine: torch.Tensor | None = None  # (N / 4, vocab) each merged token against each embedding
+
+
+def align_loss(cosine: torch.Tensor, pieces_TK: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy of the language-model tokens each text-showing merged token shows (the
+    mean over its tokens) against the whole vocabulary, logits cosine / `temperature`."""
+    shows = pieces_TK[:, 0] >= 0
+    if not shows.any():
+        return cosine.sum() * 0.0
+    log_p = (cosine[shows] / temperature).log_softmax(-1)
+    pieces, valid = pieces_TK[shows].clamp_min(0), pieces_TK[shows] >= 0
+    return -((log_p.gather(1, pieces) * valid).sum(1) / valid.sum(1)).mean()
+
+
+def align_accuracy(cosine: torch.Tensor, pieces_TK: torch.Tensor) -> float:
+    """Of the merged tokens that show text, the share whose nearest embedding is one they show."""
+    shows = pieces_TK[:, 0] >= 0
+    nearest = cosine[shows].argmax(-1, keepdim=True)
+    return (nearest == pieces_TK[shows]).any(1).float().mean().item()
 
 
 def shared_share(tokens: torch.Tensor) -> torch.Tensor:
@@ -273,6 +359,7 @@ class Scores:
     token: float  # ... of the token head
     position_r2: tuple[float, float]  # (x, y)
     shared: float  # the share of the tokens' energy in their mean
+    align: float | None = None  # text-showing tokens nearest one of their language-model tokens
 
 
 def evaluate(reader: Reader, test: Batch) -> Scores:
@@ -280,8 +367,9 @@ def evaluate(reader: Reader, test: Batch) -> Scores:
     with torch.no_grad():
         out = reader(test.pixel_values, test.grid_thw)
     reader.train()
+    aligned = None if out.cosine is None or test.pieces_TK is None else round(align_accuracy(out.cosine, test.pieces_TK), 4)
     return Scores(char_accuracy(out.patch, test.labels_NS), char_accuracy(out.token, test.labels_NS),
-                  position_r2(out.position, test.grid_thw), round(out.shared.item(), 4))
+                  position_r2(out.position, test.grid_thw), round(out.shared.item(), 4), aligned)
 
 
 def size_tests(cfg: ReadingConfig) -> dict[str, Batch]:
@@ -291,11 +379,25 @@ def size_tests(cfg: ReadingConfig) -> dict[str, Batch]:
             for name, (font_px, scale) in SIZES.items()}
 
 
+@dataclass(frozen=True)
+class Alignment:
+    """The language model the tokens are aligned to: its tokenizer and input embeddings."""
+
+    tokenizer: Any
+    embeddings: torch.Tensor  # (vocab, hidden)
+
+    @classmethod
+    def of(cls, vlm: VLM) -> Alignment:
+        return cls(vlm.processor.tokenizer, vlm.model.language_model.embed_tokens.weight.detach().float().cpu())
+
+
 def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None, minutes: float | None = None,
           device: str = "cpu", workers: int = 0, every: int = 100, start_from: Path | None = None,
+          align: Alignment | None = None,
           log_line: Callable[[str], object] = log.info) -> tuple[VisionEncoder, dict[str, float]]:
     """Train for `steps` optimiser steps or `minutes` of wall time, whichever ends first;
-    `start_from`: an earlier stage's encoder weights (`save_encoder`) instead of `cfg.init`'s.
+    `start_from`: an earlier stage's encoder weights (`save_encoder`) instead of `cfg.init`'s;
+    `align`: the language model whose embeddings the tokens align to (`cfg.align_weight`).
 
     Returns the encoder (on CPU) and the final held-out numbers.
     """
@@ -304,11 +406,13 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
     encoder = new_encoder(vision, init=cfg.init, seed=cfg.seed)
     if start_from is not None:
         load_encoder(encoder, start_from)
-    reader = Reader(encoder, cfg.slots).to(device)
-    test = make_batch(random.Random(f"reading/test/{cfg.seed}"), cfg.n_test, cfg).to(device)
+    aligning = align is not None and cfg.align_weight > 0
+    tokenizer = align.tokenizer if aligning else None
+    reader = Reader(encoder, cfg.slots, align.embeddings if aligning else None).to(device)
+    test = make_batch(random.Random(f"reading/test/{cfg.seed}"), cfg.n_test, cfg, tokenizer=tokenizer).to(device)
     by_size = {name: batch.to(device) for name, batch in size_tests(cfg).items()}
     optimizer = torch.optim.AdamW(reader.parameters(), lr=cfg.lr, weight_decay=0.01, fused=True)
-    loader = torch.utils.data.DataLoader(Batches(cfg), batch_size=None, num_workers=workers,
+    loader = torch.utils.data.DataLoader(Batches(cfg, tokenizer), batch_size=None, num_workers=workers,
                                          persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     start, step = time.monotonic(), 0
@@ -319,9 +423,12 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
         with autocast:
             out = reader(batch.pixel_values, batch.grid_thw)
         loss = (loss_fn(out.patch, batch.labels_NS, cfg.none_weight)
-                + cfg.token_weight * loss_fn(out.token, batch.labels_NS, cfg.none_weight)
-                + cfg.position_weight * F.mse_loss(out.position.float(), token_positions(batch.grid_thw))
-                + cfg.centre_weight * out.shared)
+                + cfg.token_weight * loss_fn(out.token, batch.labels_NS, cfg.none_weight))
+        if step > cfg.glyph_steps:
+            loss = (loss + cfg.position_weight * F.mse_loss(out.position.float(), token_positions(batch.grid_thw))
+                    + cfg.centre_weight * out.shared)
+            if aligning:
+                loss = loss + cfg.align_weight * align_loss(out.cosine, batch.pieces_TK, cfg.align_temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(reader.parameters(), 1.0)
@@ -333,13 +440,14 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
             s = evaluate(reader, test)
             log_line(f"step {step} ({elapsed:.0f} s): loss {loss.item():.3f}, held-out char accuracy patch "
                      f"{s.patch:.3f} token {s.token:.3f}, position R^2 x {s.position_r2[0]:.3f} y "
-                     f"{s.position_r2[1]:.3f}, shared {s.shared:.3f}; patch by text height: {sizes}")
+                     f"{s.position_r2[1]:.3f}, shared {s.shared:.3f}, aligned {s.align}; patch by text height: {sizes}")
         if done:
             break
     s = evaluate(reader, test)
     result = {"steps": step, "seconds": round(time.monotonic() - start, 1), "patch_char_accuracy": round(s.patch, 4),
               "token_char_accuracy": round(s.token, 4), "position_r2_x": s.position_r2[0],
-              "position_r2_y": s.position_r2[1], "shared_share": s.shared, "loss": round(loss.item(), 4)}
+              "position_r2_y": s.position_r2[1], "shared_share": s.shared, "aligned": s.align,
+              "loss": round(loss.item(), 4)}
     for name, batch in by_size.items():
         s = evaluate(reader, batch)
         result[f"patch_char_accuracy_{name}"] = round(s.patch, 4)
@@ -388,26 +496,37 @@ def main(argv: list[str] | None = None) -> int:
                    help="input pixels per page pixel (the screenshot's resize)")
     p.add_argument("--large-steps", type=int, default=d.large_steps,
                    help="curriculum: the first steps draw large text (page 18-30 px at scale 1)")
+    p.add_argument("--glyph-steps", type=int, default=d.glyph_steps,
+                   help="the first steps train the character heads alone (position, centre, alignment after)")
     p.add_argument("--position-weight", type=float, default=d.position_weight,
                    help="weight of the tokens' position loss (0: off)")
     p.add_argument("--centre-weight", type=float, default=d.centre_weight,
                    help="weight of the tokens' shared share (0: off)")
     p.add_argument("--start-from", type=Path, default=None, help="continue from these encoder weights")
+    p.add_argument("--align-to", type=Path, default=None,
+                   help="a checkpoint whose tokenizer and input embeddings the merged tokens align to")
+    p.add_argument("--align-weight", type=float, default=d.align_weight, help="weight of the alignment (0: off)")
     args = p.parse_args(argv)
-    for flag in ("position_weight", "centre_weight"):
+    for flag in ("position_weight", "centre_weight", "align_weight"):
         value = getattr(args, flag)
         if not (math.isfinite(value) and value >= 0):
             p.error(f"--{flag.replace('_', '-')} {value}: expected a finite number >= 0")
-    if args.large_steps < 0:
-        p.error(f"--large-steps {args.large_steps}: expected 0 or more")
+    for flag in ("large_steps", "glyph_steps"):
+        if getattr(args, flag) < 0:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 or more")
     if not (0 < args.font_px[0] <= args.font_px[1] and 0 < args.scale[0] <= args.scale[1] <= 4):
         p.error(f"--font-px {args.font_px} / --scale {args.scale}: expected 0 < MIN <= MAX (scale at most 4)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = ReadingConfig(seed=args.seed, init=args.init, batch_size=args.batch_size, font_px=tuple(args.font_px),
-                        scale=tuple(args.scale), large_steps=args.large_steps,
-                        position_weight=args.position_weight, centre_weight=args.centre_weight)
-    encoder, result = train(model_config(args.size).vision, cfg, steps=args.steps, minutes=args.minutes,
-                            device=args.device, workers=args.workers, every=args.every, start_from=args.start_from)
+                        scale=tuple(args.scale), large_steps=args.large_steps, glyph_steps=args.glyph_steps,
+                        position_weight=args.position_weight, centre_weight=args.centre_weight,
+                        align_weight=args.align_weight)
+    vision, align = model_config(args.size).vision, None
+    if args.align_to is not None:
+        target = VLM.from_pretrained(args.align_to)
+        vision, align = target.config.vision, Alignment.of(target)
+    encoder, result = train(vision, cfg, steps=args.steps, minutes=args.minutes, device=args.device,
+                            workers=args.workers, every=args.every, start_from=args.start_from, align=align)
     save_encoder(encoder, args.out, {**asdict(cfg), **result})
     print(f"wrote {args.out}: {result}")
     return 0

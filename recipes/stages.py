@@ -137,12 +137,13 @@ def learn_to_read(recipe: Recipe, work: Path, config: VLMConfig, *, device: str,
         return json.loads(result_file.read_text()) if result_file.is_file() else {}
     weights = work / "reading" / "encoder.safetensors"
     settings = reading.ReadingConfig(seed=recipe.seed, init=recipe.reading_init)
+    vlm = VLM.from_config(config, seed=recipe.seed)  # the start's language model: its tokens are aligned to
+    vlm.processor = Processor.from_pretrained(work / "init")
     if not weights.is_file():
         encoder, result = reading.train(config.vision, settings, minutes=recipe.reading_minutes, device=device,
-                                        workers=workers)
+                                        workers=workers, align=reading.Alignment.of(vlm))
         reading.save_encoder(encoder, weights, {**dataclasses.asdict(settings), **result})
         write_json(result_file, {**result, "settings": dataclasses.asdict(settings)})
-    vlm = VLM.from_config(config, seed=recipe.seed)
     reading.load_encoder(vlm.model.visual, weights)
     staging = work / ".start.partial"
     shutil.rmtree(staging, ignore_errors=True)

@@ -138,6 +138,7 @@ def test_the_browserless_recipe_reads_then_trains_from_the_reading_encoder(tmp_p
     config = write_config(recipe, init)
     result = learn_to_read(recipe, work, config, device="cpu", workers=0)
     assert result["steps"] >= 1 and 0.0 <= result["patch_char_accuracy"] <= 1.0
+    assert 0.0 <= result["aligned"] <= 1.0  # its tokens were aligned to the start's embeddings
     encoder = load_file(str(work / "reading" / "encoder.safetensors"))
     cfg = train_config(recipe, work, steps=1, progress=False, resume=False)
     assert cfg.model == str(work / "start") and not cfg.from_scratch

@@ -50,6 +50,37 @@ def test_the_oracle_tokens_mark_the_squares_tokens_and_their_x():
     assert torch.allclose(tokens[: w // 2, 1], 3 * ((torch.arange(w // 2) + 0.5) / (w // 2) - 0.5))
 
 
+def test_the_word_oracle_gives_each_words_tokens_its_code_in_the_pictures_order():
+    vlm = VLM.from_pretrained()
+    tokenizer = vlm.processor.tokenizer
+    rng = random.Random(4)
+    a, b = looking.example("ground", rng), looking.example("ground", rng)
+    inputs = vlm.processor(text=["<|begin_of_image|><|image|><|end_of_image|>"] * 2, images=[a.image, b.image],
+                           return_tensors="pt")
+    for codes in ("embeddings", "random"):
+        vlm = VLM.from_pretrained()
+        oracle = looking.WordOracle(vlm.model, tokenizer, codes)
+        oracle.expect([a, b])
+        tokens = vlm.model.visual(inputs["pixel_values"], inputs["image_grid_thw"])
+        assert tokens.shape == (64, vlm.config.text.hidden_size) and not oracle.pending
+        for i, ex in enumerate((a, b)):
+            for (question, _), (x1, y1, x2, y2) in zip(ex.turns, ex.boxes):
+                word = question.split('"')[1]
+                code = oracle._code(word)
+                if codes == "embeddings":
+                    first = tokenizer(word, add_special_tokens=False)["input_ids"][0]
+                    embedding = vlm.model.language_model.embed_tokens.weight[first].detach()
+                    assert torch.allclose(code, torch.nn.functional.normalize(embedding, dim=0))
+                # the token under the word's centre carries the code: cosine well above chance
+                cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+                row, col = int(cy // 28), int(cx // 28)  # merged tokens in row-major order here
+                token = tokens[32 * i + row * 8 + col, 3:]
+                assert torch.nn.functional.cosine_similarity(token, code[3:], dim=0) > 0.4, (codes, word)
+        with pytest.raises(RuntimeError, match="2 pictures in this forward, 1 expected"):
+            oracle.expect([a])
+            vlm.model.visual(inputs["pixel_values"], inputs["image_grid_thw"])
+
+
 def test_the_cli_names_bad_arguments(capsys):
     with pytest.raises(SystemExit) as exit_:
         looking.main(["read", "--model", "assets/model", "--oracle-tokens"])
@@ -57,6 +88,9 @@ def test_the_cli_names_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         looking.main(["side", "--model", "assets/model", "--steps", "0"])
     assert "--steps 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        looking.main(["side", "--model", "assets/model", "--oracle-words", "embeddings"])
+    assert exit_.value.code == 2 and "control for the ground task" in capsys.readouterr().err
 
 
 @pytest.mark.slow

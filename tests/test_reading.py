@@ -136,3 +136,79 @@ def test_the_curriculum_switches_to_the_whole_size_range_at_the_same_step_for_an
     big = sum(len(text.draw(rng, size=(224, 112), font_px=LARGE[0], scale=LARGE[1]).glyphs) for _ in range(20))
     small = sum(len(text.draw(rng, size=(224, 112), font_px=(11, 15), scale=(0.5, 0.6)).glyphs) for _ in range(20))
     assert 2 * big < small
+
+
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained("assets/model")
+
+
+def test_piece_labels_put_each_quoted_words_tokens_where_its_characters_are():
+    from recipes.reading import PIECES, piece_labels
+
+    tokenizer = _tokenizer()
+    rng = random.Random(5)
+    for _ in range(20):
+        picture = text.draw(rng, size=(224, 112), scale=(0.5, 1.0), font_px=(11, 36))
+        labels = piece_labels(picture, tokenizer)
+        assert labels.shape == (4, 8, PIECES)
+        glyphs = iter(picture.glyphs)
+        for word in (w for line in picture.lines for w in line.split()):
+            places = [next(glyphs) for _ in word]
+            # the tokens a grounding question quotes the word with: `Where is the text "Cancel"?`
+            quoted = tokenizer.tokenize(f'Where is the text "{word}"?')
+            ids = tokenizer(word, add_special_tokens=False, return_offsets_mapping=True)
+            if not set(word) & set('"?'):  # those may merge with the question's closing `"?`
+                assert tokenizer.convert_ids_to_tokens(ids["input_ids"]) == quoted[5:5 + len(ids["input_ids"])]
+            for token, (start, end) in zip(ids["input_ids"], ids["offset_mapping"]):
+                for g in places[start:end]:
+                    r, c = int(g.y // 28), int(g.x // 28)
+                    if 0 <= r < 4 and 0 <= c < 8 and labels[r, c, PIECES - 1] < 0:  # not a full slot list
+                        assert token in labels[r, c].tolist(), (word, token, r, c)
+        shown = {(r, c) for g in picture.glyphs for r, c in [(int(g.y // 28), int(g.x // 28))] if 0 <= r < 4 and 0 <= c < 8}
+        for r in range(4):
+            for c in range(8):
+                assert (labels[r, c, 0] >= 0) == ((r, c) in shown)
+
+
+def test_batches_carry_piece_labels_in_the_encoders_token_order():
+    from recipes.reading import piece_labels
+
+    tokenizer, cfg = _tokenizer(), ReadingConfig(size=(112, 56))
+    batch = make_batch(random.Random(4), 2, cfg, tokenizer=tokenizer)
+    pictures = [text.draw(random.Random(4), size=cfg.size, scale=cfg.scale, font_px=cfg.font_px)]
+    rows, cols, _, _ = patch_coordinates(torch.tensor([[1, 4, 8]]), 2)
+    grid = piece_labels(pictures[0], tokenizer)
+    assert batch.pieces_TK.shape == (2 * 8, 4)
+    for k in range(8):  # merged token k: patches 4k..4k+3, the 28-px square of its first patch
+        assert batch.pieces_TK[k].tolist() == grid[rows[4 * k] // 2, cols[4 * k] // 2].tolist()
+    assert make_batch(random.Random(4), 2, cfg).pieces_TK is None
+
+
+def test_align_loss_scores_the_shown_tokens_against_the_whole_vocabulary():
+    from recipes.reading import align_accuracy, align_loss
+
+    cosine = torch.full((3, 10), -1.0)
+    cosine[0, 2] = cosine[1, 5] = cosine[1, 6] = 1.0
+    pieces = torch.tensor([[2, -1, -1, -1], [5, 6, -1, -1], [-1, -1, -1, -1]])  # the third shows no text
+    assert align_accuracy(cosine, pieces) == 1.0
+    low = align_loss(cosine, pieces, 0.1).item()
+    cosine[2] = 1.0  # a token that shows nothing is not scored
+    assert align_loss(cosine, pieces, 0.1).item() == pytest.approx(low)
+    cosine[0, 2] = -1.0
+    cosine[0, 3] = 1.0  # token 0 now nearest a token it does not show
+    assert align_accuracy(cosine, pieces) == 0.5 and align_loss(cosine, pieces, 0.1).item() > low + 5
+
+
+@pytest.mark.slow
+def test_alignment_puts_text_tokens_near_the_embeddings_of_what_they_show():
+    """Against 8192 random embeddings (chance ~1/8192 per token), 150 steps bring the held-out
+    tokens that show large text nearest one of their own tokens well above chance."""
+    from recipes.reading import Alignment
+
+    vision = model_config("small").vision
+    embeddings = torch.randn(len(_tokenizer()), vision.out_hidden_size)
+    cfg = ReadingConfig(size=(112, 56), batch_size=16, scale=(1.0, 1.0), font_px=(22, 26), n_test=64)
+    _, result = train(vision, cfg, steps=150, every=50, align=Alignment(_tokenizer(), embeddings), log_line=print)
+    assert result["aligned"] > 0.02, result
