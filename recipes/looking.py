@@ -1,6 +1,6 @@
 """Does the language model learn to use what its image tokens show? The whole model, told directly.
 
-    python -m recipes.looking colour|side|read|ground --model DIR [--encoder ENC] [--steps 150]
+    python -m recipes.looking colour|side|read|locate|ground --model DIR [--encoder ENC] [--steps 150]
 
 `recipes.learnability` asks whether the vision encoder can learn to see; this asks the next
 question, the one the default model fails (`python -m recipes.reliance`: answers do not depend on
@@ -11,7 +11,8 @@ tokens each) and one question per picture:
 - colour: a plain picture, dark or light? (a property of every token)
 - side: one red square, on the left or the right? (a property of a few tokens: where they are)
 - read: one UI word, what does it say? (what a few tokens show)
-- ground: three UI words, the box of each, in the released grounding format
+- locate: one UI word, its box, in the released grounding format (where, without which)
+- ground: three UI words, the box of each (which word, then where)
 
 Held out (another seed stream, 48 pictures): the answers' loss with each picture and with the
 next picture in its place; the gap (nats) says how much the answers depend on the image. Then
@@ -47,8 +48,8 @@ from vlm import VLM
 from vlm.outputs import parse_boxes
 from vlm.processor import Processor
 
-Task = Literal["colour", "side", "read", "ground"]
-TASKS: tuple[Task, ...] = ("colour", "side", "read", "ground")
+Task = Literal["colour", "side", "read", "locate", "ground"]
+TASKS: tuple[Task, ...] = ("colour", "side", "read", "locate", "ground")
 SIZE = (224, 112)
 WORDS = tuple(w for w in text._ui_words() if w.isascii() and w.isalpha() and 3 <= len(w) <= 10)
 RED, GREY = (220, 40, 40), (240, 240, 240)
@@ -113,7 +114,7 @@ def example(task: Task, rng: random.Random) -> Example:
         answer = "left" if x + side / 2 < SIZE[0] / 2 else "right"
         return Example(image, (("Is the square on the left or the right?", answer),), ((x, y, x + side, y + side),))
     image = Image.new("RGB", SIZE, text._colours(rng)[0])
-    placed = _words(rng, image, 1 if task == "read" else 3)
+    placed = _words(rng, image, 3 if task == "ground" else 1)
     if task == "read":
         (word, box), = placed
         return Example(image, (("What does the text say?", word),), (box,))
@@ -194,7 +195,7 @@ def answer_loss(model: torch.nn.Module, encoder: Encoder, conversations: list[li
 
 
 def correct(task: Task, ex: Example, reply: str) -> bool:
-    if task != "ground":
+    if task not in ("locate", "ground"):
         return reply.strip() == ex.turns[0][1]
     found = parse_boxes(reply, anywhere=True)
     if not found or not hasattr(found[0], "x2"):
@@ -272,14 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--oracle-tokens", action="store_true", help="side only: clean image tokens, the control")
     p.add_argument("--oracle-words", choices=("embeddings", "random"), default=None,
-                   help="ground only: image tokens as an ideal reader's word codes (the embeddings: aligned)")
+                   help="locate and ground: image tokens as an ideal reader's word codes (the embeddings: aligned)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.every < 1:
         p.error(f"--steps {args.steps} / --every {args.every}: expected at least 1")
     if args.oracle_tokens and args.task != "side":
         p.error(f"--oracle-tokens is a control for the side task, not {args.task!r}")
-    if args.oracle_words and args.task != "ground":
-        p.error(f"--oracle-words is a control for the ground task, not {args.task!r}")
+    if args.oracle_words and args.task not in ("locate", "ground"):
+        p.error(f"--oracle-words is a control for the locate and ground tasks, not {args.task!r}")
     torch.manual_seed(args.seed)
     vlm = VLM.from_pretrained(args.model)
     if args.encoder:

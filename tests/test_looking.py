@@ -30,6 +30,10 @@ def test_every_answer_is_about_what_the_picture_shows():
         for (question, answer), box in zip(ground.turns, ground.boxes):
             assert answer == looking.box_answer(box) and question.startswith('Where is the text "')
             assert looking.correct("ground", looking.Example(ground.image, ((question, answer),), (box,)), answer)
+        locate = looking.example("locate", rng)
+        (question, answer), = locate.turns
+        assert answer == looking.box_answer(locate.boxes[0]) and _ink(locate.image, locate.boxes[0]) > 100
+        assert looking.correct("locate", locate, answer) and not looking.correct("locate", locate, "left")
         colour = looking.example("colour", rng)
         assert colour.turns[0][1] == ("dark" if sum(colour.image.getpixel((0, 0))) < 384 else "light")
 
@@ -90,7 +94,7 @@ def test_the_cli_names_bad_arguments(capsys):
     assert "--steps 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         looking.main(["side", "--model", "assets/model", "--oracle-words", "embeddings"])
-    assert exit_.value.code == 2 and "control for the ground task" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "control for the locate and ground tasks" in capsys.readouterr().err
 
 
 @pytest.mark.slow

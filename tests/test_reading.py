@@ -200,15 +200,3 @@ def test_align_loss_scores_the_shown_tokens_against_the_whole_vocabulary():
     cosine[0, 3] = 1.0  # token 0 now nearest a token it does not show
     assert align_accuracy(cosine, pieces) == 0.5 and align_loss(cosine, pieces, 0.1).item() > low + 5
 
-
-@pytest.mark.slow
-def test_alignment_puts_text_tokens_near_the_embeddings_of_what_they_show():
-    """Against 8192 random embeddings (chance ~1/8192 per token), 150 steps bring the held-out
-    tokens that show large text nearest one of their own tokens well above chance."""
-    from recipes.reading import Alignment
-
-    vision = model_config("small").vision
-    embeddings = torch.randn(len(_tokenizer()), vision.out_hidden_size)
-    cfg = ReadingConfig(size=(112, 56), batch_size=16, scale=(1.0, 1.0), font_px=(22, 26), n_test=64)
-    _, result = train(vision, cfg, steps=150, every=50, align=Alignment(_tokenizer(), embeddings), log_line=print)
-    assert result["aligned"] > 0.02, result
