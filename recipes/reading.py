@@ -269,6 +269,16 @@ def align_loss(cosine: torch.Tensor, pieces_TK: torch.Tensor, temperature: float
     return -((log_p.gather(1, pieces) * valid).sum(1) / valid.sum(1)).mean()
 
 
+def align_baseline(pieces_TK: torch.Tensor) -> float:
+    """What `align_accuracy` a reader that ignores the picture gets: the share of text-showing
+    tokens that show the most common token (a digit, on `synth.text` pictures: ~0.044)."""
+    shown = pieces_TK[pieces_TK[:, 0] >= 0]
+    if not len(shown):
+        return 0.0
+    counts = torch.bincount(torch.cat([row[row >= 0].unique() for row in shown]))
+    return counts.max().item() / len(shown)
+
+
 def align_accuracy(cosine: torch.Tensor, pieces_TK: torch.Tensor) -> float:
     """Of the merged tokens that show text, the share whose nearest embedding is one they show."""
     shows = pieces_TK[:, 0] >= 0
@@ -412,6 +422,7 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
     tokenizer = align.tokenizer if aligning else None
     reader = Reader(encoder, cfg.slots, align.embeddings if aligning else None).to(device)
     test = make_batch(random.Random(f"reading/test/{cfg.seed}"), cfg.n_test, cfg, tokenizer=tokenizer).to(device)
+    baseline = None if test.pieces_TK is None else round(align_baseline(test.pieces_TK.cpu()), 4)
     by_size = {name: batch.to(device) for name, batch in size_tests(cfg).items()}
     optimizer = torch.optim.AdamW(reader.parameters(), lr=cfg.lr, weight_decay=0.01, fused=True)
     loader = torch.utils.data.DataLoader(Batches(cfg, tokenizer), batch_size=None, num_workers=workers,
@@ -442,13 +453,15 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
             s = evaluate(reader, test)
             log_line(f"step {step} ({elapsed:.0f} s): loss {loss.item():.3f}, held-out char accuracy patch "
                      f"{s.patch:.3f} token {s.token:.3f}, position R^2 x {s.position_r2[0]:.3f} y "
-                     f"{s.position_r2[1]:.3f}, shared {s.shared:.3f}, aligned {s.align}; patch by text height: {sizes}")
+                     f"{s.position_r2[1]:.3f}, shared {s.shared:.3f}, aligned {s.align} (baseline {baseline}); "
+                     f"patch by text height: {sizes}")
         if done:
             break
     s = evaluate(reader, test)
     result = {"steps": step, "seconds": round(time.monotonic() - start, 1), "patch_char_accuracy": round(s.patch, 4),
               "token_char_accuracy": round(s.token, 4), "position_r2_x": s.position_r2[0],
               "position_r2_y": s.position_r2[1], "shared_share": s.shared, "aligned": s.align,
+              "aligned_baseline": baseline,
               "loss": round(loss.item(), 4)}
     for name, batch in by_size.items():
         s = evaluate(reader, batch)

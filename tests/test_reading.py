@@ -188,7 +188,7 @@ def test_batches_carry_piece_labels_in_the_encoders_token_order():
 
 
 def test_align_loss_scores_the_shown_tokens_against_the_whole_vocabulary():
-    from recipes.reading import align_accuracy, align_loss
+    from recipes.reading import align_accuracy, align_baseline, align_loss
 
     cosine = torch.full((3, 10), -1.0)
     cosine[0, 2] = cosine[1, 5] = cosine[1, 6] = 1.0
@@ -200,4 +200,6 @@ def test_align_loss_scores_the_shown_tokens_against_the_whole_vocabulary():
     cosine[0, 2] = -1.0
     cosine[0, 3] = 1.0  # token 0 now nearest a token it does not show
     assert align_accuracy(cosine, pieces) == 0.5 and align_loss(cosine, pieces, 0.1).item() > low + 5
+    # the picture-blind baseline: token 5 is shown by 2 of the 3 text tokens (a repeat counts once)
+    assert align_baseline(torch.tensor([[5, 5, -1, -1], [5, 6, -1, -1], [2, -1, -1, -1], [-1] * 4])) == 2 / 3
 
