@@ -140,7 +140,7 @@ def oracle_tokens(model: torch.nn.Module) -> None:
 
 
 class WordOracle:
-    """The ground task's control: image tokens replaced by what an ideally aligned reader gives.
+    """The locate and ground tasks' control: image tokens replaced by what an ideally aligned reader gives.
 
     A token whose 28-px square overlaps a word's box becomes a code for the word's first
     language-model token: with `codes="embeddings"` that token's input embedding as it is now
@@ -174,13 +174,13 @@ class WordOracle:
         positions = token_positions(grid).to(out.device)
         features = torch.zeros(out.shape[0], out.shape[1], dtype=torch.float32, device=out.device)
         per_image = out.shape[0] // len(grid)
+        x, y = positions[:, 0] * SIZE[0], positions[:, 1] * SIZE[1]  # token centres; squares of 28 px
         for i, ex in enumerate(examples):
-            for k in range(per_image):
-                row = i * per_image + k
-                x, y = positions[row, 0].item() * SIZE[0], positions[row, 1].item() * SIZE[1]
-                for (question, _), (x1, y1, x2, y2) in zip(ex.turns, ex.boxes):
-                    if x1 < x + 14 and x - 14 < x2 and y1 < y + 14 and y - 14 < y2:
-                        features[row] += 3 * self._code(question.split('"')[1]).to(out.device)
+            rows = slice(i * per_image, (i + 1) * per_image)
+            for (question, _), (x1, y1, x2, y2) in zip(ex.turns, ex.boxes):
+                overlaps = (x1 < x[rows] + 14) & (x[rows] - 14 < x2) & (y1 < y[rows] + 14) & (y[rows] - 14 < y2)
+                code = self._code(question.split('"')[1]).to(out.device)
+                features[rows] += 3 * overlaps[:, None].float() * code
         features[:, 0] += 3 * (positions[:, 0] - 0.5)
         features[:, 1] += 3 * (positions[:, 1] - 0.5)
         features[:, 2] += 1.0

@@ -16,12 +16,9 @@ as screenshots are. Heads used only in this stage:
   from 0 to 1): the labels above are shift-invariant and train position out of the tokens,
   but grounding answers with coordinates, so the tokens must keep saying where they are;
 - with `train(..., align=Alignment.of(start))` (`--align-to DIR`), an alignment to the language
-  model the encoder will sit under: each merged token that shows text scores every row of that
-  model's input embeddings by cosine, and is told which of its tokens it shows (each word
-  tokenized alone, as a grounding question quotes it). A language model from scratch otherwise
-  has to learn each word's look one word at a time; with it, the tokens of "Cancel" on the
-  screen already lie near the embedding of "Cancel" in the question, and what is left to
-  learn is one skill, matching.
+  model the encoder will sit under (`recipes.alignment`): each merged token that shows text
+  scores every row of that model's input embeddings by cosine and is told which of its tokens
+  it shows.
 
 Loss: cross-entropy over all slots, NONE weighted `none_weight` (most slots are empty), plus
 `position_weight` times the position's mean squared error, plus `centre_weight` times the share
@@ -50,14 +47,14 @@ import time
 import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from recipes.alignment import Alignment, align_accuracy, align_baseline, align_loss, piece_labels
 from recipes.recipe import model_config
 from synth import text
 from vlm.config import VisionConfig
@@ -106,12 +103,8 @@ class ReadingConfig:
     # by a small part of a large shared vector (`python -m recipes.looking side`: chance after 400 steps; learned in 80 once
     # the shared part is removed), so the stage trains it away
     centre_weight: float = 1.0
-    # with `train(..., align=...)`: each merged token that shows text is told which of the
-    # language model's tokens (each word tokenized alone, as a grounding question quotes it)
-    # it shows, scored against that model's input embeddings (cosine / `align_temperature`).
-    # A language model from scratch has to learn every word's look on its own (`recipes.looking
-    # ground`: not learned in 250 steps); tokens that already lie near the quoted word's
-    # embedding leave it one generic skill, matching, instead of one association per word
+    # with `train(..., align=...)`: the alignment's cross-entropy (`recipes.alignment`), logits
+    # cosine / `align_temperature`
     align_weight: float = 1.0
     align_temperature: float = 0.1
     n_test: int = 128
@@ -127,9 +120,6 @@ SIZES: dict[str, tuple[tuple[int, int], tuple[float, float]]] = {
 }
 
 
-PIECES = 4  # language-model tokens labelled per merged token, at most
-
-
 @dataclass(frozen=True)
 class Batch:
     pixel_values: torch.Tensor  # (N, patch_dim)
@@ -140,33 +130,6 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         pieces = None if self.pieces_TK is None else self.pieces_TK.to(device)
         return Batch(self.pixel_values.to(device), self.grid_thw.to(device), self.labels_NS.to(device), pieces)
-
-
-def piece_labels(picture: text.TextPicture, tokenizer, *, merge_px: int = 28) -> np.ndarray:
-    """(rows, cols, PIECES) int64: per merged token (a `merge_px` square), the language-model
-    tokens whose characters are centred in it, -1 padded.
-
-    Each word is tokenized alone, without a leading space, as a grounding question quotes it
-    (`Where is the text "Cancel"?`); a token belongs to every merged token that one of its
-    characters is centred in.
-    """
-    width, height = picture.image.size
-    rows, cols = height // merge_px, width // merge_px
-    found: dict[tuple[int, int], list[int]] = {}
-    glyphs = iter(picture.glyphs)  # `text.draw` keeps one per non-space character, line by line
-    for line in picture.lines:
-        for word in line.split():
-            places = [next(glyphs) for _ in word]
-            encoded = tokenizer(word, add_special_tokens=False, return_offsets_mapping=True)
-            for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
-                for g in places[start:end]:
-                    r, c = int(g.y // merge_px), int(g.x // merge_px)
-                    if 0 <= r < rows and 0 <= c < cols and token not in found.setdefault((r, c), []):
-                        found[(r, c)].append(token)
-    labels = np.full((rows, cols, PIECES), -1, dtype=np.int64)
-    for (r, c), tokens in found.items():
-        labels[r, c, :len(tokens[:PIECES])] = tokens[:PIECES]
-    return labels
 
 
 def make_batch(rng: random.Random, n: int, cfg: ReadingConfig, *, large: bool = False, tokenizer=None) -> Batch:
@@ -256,34 +219,6 @@ class Reading:
     position: torch.Tensor  # (N / 4, 2) each merged token's (x, y), 0..1
     shared: torch.Tensor  # () the share of the tokens' energy in their mean
     cosine: torch.Tensor | None = None  # (N / 4, vocab) each merged token against each embedding
-
-
-def align_loss(cosine: torch.Tensor, pieces_TK: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Cross-entropy of the language-model tokens each text-showing merged token shows (the
-    mean over its tokens) against the whole vocabulary, logits cosine / `temperature`."""
-    shows = pieces_TK[:, 0] >= 0
-    if not shows.any():
-        return cosine.sum() * 0.0
-    log_p = (cosine[shows] / temperature).log_softmax(-1)
-    pieces, valid = pieces_TK[shows].clamp_min(0), pieces_TK[shows] >= 0
-    return -((log_p.gather(1, pieces) * valid).sum(1) / valid.sum(1)).mean()
-
-
-def align_baseline(pieces_TK: torch.Tensor) -> float:
-    """What `align_accuracy` a reader that ignores the picture gets: the share of text-showing
-    tokens that show the most common token (a digit, on `synth.text` pictures: ~0.044)."""
-    shown = pieces_TK[pieces_TK[:, 0] >= 0]
-    if not len(shown):
-        return 0.0
-    counts = torch.bincount(torch.cat([row[row >= 0].unique() for row in shown]))
-    return counts.max().item() / len(shown)
-
-
-def align_accuracy(cosine: torch.Tensor, pieces_TK: torch.Tensor) -> float:
-    """Of the merged tokens that show text, the share whose nearest embedding is one they show."""
-    shows = pieces_TK[:, 0] >= 0
-    nearest = cosine[shows].argmax(-1, keepdim=True)
-    return (nearest == pieces_TK[shows]).any(1).float().mean().item()
 
 
 def shared_share(tokens: torch.Tensor) -> torch.Tensor:
@@ -389,18 +324,6 @@ def size_tests(cfg: ReadingConfig) -> dict[str, Batch]:
     return {name: make_batch(random.Random(f"reading/test/{cfg.seed}/{name}"), cfg.n_test,
                              dataclasses.replace(cfg, font_px=font_px, scale=scale))
             for name, (font_px, scale) in SIZES.items()}
-
-
-@dataclass(frozen=True)
-class Alignment:
-    """The language model the tokens are aligned to: its tokenizer and input embeddings."""
-
-    tokenizer: Any
-    embeddings: torch.Tensor  # (vocab, hidden)
-
-    @classmethod
-    def of(cls, vlm: VLM) -> Alignment:
-        return cls(vlm.processor.tokenizer, vlm.model.language_model.embed_tokens.weight.detach().float().cpu())
 
 
 def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None, minutes: float | None = None,

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoTokenizer
 
-from recipes import reading, reliance
+from recipes import alignment, reading, reliance
 from recipes import tokenizer as bpe
 from recipes.recipe import (EVAL_SEED, EVAL_TASKS, EVERY_LANGUAGE, UI_GROUNDING, VIDEO_MAX_PIXELS, Recipe,
                             model_config)
@@ -141,7 +141,7 @@ def learn_to_read(recipe: Recipe, work: Path, config: VLMConfig, *, device: str,
     vlm.processor = Processor.from_pretrained(work / "init")
     if not weights.is_file():
         encoder, result = reading.train(config.vision, settings, minutes=recipe.reading_minutes, device=device,
-                                        workers=workers, align=reading.Alignment.of(vlm))
+                                        workers=workers, align=alignment.Alignment.of(vlm))
         reading.save_encoder(encoder, weights, {**dataclasses.asdict(settings), **result})
         write_json(result_file, {**result, "settings": dataclasses.asdict(settings)})
     reading.load_encoder(vlm.model.visual, weights)

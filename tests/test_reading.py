@@ -146,7 +146,7 @@ def _tokenizer():
 
 
 def test_piece_labels_put_each_quoted_words_tokens_where_its_characters_are():
-    from recipes.reading import PIECES, piece_labels
+    from recipes.alignment import PIECES, piece_labels
 
     tokenizer = _tokenizer()
     rng = random.Random(5)
@@ -174,7 +174,7 @@ def test_piece_labels_put_each_quoted_words_tokens_where_its_characters_are():
 
 
 def test_batches_carry_piece_labels_in_the_encoders_token_order():
-    from recipes.reading import piece_labels
+    from recipes.alignment import piece_labels
 
     tokenizer, cfg = _tokenizer(), ReadingConfig(size=(112, 56))
     batch = make_batch(random.Random(4), 2, cfg, tokenizer=tokenizer)
@@ -188,7 +188,7 @@ def test_batches_carry_piece_labels_in_the_encoders_token_order():
 
 
 def test_align_loss_scores_the_shown_tokens_against_the_whole_vocabulary():
-    from recipes.reading import align_accuracy, align_baseline, align_loss
+    from recipes.alignment import align_accuracy, align_baseline, align_loss
 
     cosine = torch.full((3, 10), -1.0)
     cosine[0, 2] = cosine[1, 5] = cosine[1, 6] = 1.0
