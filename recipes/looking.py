@@ -41,6 +41,7 @@ from typing import Any, Callable, Literal
 import torch
 from PIL import Image, ImageDraw
 
+from recipes import mimetic
 from recipes.reading import load_encoder, token_positions
 from synth import text
 from train.collate import IGNORE, Encoder, pack
@@ -274,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oracle-tokens", action="store_true", help="side only: clean image tokens, the control")
     p.add_argument("--oracle-words", choices=("embeddings", "random"), default=None,
                    help="locate and ground: image tokens as an ideal reader's word codes (the embeddings: aligned)")
+    p.add_argument("--mimetic-lm", action="store_true",
+                   help="first re-initialise the language model's attention to start by content (recipes.mimetic)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.every < 1:
         p.error(f"--steps {args.steps} / --every {args.every}: expected at least 1")
@@ -285,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     vlm = VLM.from_pretrained(args.model)
     if args.encoder:
         load_encoder(vlm.model.visual, args.encoder)
+    if args.mimetic_lm:
+        mimetic.language(vlm.model.language_model, seed=args.seed)
     if args.oracle_tokens:
         oracle_tokens(vlm.model)
     oracle = WordOracle(vlm.model, vlm.processor.tokenizer, args.oracle_words) if args.oracle_words else None

@@ -114,16 +114,23 @@ def _screenshot_tokens(recipe: Recipe) -> int:
     return (h // 28) * (w // 28)
 
 
+def _lm_init(recipe: Recipe) -> str:
+    return (", the language model's attention mimetic (`recipes.mimetic`: it starts by content, a token attending "
+            "to earlier tokens like itself)" if recipe.lm_init == "mimetic" else "")
+
+
 def _reading_sentence(recipe: Recipe, reading: dict[str, Any]) -> str:
     if recipe.reading_minutes <= 0:
-        return "No reading stage: every weight starts random."
+        return f"No reading stage: every weight starts random{_lm_init(recipe)}."
     numbers = (f"{reading['steps']} steps in {reading['seconds'] / 60:.1f} min; held-out character accuracy "
                f"{reading['patch_char_accuracy']:.1%} per patch, {reading['token_char_accuracy']:.1%} through the "
                "merged tokens" if reading else "not recorded")
+    glyphs = (f", the first {recipe.reading_glyph_steps} steps on that alone before the position, centre and "
+              "alignment losses join" if recipe.reading_glyph_steps else "")
     return textwrap.fill(f"Stage 1, reading (`recipes.reading`, {recipe.reading_init} init): the vision encoder alone "
                          "is told which characters every 14-px patch shows, on `synth.text` pictures of UI-sized "
-                         f"text at any pixel offset ({numbers}). Stage 2 trains the whole model from that encoder "
-                         "and random weights elsewhere.", width=95)
+                         f"text at any pixel offset{glyphs} ({numbers}). Stage 2 trains the whole model from that encoder "
+                         f"and random weights elsewhere{_lm_init(recipe)}.", width=95)
 
 
 def _reliance_section(reliance: dict[str, Any]) -> str:

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from recipes import mimetic
 from recipes.alignment import Alignment, align_accuracy, align_baseline, align_loss, piece_labels
 from recipes.recipe import model_config
 from synth import text
@@ -259,36 +260,6 @@ def char_accuracy(logits: torch.Tensor, labels_NS: torch.Tensor) -> float:
     return (logits.argmax(-1)[has_char] == labels_NS[has_char]).float().mean().item()
 
 
-def mimetic_init(encoder: VisionEncoder, *, seed: int, qk: float = 0.7, vo: float = 0.4, pos_scale: float = 0.5) -> None:
-    """Attention that starts local, the architecture unchanged (arXiv 2305.09828).
-
-    Per head W_q^T W_k ~ qk (Z + I) and for the block W_o W_v ~ vo (Z - I), Z ~ N(0, 1/D),
-    factored by SVD; the position table becomes a smooth 2D sin-cos table, so nearby patches
-    start with similar queries and keys and attend to each other.
-    """
-    g = torch.Generator().manual_seed(seed)
-    D, H = encoder.cfg.hidden_size, encoder.cfg.num_heads
-    hd = D // H
-    with torch.no_grad():
-        for block in encoder.blocks:
-            qkv = block.attn.qkv.weight  # (3D, D): query rows, key rows, value rows
-            for h in range(H):
-                U, S, Vh = torch.linalg.svd(qk * (torch.randn(D, D, generator=g) / math.sqrt(D) + torch.eye(D)))
-                root = S[:hd].sqrt()
-                qkv[h * hd:(h + 1) * hd] = (U[:, :hd] * root).T
-                qkv[D + h * hd:D + (h + 1) * hd] = Vh[:hd] * root[:, None]
-            U, S, Vh = torch.linalg.svd(vo * (torch.randn(D, D, generator=g) / math.sqrt(D) - torch.eye(D)))
-            qkv[2 * D:] = S.sqrt()[:, None] * Vh
-            block.attn.proj.weight.copy_(U * S.sqrt())
-        side = encoder.embeddings.side
-        freq = 1.0 / (100.0 ** (torch.arange(D // 4, dtype=torch.float32) / (D // 4)))
-        yy, xx = torch.meshgrid(torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32),
-                                indexing="ij")
-        ay, ax = yy.reshape(-1, 1) * freq, xx.reshape(-1, 1) * freq
-        table = torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=1) * pos_scale
-        encoder.embeddings.position_embedding.weight.copy_(table)
-
-
 def new_encoder(vision: VisionConfig, *, init: Init, seed: int) -> VisionEncoder:
     if init not in ("default", "mimetic"):
         raise ValueError(f"init {init!r}: expected 'default' or 'mimetic'")
@@ -296,7 +267,7 @@ def new_encoder(vision: VisionConfig, *, init: Init, seed: int) -> VisionEncoder
     encoder = VisionEncoder(vision)
     init_weights(encoder)
     if init == "mimetic":
-        mimetic_init(encoder, seed=seed)
+        mimetic.vision(encoder, seed=seed)
     return encoder
 
 

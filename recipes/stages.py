@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoTokenizer
 
-from recipes import alignment, reading, reliance
+from recipes import alignment, mimetic, reading, reliance
 from recipes import tokenizer as bpe
 from recipes.recipe import (EVAL_SEED, EVAL_TASKS, EVERY_LANGUAGE, UI_GROUNDING, VIDEO_MAX_PIXELS, Recipe,
                             model_config)
@@ -130,27 +130,31 @@ def write_config(recipe: Recipe, init: Path) -> VLMConfig:
 
 def learn_to_read(recipe: Recipe, work: Path, config: VLMConfig, *, device: str, workers: int) -> dict[str, Any]:
     """Stage 3b: the vision encoder alone learns to read (`recipes.reading`), then `work/start/`
-    is the checkpoint training starts from: random weights around that encoder. Without the
-    stage (`reading_minutes` 0) training starts from `work/init/`'s config alone."""
+    is the checkpoint training starts from: random weights around that encoder (the language
+    model's attention mimetic with `lm_init`). Without either (`reading_minutes` 0, default
+    `lm_init`) training starts from `work/init/`'s config alone."""
     result_file, start = work / "reading" / "result.json", work / "start"
-    if recipe.reading_minutes <= 0 or (start / "config.json").is_file():
+    if (recipe.reading_minutes <= 0 and recipe.lm_init == "default") or (start / "config.json").is_file():
         return json.loads(result_file.read_text()) if result_file.is_file() else {}
     weights = work / "reading" / "encoder.safetensors"
-    settings = reading.ReadingConfig(seed=recipe.seed, init=recipe.reading_init)
+    settings = reading.ReadingConfig(seed=recipe.seed, init=recipe.reading_init, glyph_steps=recipe.reading_glyph_steps)
     vlm = VLM.from_config(config, seed=recipe.seed)  # the start's language model: its tokens are aligned to
     vlm.processor = Processor.from_pretrained(work / "init")
-    if not weights.is_file():
+    if recipe.reading_minutes > 0 and not weights.is_file():
         encoder, result = reading.train(config.vision, settings, minutes=recipe.reading_minutes, device=device,
                                         workers=workers, align=alignment.Alignment.of(vlm))
         reading.save_encoder(encoder, weights, {**dataclasses.asdict(settings), **result})
         write_json(result_file, {**result, "settings": dataclasses.asdict(settings)})
-    reading.load_encoder(vlm.model.visual, weights)
+    if recipe.reading_minutes > 0:
+        reading.load_encoder(vlm.model.visual, weights)
+    if recipe.lm_init == "mimetic":  # attention only: the embeddings the encoder aligned to stay
+        mimetic.language(vlm.model.language_model, seed=recipe.seed)
     staging = work / ".start.partial"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(work / "init", staging)
     vlm.save_pretrained(staging)
     os.replace(staging, start)
-    return json.loads(result_file.read_text())
+    return json.loads(result_file.read_text()) if result_file.is_file() else {}
 
 
 def train_config(recipe: Recipe, work: Path, *, steps: int, progress: bool, resume: bool) -> TrainConfig:

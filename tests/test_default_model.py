@@ -149,6 +149,24 @@ def test_the_browserless_recipe_reads_then_trains_from_the_reading_encoder(tmp_p
     assert learn_to_read(recipe, work, config, device="cpu", workers=0) == result
 
 
+def test_a_mimetic_language_model_start_is_made_even_without_a_reading_stage(tmp_path):
+    from recipes import mimetic
+    from recipes.stages import learn_to_read, make_processor, train_config, write_config
+    from vlm import VLM
+
+    recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
+                    retrain_tokenizer=False, reading_minutes=0, lm_init="mimetic")
+    work = tmp_path / "work"
+    config = write_config(recipe, make_processor(recipe, work, corpus=work / "unused"))
+    assert learn_to_read(recipe, work, config, device="cpu", workers=0) == {}  # no reading stage to report
+    assert train_config(recipe, work, steps=1, progress=False, resume=False).model == str(work / "start")
+    expected = VLM.from_config(config, seed=recipe.seed).model
+    mimetic.language(expected.language_model, seed=recipe.seed)
+    start = VLM.from_pretrained(work / "start").model.state_dict()
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(start[name], tensor), name
+
+
 def _without_browser(tmp_path):
     """The environment of the GPU machine the recipe's GPU run is made on: neither playwright nor
     decord imports (stub packages shadow them and raise), and PATH holds no program at all
