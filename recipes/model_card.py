@@ -15,6 +15,7 @@ from vlm import VLM
 from vlm.config import VLMConfig
 from vlm.images import smart_resize
 
+FIRST_USE = "first_use"  # its result (recipes.first_use) is counted on the card, not a share of a held-out set
 TARGETS = {  # (task, group or None for the whole task) -> the issue's minimum
     ("grounding", "desktop"): 0.90, ("grounding", "phone"): 0.80, ("action", None): 0.85,
     ("episodes", None): 0.60, ("video", "when"): 0.80,
@@ -50,8 +51,8 @@ def model_card(recipe: Recipe, *, command: str, config: VLMConfig, plan: dict[st
     details = "\n".join(f"- {label.get(task, task)}: {r['accuracy']:.1%} of {r['n']} ("
                         + ", ".join(f"{g} {v['correct']}/{v['total']}" for g, v in r["groups"].items()) + ")"
                         + (f"; {r['measured']}" if "measured" in r else "")
-                        for task, r in results.items())
-    details += _not_run_sentence(results, not_run or [])
+                        for task, r in results.items() if task != FIRST_USE)
+    details += _first_use_line(results) + _not_run_sentence(results, not_run or [])
     t, v = config.text, config.vision
     where = f" on {train_stats['machine']}" if "machine" in train_stats else ""
     return f"""# glmv default model
@@ -97,6 +98,20 @@ Command:
 
 {details}
 {_reliance_section(reliance or {})}"""
+
+
+def _first_use_line(results: dict[str, Any]) -> str:
+    """Issue #16's "tried as a new user would" (`recipes.first_use`), counted, not as a share."""
+    if not results:  # nothing evaluated at all
+        return ""
+    if FIRST_USE not in results:
+        return "\n- first use (`python -m recipes.first_use`): not run (it needs Chromium)"
+    r = results[FIRST_USE]
+    boxed = sum(g["correct"] for g in r["groups"].values())
+    square = "hit" if r["red_square"]["correct"] else "missed"
+    return (f"\n- first use, tried as a new user would (`python -m recipes.first_use`: the README's question on "
+            f"{len(r['groups'])} plain pages, the demo's example): {boxed}/{r['n']} buttons boxed, red square {square}"
+            + (f"; {r['measured']}" if "measured" in r else ""))
 
 
 def _not_run_sentence(results: dict[str, Any], not_run: list[str]) -> str:

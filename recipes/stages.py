@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoTokenizer
 
-from recipes import alignment, mimetic, reading, reliance
+from recipes import alignment, first_use, mimetic, reading, reliance
 from recipes import tokenizer as bpe
 from recipes.recipe import (EVAL_SEED, EVAL_TASKS, EVERY_LANGUAGE, UI_GROUNDING, VIDEO_MAX_PIXELS, Recipe,
                             model_config)
@@ -272,7 +272,8 @@ def evaluate_model(recipe: Recipe, model: Path, work: Path, *, workers: int,
                    mode: EvalMode = "full") -> dict[str, Any]:
     """The evals of `mode` (`eval_runs`) on fresh held-out data; results cached per name in
     `work/eval/`, each saying where it was measured. The drawn UIs' eval also draws held-out
-    reading conversations, for the image-reliance check (`measure_reliance`)."""
+    reading conversations, for the image-reliance check (`measure_reliance`); "full" also tries
+    the model as a new user would (`recipes.first_use`)."""
     results: dict[str, Any] = {}
     policy = None
     for name, task, langs in eval_runs(recipe, mode):
@@ -295,6 +296,12 @@ def evaluate_model(recipe: Recipe, model: Path, work: Path, *, workers: int,
                         data / "ui_read", workers=workers, progress=False, overwrite=True)
         write_json(cached, results[name])
         log.info("%s", result.report())
+    if mode == "full":  # issue #16's first use: the README's question on plain pages, the demo's red square
+        cached = work / "eval" / "first_use.json"
+        if not cached.is_file():
+            tried = first_use.measure(VLM.from_pretrained(model)).as_dict()
+            write_json(cached, {**tried, "measured": f"{mode} eval on {machine()}"})
+        results["first_use"] = json.loads(cached.read_text())
     return results
 
 

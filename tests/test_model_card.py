@@ -1,7 +1,10 @@
 """The default model's card: targets against measurements, the recipe's own data and thinking."""
 
-from recipes.recipe import Recipe, model_config
+import dataclasses
+
+from recipes.first_use import BUTTONS, PAGES, Asked, FirstUse
 from recipes.model_card import model_card, target_rows
+from recipes.recipe import Recipe, model_config
 
 
 def _result(correct_total: dict[str, tuple[int, int]]) -> dict:
@@ -63,3 +66,24 @@ def test_a_browserless_eval_says_what_was_measured_where_and_what_was_not_run():
             "phone 1/10); browserless eval on the NVIDIA H200 machine") in card
     assert "Not run: grounding, action, video, episodes, qa" in card and "--eval-only PACK" in card
     assert "Training took 0.08 h on the NVIDIA H200 machine, bf16 autocast, float32 weights" in card
+
+
+def _first_use(boxed: int, square: bool) -> dict:
+    """`recipes.first_use`'s result with `boxed` of its 15 buttons and the red square as given."""
+    asked = [Asked(page, button, "q", "a", None, (0, 0, 1, 1), correct=False) for page in PAGES for button in BUTTONS]
+    asked[:boxed] = [dataclasses.replace(a, correct=True) for a in asked[:boxed]]
+    red = Asked("shapes.png", "red square", "q", "a", None, (0, 0, 1, 1), correct=square)
+    return {**FirstUse(tuple(asked), red).as_dict(), "measured": "full eval on a CPU machine (2 cores)"}
+
+
+def test_the_card_counts_the_first_use_and_says_when_it_was_not_run():
+    def card(results: dict) -> str:
+        return model_card(Recipe(), command="c", config=model_config("tiny"), plan={"steps": 1, "source": "--steps"},
+                          data_stats={}, train_stats={}, results=results)
+    missed = card({**RESULTS, "first_use": _first_use(2, square=False)})
+    assert ("the demo's example): 2/15 buttons boxed, red square missed; full eval on a CPU machine (2 cores)"
+            in missed)
+    assert "first_use:" not in missed and "| first_use" not in missed  # a count, not a held-out share
+    assert "0/15 buttons boxed, red square hit" in card({**RESULTS, "first_use": _first_use(0, square=True)})
+    assert "- first use (`python -m recipes.first_use`): not run (it needs Chromium)" in card(RESULTS)
+    assert "first use" not in card({})  # nothing evaluated: the table says so already
