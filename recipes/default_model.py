@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reading-minutes", type=float, default=d.reading_minutes,
                    help="stage 3b: minutes of the vision encoder learning to read (0: skip)")
     p.add_argument("--reading-init", choices=("default", "mimetic"), default=d.reading_init)
-    p.add_argument("--reading-glyph-steps", type=int, default=d.reading_glyph_steps,
-                   help="the reading stage's first steps train the character heads alone")
+    p.add_argument("--reading-glyph-share", type=float, default=d.reading_glyph_share,
+                   help="the share of the reading stage that trains the character heads alone first")
     p.add_argument("--lm-init", choices=("default", "mimetic"), default=d.lm_init,
                    help="the language model's attention at step 0 (mimetic: starts by content)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                     grounding_turns=args.grounding_turns, languages=args.languages, nothink=args.nothink,
                     retrain_tokenizer=not args.keep_tokenizer, image_max_pixels=args.image_max_pixels, max_length=args.max_length,
                     reading_minutes=args.reading_minutes,
-                    reading_init=args.reading_init, reading_glyph_steps=args.reading_glyph_steps,
+                    reading_init=args.reading_init, reading_glyph_share=args.reading_glyph_share,
                     lm_init=args.lm_init, steps=args.steps, hours=hours,
                     batch_size=args.batch_size, lr=args.lr, eval_n=args.eval_n)
     command = "python -m recipes.default_model " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -140,8 +140,8 @@ def _reading_sentence(recipe: Recipe, reading: dict[str, Any]) -> str:
     numbers = (f"{reading['steps']} steps in {reading['seconds'] / 60:.1f} min; held-out character accuracy "
                f"{reading['patch_char_accuracy']:.1%} per patch, {reading['token_char_accuracy']:.1%} through the "
                "merged tokens" if reading else "not recorded")
-    glyphs = (f", the first {recipe.reading_glyph_steps} steps on that alone before the position, centre and "
-              "alignment losses join" if recipe.reading_glyph_steps else "")
+    glyphs = (f", the first {recipe.reading_glyph_share:.0%} of it on that alone before the position, centre and "
+              "alignment losses join" if recipe.reading_glyph_share else "")
     return textwrap.fill(f"Stage 1, reading (`recipes.reading`, {recipe.reading_init} init): the vision encoder alone "
                          "is told which characters every 14-px patch shows, on `synth.text` pictures of UI-sized "
                          f"text at any pixel offset{glyphs} ({numbers}). Stage 2 trains the whole model from that encoder "

@@ -58,8 +58,8 @@ class Recipe:
     image_max_pixels: int = IMAGE_MAX_PIXELS  # the processor's budget per image (v1: 320,000)
     reading_minutes: float = 8.0  # stage 3b, the encoder learning to read (0: none, the v1 recipe)
     reading_init: Literal["default", "mimetic"] = "mimetic"
-    # its first steps train the character heads alone (`recipes.reading` --glyph-steps)
-    reading_glyph_steps: int = 0
+    # the share of it that trains the character heads alone first (`recipes.reading --glyph-share`)
+    reading_glyph_share: float = 2 / 3
     # the language model's attention at step 0: "mimetic" starts it by content (`recipes.mimetic`)
     lm_init: Literal["default", "mimetic"] = "default"
     steps: int | None = None  # optimiser steps; None: from --hours and a measured step time
@@ -85,8 +85,8 @@ class Recipe:
             raise ValueError(f"image_max_pixels={self.image_max_pixels}: expected at least one 28x28 block (1568)")
         if self.reading_minutes < 0:
             raise ValueError(f"reading_minutes={self.reading_minutes}: expected 0 (no reading stage) or more")
-        if self.reading_glyph_steps < 0:
-            raise ValueError(f"reading_glyph_steps={self.reading_glyph_steps}: expected 0 or more")
+        if not 0 <= self.reading_glyph_share < 1:
+            raise ValueError(f"reading_glyph_share={self.reading_glyph_share}: expected a share in [0, 1)")
         if self.lm_init not in ("default", "mimetic"):
             raise ValueError(f"lm_init {self.lm_init!r}: expected 'default' or 'mimetic'")
         if self.reading_init not in ("default", "mimetic"):

@@ -137,7 +137,7 @@ def learn_to_read(recipe: Recipe, work: Path, config: VLMConfig, *, device: str,
     if (recipe.reading_minutes <= 0 and recipe.lm_init == "default") or (start / "config.json").is_file():
         return json.loads(result_file.read_text()) if result_file.is_file() else {}
     weights = work / "reading" / "encoder.safetensors"
-    settings = reading.ReadingConfig(seed=recipe.seed, init=recipe.reading_init, glyph_steps=recipe.reading_glyph_steps)
+    settings = reading.ReadingConfig(seed=recipe.seed, init=recipe.reading_init, glyph_share=recipe.reading_glyph_share)
     vlm = VLM.from_config(config, seed=recipe.seed)  # the start's language model: its tokens are aligned to
     vlm.processor = Processor.from_pretrained(work / "init")
     if recipe.reading_minutes > 0 and not weights.is_file():

@@ -103,7 +103,7 @@ def test_the_cli_takes_the_text_sizes_and_names_bad_ones(tmp_path, capsys):
     from recipes.reading import main
 
     out = tmp_path / "encoder.safetensors"
-    for bad in (["--font-px", "20", "10"], ["--scale", "0", "1"], ["--scale", "1", "9"]):
+    for bad in (["--font-px", "20", "10"], ["--scale", "0", "1"], ["--scale", "1", "9"], ["--glyph-share", "1"]):
         with pytest.raises(SystemExit) as exit_:
             main(["--out", str(out), "--size", "tiny", "--steps", "1", *bad])
         assert exit_.value.code == 2 and bad[1] in capsys.readouterr().err
@@ -203,3 +203,13 @@ def test_align_loss_scores_the_shown_tokens_against_the_whole_vocabulary():
     # the picture-blind baseline: token 5 is shown by 2 of the 3 text tokens (a repeat counts once)
     assert align_baseline(torch.tensor([[5, 5, -1, -1], [5, 6, -1, -1], [2, -1, -1, -1], [-1] * 4])) == 2 / 3
 
+
+
+def test_the_glyph_phase_is_the_first_share_of_whichever_budget_is_used_more():
+    from recipes.reading import glyph_phase
+
+    assert glyph_phase(2 / 3, 0, 300, 0.0, None)  # step 1 of 300
+    assert glyph_phase(2 / 3, 199, 300, 0.0, None) and not glyph_phase(2 / 3, 200, 300, 0.0, None)
+    assert glyph_phase(2 / 3, 10_000, None, 599.0, 15.0) and not glyph_phase(2 / 3, 5, None, 601.0, 15.0)
+    assert not glyph_phase(2 / 3, 10, 1000, 700.0, 15.0)  # time runs out first: the time decides
+    assert not glyph_phase(0.0, 0, 300, 0.0, None)  # share 0: every loss from step 1
