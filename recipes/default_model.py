@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reading-init", choices=("default", "mimetic"), default=d.reading_init)
     p.add_argument("--reading-glyph-share", type=float, default=d.reading_glyph_share,
                    help="the share of the reading stage that trains the character heads alone first")
+    p.add_argument("--box-attention", type=float, default=d.box_attention,
+                   help="weight of the box-attention label: one head looks inside the box it writes (0: off)")
     p.add_argument("--lm-init", choices=("default", "mimetic"), default=d.lm_init,
                    help="the language model's attention at step 0 (mimetic: starts by content)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                     retrain_tokenizer=not args.keep_tokenizer, image_max_pixels=args.image_max_pixels, max_length=args.max_length,
                     reading_minutes=args.reading_minutes,
                     reading_init=args.reading_init, reading_glyph_share=args.reading_glyph_share,
-                    lm_init=args.lm_init, steps=args.steps, hours=hours,
+                    lm_init=args.lm_init, box_attention=args.box_attention, steps=args.steps, hours=hours,
                     batch_size=args.batch_size, lr=args.lr, eval_n=args.eval_n)
     command = "python -m recipes.default_model " + " ".join(argv if argv is not None else sys.argv[1:])
     max_shard_bytes = None if args.max_shard_mb is None else int(args.max_shard_mb * 2**20)

@@ -44,6 +44,7 @@ from PIL import Image, ImageDraw
 from recipes import mimetic
 from recipes.reading import load_encoder, token_positions
 from synth import text
+from train.box_attention import BoxAttention
 from train.collate import IGNORE, Encoder, pack
 from vlm import VLM
 from vlm.outputs import parse_boxes
@@ -188,11 +189,17 @@ class WordOracle:
         return features.to(out.dtype)
 
 
-def answer_loss(model: torch.nn.Module, encoder: Encoder, conversations: list[list[dict[str, Any]]]) -> torch.Tensor:
+def answer_loss(model: torch.nn.Module, encoder: Encoder, conversations: list[list[dict[str, Any]]], *,
+                attend: tuple[BoxAttention, float] | None = None) -> torch.Tensor:
+    """The answers' cross-entropy; with `attend` (looking, weight) plus the weighted box-attention loss."""
     batch = pack([encoder.encode(m) for m in conversations], row_length=1 << 16)
     device = next(model.parameters()).device
     logits = model(**batch.model_inputs(device)).logits.float()
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.to(device).flatten(), ignore_index=IGNORE)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.to(device).flatten(), ignore_index=IGNORE)
+    if attend is not None:
+        looking, weight = attend
+        loss = loss + weight * looking.loss(batch)
+    return loss
 
 
 def correct(task: Task, ex: Example, reply: str) -> bool:
@@ -236,8 +243,13 @@ def measure(vlm: VLM, encoder: Encoder, task: Task, test: list[Example], *, answ
     return Measure(own, swapped, hits / min(answers, len(test)))
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
 def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_size: int = 16, lr: float = 1e-3,
-          n_test: int = 48, oracle: WordOracle | None = None, log_line: Callable[[str], object] = print) -> Measure:
+          n_test: int = 48, oracle: WordOracle | None = None, attend: tuple[BoxAttention, float] | None = None,
+          log_line: Callable[[str], object] = print) -> Measure:
     """`steps` AdamW steps on fresh examples; held-out measures every `every` steps and at the end."""
     encoder = Encoder(vlm.processor, max_length=1 << 16)
     model = vlm.model.train()
@@ -252,7 +264,7 @@ def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_
         batch = [example(task, rng) for _ in range(batch_size)]
         if oracle:
             oracle.expect(batch)
-        loss = answer_loss(model, encoder, [ex.messages() for ex in batch])
+        loss = answer_loss(model, encoder, [ex.messages() for ex in batch], attend=attend)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -260,7 +272,8 @@ def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_
         if step % every == 0 or step == steps:
             result = measure(vlm, encoder, task, test, oracle=oracle)
             log_line(f"step {step} ({time.monotonic() - start:.0f} s): loss {loss.item():.3f}, held-out own "
-                     f"{result.own:.3f} swapped {result.swapped:.3f} gap {result.gap:+.3f} accuracy {result.accuracy:.3f}")
+                     f"{result.own:.3f} swapped {result.swapped:.3f} gap {result.gap:+.3f} accuracy {result.accuracy:.3f}"
+                     + (f", box attention {_mean(attend[0].masses[-every:]):.3f}" if attend else ""))
     return result
 
 
@@ -275,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oracle-tokens", action="store_true", help="side only: clean image tokens, the control")
     p.add_argument("--oracle-words", choices=("embeddings", "random"), default=None,
                    help="locate and ground: image tokens as an ideal reader's word codes (the embeddings: aligned)")
+    p.add_argument("--attend-weight", type=float, default=0.0,
+                   help="locate and ground: weight of the box-attention label (train.box_attention; 0: off)")
+    p.add_argument("--attend-layer", type=int, default=4, help="the layer whose head 0 the label trains")
     p.add_argument("--mimetic-lm", action="store_true",
                    help="first re-initialise the language model's attention to start by content (recipes.mimetic)")
     args = p.parse_args(argv)
@@ -282,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--steps {args.steps} / --every {args.every}: expected at least 1")
     if args.oracle_tokens and args.task != "side":
         p.error(f"--oracle-tokens is a control for the side task, not {args.task!r}")
+    if args.attend_weight and args.task not in ("locate", "ground"):
+        p.error(f"--attend-weight labels box answers: the locate and ground tasks, not {args.task!r}")
     if args.oracle_words and args.task not in ("locate", "ground"):
         p.error(f"--oracle-words is a control for the locate and ground tasks, not {args.task!r}")
     torch.manual_seed(args.seed)
@@ -293,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.oracle_tokens:
         oracle_tokens(vlm.model)
     oracle = WordOracle(vlm.model, vlm.processor.tokenizer, args.oracle_words) if args.oracle_words else None
-    result = train(vlm, args.task, steps=args.steps, every=args.every, seed=args.seed, oracle=oracle)
+    attend = (BoxAttention(vlm.model, vlm.processor.tokenizer, layer=args.attend_layer), args.attend_weight) \
+        if args.attend_weight else None
+    result = train(vlm, args.task, steps=args.steps, every=args.every, seed=args.seed, oracle=oracle, attend=attend)
     print(f"gap: {result.gap:.4f} accuracy: {result.accuracy:.4f}")
     return 0
 

@@ -130,8 +130,13 @@ def _screenshot_tokens(recipe: Recipe) -> int:
 
 
 def _lm_init(recipe: Recipe) -> str:
-    return (", the language model's attention mimetic (`recipes.mimetic`: it starts by content, a token attending "
-            "to earlier tokens like itself)" if recipe.lm_init == "mimetic" else "")
+    """How stage 2 starts and what it is told besides the answers."""
+    out = (", the language model's attention mimetic (`recipes.mimetic`: it starts by content, a token attending "
+           "to earlier tokens like itself)" if recipe.lm_init == "mimetic" else "")
+    if recipe.box_attention:
+        out += (f"; besides the answers, one head of its second-to-last layer is told where to look while it writes a "
+                f"box, the image tokens inside it (`train.box_attention`, weight {recipe.box_attention:g})")
+    return out
 
 
 def _reading_sentence(recipe: Recipe, reading: dict[str, Any]) -> str:

@@ -60,7 +60,7 @@ from recipes.recipe import model_config
 from synth import text
 from vlm.config import VisionConfig
 from vlm.images import ImageConfig, preprocess_image
-from vlm.vision import VisionEncoder, patch_coordinates
+from vlm.vision import VisionEncoder, patch_coordinates, token_positions
 from vlm.vlm import VLM, init_weights
 
 log = logging.getLogger(__name__)
@@ -228,17 +228,6 @@ def shared_share(tokens: torch.Tensor) -> torch.Tensor:
     """|mean token|^2 / mean |token|^2: 1 when every token is the same vector, 0 when they are centred."""
     tokens = tokens.float()
     return tokens.mean(0).pow(2).sum() / tokens.pow(2).sum(-1).mean().clamp_min(1e-12)
-
-
-def token_positions(grid_thw: torch.Tensor, merge: int = 2) -> torch.Tensor:
-    """(tokens, 2): each merged token's centre (x, y) as a fraction of its picture's width and
-    height, in the encoder's token order."""
-    rows, cols, _, _ = patch_coordinates(grid_thw.cpu(), merge)
-    heights = torch.cat([torch.full((int(t * h * w),), float(h)) for t, h, w in grid_thw.tolist()])
-    widths = torch.cat([torch.full((int(t * h * w),), float(w)) for t, h, w in grid_thw.tolist()])
-    x = ((cols.float() + 0.5) / widths).view(-1, merge * merge).mean(1)
-    y = ((rows.float() + 0.5) / heights).view(-1, merge * merge).mean(1)
-    return torch.stack([x, y], dim=1).to(grid_thw.device)
 
 
 def position_r2(predicted: torch.Tensor, grid_thw: torch.Tensor) -> tuple[float, float]:

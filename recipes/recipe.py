@@ -62,6 +62,9 @@ class Recipe:
     reading_glyph_share: float = 2 / 3
     # the language model's attention at step 0: "mimetic" starts it by content (`recipes.mimetic`)
     lm_init: Literal["default", "mimetic"] = "default"
+    # weight of the box-attention label (`train.box_attention`: while a box is written, one head
+    # looks at the image tokens inside it); 0: off
+    box_attention: float = 0.0
     steps: int | None = None  # optimiser steps; None: from --hours and a measured step time
     hours: float = 2.0  # training budget when steps is None
     batch_size: int = 8
@@ -87,6 +90,8 @@ class Recipe:
             raise ValueError(f"reading_minutes={self.reading_minutes}: expected 0 (no reading stage) or more")
         if not 0 <= self.reading_glyph_share < 1:
             raise ValueError(f"reading_glyph_share={self.reading_glyph_share}: expected a share in [0, 1)")
+        if not self.box_attention >= 0:
+            raise ValueError(f"box_attention={self.box_attention}: expected a weight >= 0")
         if self.lm_init not in ("default", "mimetic"):
             raise ValueError(f"lm_init {self.lm_init!r}: expected 'default' or 'mimetic'")
         if self.reading_init not in ("default", "mimetic"):

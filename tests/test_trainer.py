@@ -227,3 +227,36 @@ def test_a_bad_metrics_line_before_the_last_is_an_error_not_a_loss(tmp_path):
     with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not a metrics record"):
         _Metrics(path, enabled=True, after_step=3)
     assert path.read_text().count("\n") == 2  # untouched
+
+
+def test_the_box_attention_label_is_trained_and_logged(tmp_path):
+    """With the label on, every step logs the head's attention mass inside the answered boxes,
+    and training on it moves that mass into the boxes."""
+    import random
+
+    from recipes import looking
+
+    rng = random.Random(0)
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i in range(8):
+        ex = looking.example("locate", rng)
+        ex.image.save(tmp_path / "images" / f"{i}.png")
+        (question, answer), = ex.turns
+        lines.append(json.dumps({"messages": [
+            {"role": "user", "content": [{"type": "image", "image": f"images/{i}.png"}, {"type": "text", "text": question}]},
+            {"role": "assistant", "content": answer}]}))
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    cfg = _config(tmp_path, data, max_steps=10, batch_size=4, grad_accum=1, lr=1e-2, warmup_steps=0,
+                  box_attention_weight=5.0)
+    Trainer(cfg).train()
+    masses = [r["box_attention_mass"] for r in metrics(Path(cfg.output))]
+    assert len(masses) == 10 and all(0 < m < 1 for m in masses)
+    assert sum(masses[-3:]) > 1.5 * sum(masses[:3]), masses
+
+
+def test_the_box_attention_label_refuses_lora_and_checkpointing(tmp_path):
+    for bad in (dict(mode="lora", model="x"), dict(gradient_checkpointing=True)):
+        with pytest.raises(ValueError, match="box_attention_weight"):
+            _config(tmp_path, tmp_path / "d.jsonl", box_attention_weight=1.0, **bad)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -87,6 +88,11 @@ class TrainConfig:
     # model's own distribution for it (self-distillation: what speculative decoding accepts).
     mtp_target: Literal["data", "model"] = "data"
 
+    # Box attention (train/box_attention.py): while a box answer is written, one head of one layer
+    # is told to look at the image tokens inside the answered box; 0 turns it off.
+    box_attention_weight: float = 0.0
+    box_attention_layer: int = -2  # counted from the end when negative
+
     # MoE balance (GLM-4.5 / DeepSeek-V3 loss-free balancing).
     bias_update_rate: float = 1e-3  # bias += rate * sign(mean_load - load) after each step
     seq_aux_loss_coef: float = 0.0  # optional sequence-level balance loss; GLM-4.5 used 1e-4
@@ -124,6 +130,12 @@ class TrainConfig:
         if self.mtp_only and (self.mode == "lora" or self.mtp_loss_weight == 0 or self.from_scratch):
             raise ValueError(f"mtp_only trains the MTP layer of a trained model with its loss: not with mode "
                              f"{self.mode!r}, from_scratch={self.from_scratch}, mtp_loss_weight={self.mtp_loss_weight}")
+        if not (self.box_attention_weight >= 0 and math.isfinite(self.box_attention_weight)):
+            raise ValueError(f"box_attention_weight={self.box_attention_weight}: expected a finite number >= 0")
+        if self.box_attention_weight and (self.mode == "lora" or self.gradient_checkpointing):
+            raise ValueError("box_attention_weight scores the head from the layer's kept input with the base "
+                             "weights: not with mode 'lora' (adapted weights) or gradient_checkpointing (the input "
+                             "is recomputed, not kept)")
         if self.freeze_vision and self.freeze_projector and self.freeze_language and self.mode != "lora":
             raise ValueError("every part is frozen: nothing would train")
 

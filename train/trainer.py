@@ -47,6 +47,7 @@ from .data import BadRecords, Conversation, read_conversations
 from .model import (apply_freeze, copy_processor_files, load_model, load_processor, processor_dir,
                     set_gradient_checkpointing, set_record_routing)
 from .metrics import Metrics
+from .box_attention import BoxAttention
 from .mtp import balance_layers, has_mtp, mtp_targets, prepare_mtp_only, teacher_probs
 from .optim import build_optimizer, build_scheduler
 
@@ -125,6 +126,9 @@ class Trainer:
         if cfg.mtp_only:
             model = prepare_mtp_only(self.vlm)
         self.mtp_weight = cfg.mtp_loss_weight if has_mtp(model) else 0.0
+        layers = len(model.language_model.layers)
+        self.box_attention = (BoxAttention(model, self.processor.tokenizer, layer=cfg.box_attention_layer % layers)
+                              if cfg.box_attention_weight else None)
         set_gradient_checkpointing(model, cfg.gradient_checkpointing)
         set_record_routing(model, cfg.seq_aux_loss_coef > 0)
         self.moe_layers = balance_layers(balance.find_moe_layers(model), mtp_only=cfg.mtp_only)
@@ -188,6 +192,8 @@ class Trainer:
                 record.update(balance.load_stats(self.moe_layers, loads))
                 if self.mtp_weight:
                     record["mtp_loss"] = mtp_loss
+                if self.box_attention is not None and self.box_attention.masses:
+                    record["box_attention_mass"] = self.box_attention.masses[-1]
                 metrics.write(record)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / elapsed:.0f}")
             bar.update(1)
@@ -246,6 +252,8 @@ class Trainer:
                     loss = ce_sum * scale + mtp_sum * mtp_scale
                     if cfg.seq_aux_loss_coef > 0 and self.moe_layers:
                         loss = loss + cfg.seq_aux_loss_coef * self._aux_loss(batch) / len(batches)
+                    if self.box_attention is not None:
+                        loss = loss + cfg.box_attention_weight * self.box_attention.loss(batch) / len(batches)
                     acc.backward(loss)
                 ce_total += ce_sum.detach()
                 mtp_total += mtp_sum.detach()

@@ -169,3 +169,14 @@ def patch_coordinates(grid_thw: torch.Tensor, merge: int) -> tuple[torch.Tensor,
         widths.append(torch.full((t * h * w,), w))
     device = grid_thw.device
     return tuple(torch.cat(v).to(device) for v in (rows, cols, heights, widths))
+
+
+def token_positions(grid_thw: torch.Tensor, merge: int = 2) -> torch.Tensor:
+    """(tokens, 2): each merged token's centre (x, y) as a fraction of its picture's width and
+    height, in the encoder's token order."""
+    rows, cols, _, _ = patch_coordinates(grid_thw.cpu(), merge)
+    heights = torch.cat([torch.full((int(t * h * w),), float(h)) for t, h, w in grid_thw.tolist()])
+    widths = torch.cat([torch.full((int(t * h * w),), float(w)) for t, h, w in grid_thw.tolist()])
+    x = ((cols.float() + 0.5) / widths).view(-1, merge * merge).mean(1)
+    y = ((rows.float() + 0.5) / heights).view(-1, merge * merge).mean(1)
+    return torch.stack([x, y], dim=1).to(grid_thw.device)

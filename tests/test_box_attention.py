@@ -1,0 +1,97 @@
+"""train.box_attention: the box answers' attention targets are the image tokens in the box, the head's
+attention it scores is the one the model computes, and the label teaches it."""
+
+import random
+
+import pytest
+import torch
+
+from recipes import looking
+from train.box_attention import BoxAttention, box_targets
+from train.collate import Encoder, pack
+from vlm import VLM
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    return VLM.from_pretrained()
+
+
+def _batch(vlm, examples):
+    encoder = Encoder(vlm.processor, max_length=1 << 16)
+    return pack([encoder.encode(ex.messages()) for ex in examples], row_length=1 << 16)
+
+
+def _expected_tokens(box, side=28):
+    """Merged tokens (row, col) of a SIZE picture (its own input size) whose square overlaps `box`."""
+    x1, y1, x2, y2 = box
+    cols, rows = looking.SIZE[0] // side, looking.SIZE[1] // side
+    return {(r, c) for r in range(rows) for c in range(cols)
+            if c * side < x2 and (c + 1) * side > x1 and r * side < y2 and (r + 1) * side > y1}
+
+
+def test_each_box_answer_looks_at_the_image_tokens_inside_its_box(vlm):
+    rng = random.Random(5)
+    examples = [looking.example("ground", rng) for _ in range(2)] + [looking.example("locate", rng)]
+    batch = _batch(vlm, examples)
+    targets = box_targets(batch, vlm.processor.tokenizer, vlm.model.cfg)
+    image_id = vlm.model.cfg.image_token_id
+    answers = [(ex_i, box) for ex_i, ex in enumerate(examples) for box in ex.boxes]
+    begin = vlm.processor.tokenizer.convert_tokens_to_ids("<|begin_of_box|>")
+    starts = (batch.input_ids == begin).nonzero().tolist()
+    assert len(starts) == len(answers)
+    cols = looking.SIZE[0] // 28
+    for (b, t), (ex_i, box) in zip(starts, answers):
+        mine = (targets.rows == b) & (targets.queries >= t)
+        first = int(mine.nonzero()[0])
+        assert int(targets.queries[first]) == t  # from the begin-of-box token on
+        keys = targets.keys[first]
+        assert (batch.input_ids[b][keys] == image_id).all()
+        assert (batch.segment_ids[b][keys] == ex_i + 1).all()  # its own conversation's picture
+        picture_start = int(((batch.input_ids[b] == image_id) & (batch.segment_ids[b] == ex_i + 1)).nonzero()[0])
+        got = {((p - picture_start) // cols, (p - picture_start) % cols) for p in keys.nonzero().squeeze(1).tolist()}
+        assert got == _expected_tokens(box)
+
+
+def test_the_scored_attention_is_the_heads_own(vlm):
+    """exp(log attention) times the head's values equals what the head hands to o_proj."""
+    model = vlm.model.eval()
+    looking_ = BoxAttention(model, vlm.processor.tokenizer, layer=2, head=3)
+    batch = _batch(vlm, [looking.example("ground", random.Random(6)), looking.example("locate", random.Random(7))])
+    handed = {}
+    attn = model.language_model.layers[2].self_attn
+    hook = attn.o_proj.register_forward_pre_hook(lambda m, args: handed.setdefault("x", args[0]))
+    with torch.no_grad():
+        model(**batch.model_inputs("cpu"))
+        targets = box_targets(batch, vlm.processor.tokenizer, model.cfg)
+        probs = looking_.attention(targets, batch.segment_ids).exp()
+    hook.remove()
+    x, hd = looking_.seen[0], attn.head_dim
+    kv = 3 // (attn.num_attention_heads // attn.num_key_value_heads)
+    bias = attn.v_proj.bias[kv * hd:(kv + 1) * hd] if attn.v_proj.bias is not None else None
+    values = torch.nn.functional.linear(x, attn.v_proj.weight[kv * hd:(kv + 1) * hd], bias)[targets.rows]  # (N, T, hd)
+    expected = (probs.unsqueeze(1) @ values).squeeze(1)
+    actual = handed["x"][targets.rows, targets.queries, 3 * hd:4 * hd]
+    assert len(targets) > 10 and torch.allclose(expected, actual, atol=1e-4)
+    assert ((probs.sum(-1) - 1).abs() < 1e-4).all()
+
+
+def test_the_label_moves_the_heads_attention_into_the_box(vlm):
+    model = VLM.from_pretrained().model.train()
+    looking_ = BoxAttention(model, vlm.processor.tokenizer, layer=1)
+    batch = _batch(vlm, [looking.example("ground", random.Random(8)) for _ in range(2)])
+    optimizer = torch.optim.Adam(model.language_model.parameters(), lr=3e-3)
+    for _ in range(8):
+        model(**batch.model_inputs("cpu"))
+        loss = looking_.loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert looking_.masses[-1] > 2 * looking_.masses[0]
+
+
+def test_a_bad_layer_or_head_is_named(vlm):
+    with pytest.raises(ValueError, match="layer 9"):
+        BoxAttention(vlm.model, vlm.processor.tokenizer, layer=9)
+    with pytest.raises(ValueError, match="head 7"):
+        BoxAttention(vlm.model, vlm.processor.tokenizer, layer=0, head=7)

@@ -1,0 +1,146 @@
+"""A dense label for grounding: where the language model should look while it writes a box.
+
+Reading became learnable once every patch had a label (`recipes.reading`); grounding is still
+one box per question, and the language model has to discover by itself that the box's digits
+depend on the image tokens that show the quoted word. But the answer says where those tokens
+are: the image tokens inside the answered box. This loss tells one attention head of one layer,
+at every position of a box answer (`<|begin_of_box|>` up to the last digit), to put its weight
+on them: minus the log of the attention mass that lands inside the box, among the keys the
+head can see (its own conversation, up to itself). Nothing else changes: the head stays a
+head, the architecture and the inference path are untouched.
+
+    looking = BoxAttention(model, tokenizer, layer=4)    # hooks the layer's attention input
+    logits = model(**batch.model_inputs(device)).logits
+    loss = answer_loss + weight * looking.loss(batch)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from train.collate import Batch
+from vlm.config import VLMConfig
+from vlm.outputs import parse_boxes
+from vlm.rotary import apply_rotary
+from vlm.vision import token_positions
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The supervised queries: batch row, position, and which positions of the row to attend to."""
+
+    rows: torch.Tensor  # (N,)
+    queries: torch.Tensor  # (N,)
+    keys: torch.Tensor  # (N, T) bool
+
+    def __len__(self) -> int:
+        return int(self.rows.numel())
+
+
+def box_targets(batch: Batch, tokenizer: Any, config: VLMConfig, *, merge: int = 2) -> Targets:
+    """Every box answer in `batch`'s targets: its positions, and the image tokens of the last
+    picture before it (same conversation) whose 28-px square overlaps the answered box."""
+    begin, end = (tokenizer.convert_tokens_to_ids(t) for t in ("<|begin_of_box|>", "<|end_of_box|>"))
+    ids, segments, T = batch.input_ids, batch.segment_ids, batch.input_ids.shape[1]
+    is_image = ids == config.image_token_id
+    # each image token's centre and its picture's size in merged tokens, in the flattened order
+    # the model fills image tokens in
+    grid = batch.image_grid_thw if batch.image_grid_thw is not None else torch.zeros(0, 3, dtype=torch.long)
+    centres = token_positions(grid, merge) if len(grid) else torch.zeros(0, 2)
+    picture = torch.repeat_interleave(torch.arange(len(grid)), (grid.prod(1) // merge**2).long())
+    flat_index = torch.full(ids.shape, -1, dtype=torch.long)
+    flat_index[is_image] = torch.arange(int(is_image.sum()))
+    rows, queries, keys = [], [], []
+    learned = torch.zeros_like(ids, dtype=torch.bool)  # tokens the answer loss teaches (targets are shifted)
+    learned[:, 1:] = batch.targets[:, :-1] == ids[:, 1:]
+    for b, t in zip(*((ids == begin) & learned).nonzero(as_tuple=True)):
+        b, t = int(b), int(t)
+        stop = t + 1
+        while stop < T and int(ids[b, stop]) != end and segments[b, stop] == segments[b, t]:
+            stop += 1
+        boxes = parse_boxes(tokenizer.decode(ids[b, t:stop + 1].tolist()), anywhere=True)
+        earlier = is_image[b, :t] & (segments[b, :t] == segments[b, t])
+        if not boxes or not hasattr(boxes[0], "x2") or not earlier.any():
+            continue
+        last = int(picture[flat_index[b, int(earlier.nonzero().max())]])
+        picture_of = torch.full((T,), -1, dtype=torch.long)  # each position's picture, -1 for text
+        picture_of[flat_index[b] >= 0] = picture[flat_index[b][flat_index[b] >= 0]]
+        own = earlier & (picture_of[:t] == last)
+        own = torch.cat([own, own.new_zeros(T - t)])
+        _, h, w = grid[last].tolist()
+        half_x, half_y = merge / 2 / w, merge / 2 / h  # half a merged token, as a fraction of the picture
+        box = boxes[0]
+        x1, y1, x2, y2 = box.x1 / 1000, box.y1 / 1000, box.x2 / 1000, box.y2 / 1000
+        xy = torch.zeros(T, 2)
+        xy[own] = centres[flat_index[b][own]]
+        inside = own & (xy[:, 0] + half_x > x1) & (xy[:, 0] - half_x < x2) & (xy[:, 1] + half_y > y1) & (xy[:, 1] - half_y < y2)
+        if not inside.any():
+            continue
+        for q in range(t, stop):
+            rows.append(b)
+            queries.append(q)
+            keys.append(inside)
+    if not rows:
+        return Targets(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, T, dtype=torch.bool))
+    return Targets(torch.tensor(rows), torch.tensor(queries), torch.stack(keys))
+
+
+class BoxAttention:
+    """Keeps the input of one layer's attention in each forward, to score where one head looks
+    while box answers are written (`loss`, `mass`); `model` is a `vlm.model.Glm4vMoeModel`."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, layer: int, head: int = 0) -> None:
+        self.tokenizer, self.config = tokenizer, model.cfg
+        layers = model.language_model.layers
+        if not 0 <= layer < len(layers):
+            raise ValueError(f"layer {layer}: expected 0..{len(layers) - 1}")
+        self.attn = layers[layer].self_attn
+        if not 0 <= head < self.attn.num_attention_heads:
+            raise ValueError(f"head {head}: expected 0..{self.attn.num_attention_heads - 1}")
+        self.head, self.seen = head, None
+        self.masses: list[float] = []
+        self.attn.register_forward_pre_hook(self._keep)
+
+    def _keep(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        x, cos, sin = args[:3]
+        self.seen = (x, cos, sin)
+
+    def attention(self, targets: Targets, segment_ids: torch.Tensor) -> torch.Tensor:
+        """(N, T) log attention of the head at each supervised query, over the keys it sees."""
+        x, cos, sin = self.seen
+        a, hd = self.attn, self.attn.head_dim
+        kv = self.head // (a.num_attention_heads // a.num_key_value_heads)
+        q_w = a.q_proj.weight[self.head * hd:(self.head + 1) * hd]
+        q_b = a.q_proj.bias[self.head * hd:(self.head + 1) * hd] if a.q_proj.bias is not None else None
+        k_w = a.k_proj.weight[kv * hd:(kv + 1) * hd]
+        k_b = a.k_proj.bias[kv * hd:(kv + 1) * hd] if a.k_proj.bias is not None else None
+        rows = targets.rows.to(x.device)
+        q = torch.nn.functional.linear(x[rows, targets.queries.to(x.device)], q_w, q_b)  # (N, hd)
+        q = apply_rotary(q, cos[rows, targets.queries.to(x.device)].to(q.dtype),
+                         sin[rows, targets.queries.to(x.device)].to(q.dtype), a.layout)
+        k = torch.nn.functional.linear(x, k_w, k_b)  # (B, T, hd)
+        k = apply_rotary(k, cos.to(k.dtype), sin.to(k.dtype), a.layout)[rows]  # (N, T, hd)
+        scores = (k @ q.unsqueeze(-1)).squeeze(-1).float() / math.sqrt(hd)
+        T = x.shape[1]
+        segments = segment_ids.to(x.device)[rows]
+        visible = (torch.arange(T, device=x.device)[None] <= targets.queries.to(x.device)[:, None]) & (
+            segments == segments.gather(1, targets.queries.to(x.device)[:, None]))
+        return scores.masked_fill(~visible, float("-inf")).log_softmax(-1)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Mean over the box answers' positions of -log(attention mass inside the box); 0 without
+        any. Call it after the model's forward on `batch`. Each call's mean mass inside the box
+        (1: all of it) is appended to `masses`, for logs."""
+        if self.seen is None:
+            raise RuntimeError("no forward seen yet: run the model on the batch first")
+        targets = box_targets(batch, self.tokenizer, self.config)
+        if not len(targets):
+            return self.seen[0].new_zeros(())
+        logp = self.attention(targets, batch.segment_ids)
+        inside = logp.masked_fill(~targets.keys.to(logp.device), float("-inf")).logsumexp(-1)
+        self.masses.append(inside.detach().exp().mean().item())
+        return -inside.mean()
