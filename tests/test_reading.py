@@ -92,7 +92,7 @@ def test_per_patch_labels_teach_the_encoder_characters_at_random_offsets():
     pixel offsets get above twice that on held-out pictures (one label per picture stays at chance),
     and its merged tokens say where they are (without the position loss reading trains it out)."""
     cfg = ReadingConfig(size=(112, 56), batch_size=16, scale=(1.0, 1.0), font_px=(22, 26), slots=1, n_test=64,
-                        large_steps=0)  # its own text sizes throughout
+                        large_steps=0, glyph_share=0.0)  # its own text sizes, every loss throughout
     encoder, result = train(model_config("small").vision, cfg, steps=200, every=50, log_line=print)
     assert result["steps"] == 200
     assert result["patch_char_accuracy"] > 0.025, result  # measured 0.044 (n_test 32) on 2 shared cores
