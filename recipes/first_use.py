@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -36,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from vlm import VLM
+from vlm.files import atomic_write
 from vlm.outputs import parse_boxes, strip_special_tokens, to_pixels
 
 BUTTONS = ("Sign in", "Cancel", "Help")
@@ -220,14 +220,6 @@ def measure(vlm: VLM, *, pages: Mapping[str, str] = PAGES, shapes: Path = SHAPES
     return FirstUse(tuple(ask_buttons(vlm, render_pages(pages))), ask_red_square(vlm, shapes))
 
 
-def write_json(path: Path, value: Any) -> None:
-    """Atomically: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m recipes.first_use", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model, assets/model)")
@@ -239,7 +231,9 @@ def main(argv: list[str] | None = None) -> None:
     vlm = VLM.from_pretrained(args.model)
     result = measure(vlm)
     if args.out:
-        write_json(Path(args.out), {**result.as_dict(), "model": str(vlm.path)})
+        out, text = Path(args.out), json.dumps({**result.as_dict(), "model": str(vlm.path)}, indent=2) + "\n"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     print(result.report())
 
 

@@ -145,7 +145,6 @@ def test_a_missing_model_directory_is_named(tmp_path, capsys):
 
 
 def test_the_questions_are_the_readme_example_and_the_demos(tmp_path):
-    pytest.importorskip("gradio")
     from demo.app import EXAMPLES_DIR, Settings, _examples
 
     example = re.search(r'vlm\.generate\("([^"]+)", images=\["shot\.png"\], thinking=False\)', README.read_text())

@@ -47,43 +47,39 @@ def box_targets(batch: Batch, tokenizer: Any, config: VLMConfig, *, merge: int =
     begin, end = (tokenizer.convert_tokens_to_ids(t) for t in ("<|begin_of_box|>", "<|end_of_box|>"))
     ids, segments, T = batch.input_ids, batch.segment_ids, batch.input_ids.shape[1]
     is_image = ids == config.image_token_id
-    # each image token's centre and its picture's size in merged tokens, in the flattened order
-    # the model fills image tokens in
+    # per position: its picture (-1 for text) and its merged token's centre; the model fills
+    # image tokens in flattened order, the order of `image_grid_thw` and `token_positions`
     grid = batch.image_grid_thw if batch.image_grid_thw is not None else torch.zeros(0, 3, dtype=torch.long)
-    centres = token_positions(grid, merge) if len(grid) else torch.zeros(0, 2)
-    picture = torch.repeat_interleave(torch.arange(len(grid)), (grid.prod(1) // merge**2).long())
-    flat_index = torch.full(ids.shape, -1, dtype=torch.long)
-    flat_index[is_image] = torch.arange(int(is_image.sum()))
-    rows, queries, keys = [], [], []
+    picture_of = torch.full(ids.shape, -1, dtype=torch.long)
+    picture_of[is_image] = torch.repeat_interleave(torch.arange(len(grid)), (grid.prod(1) // merge**2).long())
+    centre_of = torch.zeros(*ids.shape, 2)
+    if len(grid):
+        centre_of[is_image] = token_positions(grid, merge)
     learned = torch.zeros_like(ids, dtype=torch.bool)  # tokens the answer loss teaches (targets are shifted)
     learned[:, 1:] = batch.targets[:, :-1] == ids[:, 1:]
+    rows, queries, keys = [], [], []
     for b, t in zip(*((ids == begin) & learned).nonzero(as_tuple=True)):
         b, t = int(b), int(t)
         stop = t + 1
         while stop < T and int(ids[b, stop]) != end and segments[b, stop] == segments[b, t]:
             stop += 1
         boxes = parse_boxes(tokenizer.decode(ids[b, t:stop + 1].tolist()), anywhere=True)
-        earlier = is_image[b, :t] & (segments[b, :t] == segments[b, t])
+        earlier = is_image[b] & (segments[b] == segments[b, t]) & (torch.arange(T) < t)
         if not boxes or not hasattr(boxes[0], "x2") or not earlier.any():
             continue
-        last = int(picture[flat_index[b, int(earlier.nonzero().max())]])
-        picture_of = torch.full((T,), -1, dtype=torch.long)  # each position's picture, -1 for text
-        picture_of[flat_index[b] >= 0] = picture[flat_index[b][flat_index[b] >= 0]]
-        own = earlier & (picture_of[:t] == last)
-        own = torch.cat([own, own.new_zeros(T - t)])
+        last = int(picture_of[b, int(earlier.nonzero().max())])
         _, h, w = grid[last].tolist()
         half_x, half_y = merge / 2 / w, merge / 2 / h  # half a merged token, as a fraction of the picture
         box = boxes[0]
         x1, y1, x2, y2 = box.x1 / 1000, box.y1 / 1000, box.x2 / 1000, box.y2 / 1000
-        xy = torch.zeros(T, 2)
-        xy[own] = centres[flat_index[b][own]]
-        inside = own & (xy[:, 0] + half_x > x1) & (xy[:, 0] - half_x < x2) & (xy[:, 1] + half_y > y1) & (xy[:, 1] - half_y < y2)
+        x, y = centre_of[b].unbind(-1)
+        inside = (earlier & (picture_of[b] == last) & (x + half_x > x1) & (x - half_x < x2)
+                  & (y + half_y > y1) & (y - half_y < y2))
         if not inside.any():
             continue
-        for q in range(t, stop):
-            rows.append(b)
-            queries.append(q)
-            keys.append(inside)
+        rows += [b] * (stop - t)
+        queries += range(t, stop)
+        keys += [inside] * (stop - t)
     if not rows:
         return Targets(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, T, dtype=torch.bool))
     return Targets(torch.tensor(rows), torch.tensor(queries), torch.stack(keys))
@@ -123,9 +119,12 @@ class BoxAttention:
         q = apply_rotary(q, cos[rows, targets.queries.to(x.device)].to(q.dtype),
                          sin[rows, targets.queries.to(x.device)].to(q.dtype), a.layout)
         k = torch.nn.functional.linear(x, k_w, k_b)  # (B, T, hd)
-        k = apply_rotary(k, cos.to(k.dtype), sin.to(k.dtype), a.layout)[rows]  # (N, T, hd)
-        scores = (k @ q.unsqueeze(-1)).squeeze(-1).float() / math.sqrt(hd)
+        k = apply_rotary(k, cos.to(k.dtype), sin.to(k.dtype), a.layout)
         T = x.shape[1]
+        scores = q.new_zeros(len(rows), T, dtype=torch.float32)
+        for b in rows.unique().tolist():  # row by row: no (N, T, hd) copy of the keys
+            at = rows == b
+            scores[at] = (q[at] @ k[b].T).float() / math.sqrt(hd)
         segments = segment_ids.to(x.device)[rows]
         visible = (torch.arange(T, device=x.device)[None] <= targets.queries.to(x.device)[:, None]) & (
             segments == segments.gather(1, targets.queries.to(x.device)[:, None]))
