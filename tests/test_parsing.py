@@ -245,6 +245,25 @@ def test_any_action_survives_serialise_then_parse(platform, data):
     assert parse_response(serialise_response(parsed, platform), platform) == parsed
 
 
+@pytest.mark.parametrize("platform, action", [
+    ("mobile", OpenApp("<think>")), ("mobile", Answer("a</think>b<|end_of_box|>")),
+    ("desktop", Type("</think>")), ("desktop", Type("<|begin_of_box|>\\u003c"))])
+@pytest.mark.parametrize("thinking", [None, "", "plan"])
+def test_markup_inside_an_action_reads_back_as_text(platform, action, thinking):
+    """A typed "</think>" is text: serialised with its `<` escaped, never split as thinking."""
+    text = serialise_response(ParsedResponse(action, thinking=thinking), platform)
+    assert "\\u003c" in text
+    parsed = parse_response(text, platform)
+    assert (parsed.action, parsed.thinking) == (action, thinking)
+
+
+def test_thinking_ends_at_the_first_close_tag_and_a_later_open_tag_is_answer_text():
+    assert parse_response('<think>a</think>Action: {"action_type": "answer", "text": "</think>"}',
+                          "mobile").action == Answer("</think>")
+    assert parse_response('Memory: x\nAction: {"action_type": "open_app", "app_name": "<think>"}',
+                          "mobile").action == OpenApp("<think>")
+
+
 # --- fuzzing: nothing but ParseError escapes ----------------------------------------------
 
 FRAGMENTS = ["<think>", "</think>", "<|begin_of_box|>", "<|end_of_box|>", "<|start_of_box|>", "Memory:",

@@ -48,13 +48,27 @@ class ParsedResponse:
     memory: str | None = None
 
 
+# Model markup that must not appear verbatim inside an action's text: a serialiser writes its `<`
+# as `\u003c`, so that a typed "</think>" or "<|end_of_box|>" reads back as text, not as markup.
+MARKUP_LT = re.compile(r"<(?=/?think>|\|)")
+
+
+def escape_markup(text: str) -> str:
+    return MARKUP_LT.sub(r"\\u003c", text)
+
+
 def split_thinking(text: str) -> tuple[str | None, str]:
-    """(thinking, rest) with `<think>` removed and a GLM-4.1V `<answer>` wrapper unwrapped."""
+    """(thinking, rest) with `<think>` removed and a GLM-4.1V `<answer>` wrapper unwrapped.
+
+    Thinking comes first and ends at the first `</think>`; the opening tag may be missing when
+    the chat template pre-filled it. A `<think>` later in the text belongs to the answer.
+    """
     thinking = None
+    opened = text.lstrip().startswith("<think>")
     if "</think>" in text:
-        head, _, text = text.rpartition("</think>")
-        thinking = head.replace("<think>", "").strip()  # "" (not None): thinking switched off
-    elif "<think>" in text:
+        head, _, text = text.partition("</think>")
+        thinking = head.lstrip().removeprefix("<think>").strip()  # "" (not None): thinking switched off
+    elif opened:
         raise ParseError(text, "thinking was opened with <think> but never closed (output truncated?)")
     answer = _ANSWER.search(text)
     if answer:

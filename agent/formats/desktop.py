@@ -19,7 +19,7 @@ import re
 from agent.actions import (Action, Answer, Click, Done, Drag, Fail, Hover, Key, Point, Box,
                            Scroll, Type, Wait)
 from agent.formats.common import (BOX_BEGIN, BOX_END, ParsedResponse, ParseError, boxed,
-                                  format_point_or_box, numbers_in, split_thinking,
+                                  escape_markup, format_point_or_box, numbers_in, split_thinking,
                                   strip_box_tokens, to_target)
 
 _CLICKS = {
@@ -44,11 +44,12 @@ def normalise_key(name: str) -> str:
 
 
 def _unescape(value: str) -> str:
-    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), value)
+    return re.sub(r"\\(u[0-9a-fA-F]{4}|.)", lambda m: chr(int(m.group(1)[1:], 16)) if len(m.group(1)) == 5
+                  else _ESCAPES.get(m.group(1), m.group(0)), value)
 
 
 def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+    return escape_markup(value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n"))
 
 
 _AFTER_VALUE = re.compile(r"\s*(?:,\s*[A-Za-z_]\w*\s*=|\Z)")

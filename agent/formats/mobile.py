@@ -17,7 +17,7 @@ import re
 from agent.actions import (Action, Answer, Back, Box, Click, Done, Fail, Home, Key, LongPress,
                            OpenApp, Point, Swipe, Type, Wait)
 from agent.formats.common import (BOX_BEGIN, BOX_END, ParsedResponse, ParseError,
-                                  split_thinking, strip_box_tokens, to_target)
+                                  escape_markup, split_thinking, strip_box_tokens, to_target)
 
 # `[^\S\n]` (blanks, not newlines): `^\s*` would scan every following blank line from every line start.
 _SECTION = re.compile(r"(?im)^[^\S\n]*(Memory|Reason|Action)[^\S\n]*:")
@@ -186,7 +186,7 @@ def _action_dict(action: Action) -> dict:
 
 
 def serialise_action(action: Action) -> str:
-    return json.dumps(_action_dict(action), ensure_ascii=False)
+    return escape_markup(json.dumps(_action_dict(action), ensure_ascii=False))
 
 
 def serialise_response(parsed: ParsedResponse) -> str:
