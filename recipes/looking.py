@@ -148,12 +148,16 @@ class WordOracle:
     language-model token: with `codes="embeddings"` that token's input embedding as it is now
     (the alignment `recipes.reading --align-to` trains toward), with `codes="random"` a fixed
     random vector per token (a perfect reader whose codes the language model must learn word by
-    word); every token also carries its x, y and a constant. The pictures' order is told
-    before each forward (`expect`), as the hook sees only pixels.
+    word); every token also carries its place: with `place="scalar"` its x and y, with
+    `place="digits"` the hundreds and tens digits of its centre's x and y in the answers' 0-999
+    space as four one-hot codes (a place the answer's digit tokens can copy), and a constant.
+    The pictures' order is told before each forward (`expect`), as the hook sees only pixels.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, codes: Literal["embeddings", "random"]) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, codes: Literal["embeddings", "random"],
+                 place: Literal["scalar", "digits"] = "scalar") -> None:
         self.embeddings, self.tokenizer, self.codes = model.language_model.embed_tokens.weight, tokenizer, codes
+        self.place = place
         generator = torch.Generator().manual_seed(0)
         self.random = torch.nn.functional.normalize(torch.randn(self.embeddings.shape, generator=generator), dim=-1)
         self.pending: list[Example] = []
@@ -183,8 +187,15 @@ class WordOracle:
                 overlaps = (x1 < x[rows] + 14) & (x[rows] - 14 < x2) & (y1 < y[rows] + 14) & (y[rows] - 14 < y2)
                 code = self._code(question.split('"')[1]).to(out.device)
                 features[rows] += 3 * overlaps[:, None].float() * code
-        features[:, 0] += 3 * (positions[:, 0] - 0.5)
-        features[:, 1] += 3 * (positions[:, 1] - 0.5)
+        if self.place == "digits":
+            model_space = (positions.clamp(0, 0.999) * 1000).long()  # (tokens, 2): x, y in 0..999
+            rows = torch.arange(len(positions), device=out.device)
+            for slot, digits in enumerate((model_space[:, 0] // 100, model_space[:, 0] // 10 % 10,
+                                           model_space[:, 1] // 100, model_space[:, 1] // 10 % 10)):
+                features[rows, 3 + 10 * slot + digits] += 3.0
+        else:
+            features[:, 0] += 3 * (positions[:, 0] - 0.5)
+            features[:, 1] += 3 * (positions[:, 1] - 0.5)
         features[:, 2] += 1.0
         return features.to(out.dtype)
 
@@ -288,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oracle-tokens", action="store_true", help="side only: clean image tokens, the control")
     p.add_argument("--oracle-words", choices=("embeddings", "random"), default=None,
                    help="locate and ground: image tokens as an ideal reader's word codes (the embeddings: aligned)")
+    p.add_argument("--oracle-place", choices=("scalar", "digits"), default="scalar",
+                   help="with --oracle-words: each token's place as x and y, or as one-hot coordinate digits")
     p.add_argument("--attend-weight", type=float, default=0.0,
                    help="locate and ground: weight of the box-attention label (train.box_attention; 0: off)")
     p.add_argument("--attend-layer", type=int, default=4, help="the layer whose head 0 the label trains")
@@ -310,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         mimetic.language(vlm.model.language_model, seed=args.seed)
     if args.oracle_tokens:
         oracle_tokens(vlm.model)
-    oracle = WordOracle(vlm.model, vlm.processor.tokenizer, args.oracle_words) if args.oracle_words else None
+    oracle = WordOracle(vlm.model, vlm.processor.tokenizer, args.oracle_words, args.oracle_place) \
+        if args.oracle_words else None
     attend = (BoxAttention(vlm.model, vlm.processor.tokenizer, layer=args.attend_layer), args.attend_weight) \
         if args.attend_weight else None
     result = train(vlm, args.task, steps=args.steps, every=args.every, seed=args.seed, oracle=oracle, attend=attend)

@@ -2,6 +2,7 @@
 attention it scores is the one the model computes, and the label teaches it."""
 
 import random
+import subprocess
 
 import pytest
 import torch
@@ -51,6 +52,28 @@ def test_each_box_answer_looks_at_the_image_tokens_inside_its_box(vlm):
         picture_start = int(((batch.input_ids[b] == image_id) & (batch.segment_ids[b] == ex_i + 1)).nonzero()[0])
         got = {((p - picture_start) // cols, (p - picture_start) % cols) for p in keys.nonzero().squeeze(1).tolist()}
         assert got == _expected_tokens(box)
+
+
+def test_a_videos_frames_in_the_batch_are_not_taken_for_pictures(vlm, tmp_path):
+    """Video frames use the image placeholder id too; a conversation with a video before one with
+    a picture (the training mix) must still point each box at its own picture's tokens."""
+    video = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=112x56:rate=4:duration=2",
+                    "-pix_fmt", "yuv420p", str(video)], check=True)
+    watch = [{"role": "user", "content": [{"type": "video", "video": str(video)}, {"type": "text", "text": "What happens?"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "A test pattern."}]}]
+    ex = looking.example("locate", random.Random(3))
+    encoder = Encoder(vlm.processor, max_length=1 << 16)
+    batch = pack([encoder.encode(watch), encoder.encode(ex.messages())], row_length=1 << 16)
+    assert batch.video_grid_thw is not None
+    targets = box_targets(batch, vlm.processor.tokenizer, vlm.model.cfg)
+    assert len(targets) > 0
+    b = int(targets.rows[0])
+    image_id, cols = vlm.model.cfg.image_token_id, looking.SIZE[0] // 28
+    picture = (batch.input_ids[b] == image_id) & (batch.segment_ids[b] == batch.segment_ids[b, targets.queries[0]])
+    start = int(picture.nonzero()[0])
+    keys = targets.keys[0].nonzero().squeeze(1).tolist()
+    assert {((p - start) // cols, (p - start) % cols) for p in keys} == _expected_tokens(ex.boxes[0])
 
 
 def test_the_scored_attention_is_the_heads_own(vlm):

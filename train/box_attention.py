@@ -25,6 +25,7 @@ import torch
 from train.collate import Batch
 from vlm.config import VLMConfig
 from vlm.outputs import parse_boxes
+from vlm.positions import placeholder_masks
 from vlm.rotary import apply_rotary
 from vlm.vision import token_positions
 
@@ -46,7 +47,7 @@ def box_targets(batch: Batch, tokenizer: Any, config: VLMConfig, *, merge: int =
     picture before it (same conversation) whose 28-px square overlaps the answered box."""
     begin, end = (tokenizer.convert_tokens_to_ids(t) for t in ("<|begin_of_box|>", "<|end_of_box|>"))
     ids, segments, T = batch.input_ids, batch.segment_ids, batch.input_ids.shape[1]
-    is_image = ids == config.image_token_id
+    is_image, _ = placeholder_masks(ids, config)  # a video's frames use the image id too: not pictures here
     # per position: its picture (-1 for text) and its merged token's centre; the model fills
     # image tokens in flattened order, the order of `image_grid_thw` and `token_positions`
     grid = batch.image_grid_thw if batch.image_grid_thw is not None else torch.zeros(0, 3, dtype=torch.long)
