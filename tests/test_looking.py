@@ -85,6 +85,31 @@ def test_the_word_oracle_gives_each_words_tokens_its_code_in_the_pictures_order(
             vlm.model.visual(inputs["pixel_values"], inputs["image_grid_thw"])
 
 
+def test_the_word_oracles_digit_place_is_each_tokens_coordinate_digits():
+    """place="digits": a token away from every word carries one-hot hundreds and tens digits of
+    its centre's x and y in the answers' 0-999 space, and nothing else but the constant."""
+    vlm = VLM.from_pretrained()
+    ex = looking.example("locate", random.Random(6))
+    inputs = vlm.processor(text=["<|begin_of_image|><|image|><|end_of_image|>"], images=[ex.image], return_tensors="pt")
+    oracle = looking.WordOracle(vlm.model, vlm.processor.tokenizer, "random", place="digits")
+    oracle.expect([ex])
+    tokens = vlm.model.visual(inputs["pixel_values"], inputs["image_grid_thw"])
+    (x1, y1, x2, y2), = ex.boxes
+    checked = 0
+    for row in range(looking.SIZE[1] // 28):
+        for col in range(looking.SIZE[0] // 28):
+            if col * 28 < x2 and (col + 1) * 28 > x1 and row * 28 < y2 and (row + 1) * 28 > y1:
+                continue  # the word's code is added here too
+            x, y = int((col + 0.5) * 28 / looking.SIZE[0] * 1000), int((row + 0.5) * 28 / looking.SIZE[1] * 1000)
+            expected = torch.zeros(vlm.config.text.hidden_size)
+            expected[2] = 1.0
+            for slot, digit in enumerate((x // 100, x // 10 % 10, y // 100, y // 10 % 10)):
+                expected[3 + 10 * slot + digit] = 3.0
+            assert torch.equal(tokens[row * 8 + col], expected), (row, col)
+            checked += 1
+    assert checked >= 20
+
+
 def test_the_cli_names_bad_arguments(capsys):
     with pytest.raises(SystemExit) as exit_:
         looking.main(["read", "--model", "assets/model", "--oracle-tokens"])
