@@ -260,3 +260,10 @@ def test_the_box_attention_label_refuses_lora_and_checkpointing(tmp_path):
     for bad in (dict(mode="lora", model="x"), dict(gradient_checkpointing=True)):
         with pytest.raises(ValueError, match="box_attention_weight"):
             _config(tmp_path, tmp_path / "d.jsonl", box_attention_weight=1.0, **bad)
+
+
+@pytest.mark.parametrize("name", ["FSDP", "DEEPSPEED"])
+def test_the_box_attention_label_refuses_sharded_weights(tmp_path, monkeypatch, name):
+    monkeypatch.setenv(f"ACCELERATE_USE_{name}", "true")
+    with pytest.raises(ValueError, match=f"box_attention_weight=1.0 .* under {name}"):
+        Trainer(_config(tmp_path, write_dataset(tmp_path, 4), box_attention_weight=1.0))

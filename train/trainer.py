@@ -108,6 +108,10 @@ class Trainer:
         cpu = not torch.cuda.is_available()
         sharded = [name for name in ("FSDP", "DEEPSPEED")
                    if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() in ("1", "true")]
+        if sharded and cfg.box_attention_weight:
+            raise ValueError(f"box_attention_weight={cfg.box_attention_weight} scores one head from the layer's "
+                             f"full q/k weights outside its forward; under {sharded[0]} they are sharded there. "
+                             "Train it with DDP or one device, or set box_attention_weight=0")
         if cpu and sharded:  # accelerate would quietly fall back to replicated DDP on CPU
             raise RuntimeError(f"the accelerate config asks for {sharded[0]}, which needs CUDA devices; none is "
                                "available. On CPU use train/configs/cpu_2proc.yaml (DDP over gloo)")
