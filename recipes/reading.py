@@ -101,6 +101,11 @@ class ReadingConfig:
     # alone trains position out of the tokens (held-out R^2 0.10 / -0.03 after 20 min), and a
     # language model cannot box what its tokens do not locate
     position_weight: float = 10.0
+    # where the position lives: "head", any direction a learned linear head reads; "dims", the
+    # merged token's first two coordinates themselves, PLACE_SCALE * (x - 0.5) and (y - 0.5), as
+    # `recipes.looking`'s ideal reader has it (locate with box attention from a random language
+    # model, 200 steps: that reader 34%, the learned-head encoder 6%)
+    place: Literal["head", "dims"] = "head"
     # the share of the tokens' energy that every token shares (the batch's mean token; 0.68 after
     # reading alone): a language model from scratch does not learn to pick out tokens that differ
     # by a small part of a large shared vector (`python -m recipes.looking side`: chance after 400 steps; learned in 80 once
@@ -178,14 +183,22 @@ class Batches(torch.utils.data.IterableDataset):
                              tokenizer=self.tokenizer)
 
 
+PLACE_SCALE = 3.0  # place="dims": a token's x - 0.5 and y - 0.5 in its first two coordinates, times this
+
+
 class Reader(nn.Module):
     """The encoder and the reading heads; `embeddings` (vocab, out_hidden_size), a language
-    model's input embeddings, frozen: what the alignment scores merged tokens against."""
+    model's input embeddings, frozen: what the alignment scores merged tokens against; `place`
+    as `ReadingConfig.place`."""
 
-    def __init__(self, encoder: VisionEncoder, slots: int, embeddings: torch.Tensor | None = None) -> None:
+    def __init__(self, encoder: VisionEncoder, slots: int, embeddings: torch.Tensor | None = None,
+                 place: Literal["head", "dims"] = "head") -> None:
         super().__init__()
+        if place not in ("head", "dims"):
+            raise ValueError(f"place={place!r}: expected 'head' or 'dims'")
         self.encoder = encoder
         self.slots = slots
+        self.place = place
         if embeddings is not None and embeddings.shape[1] != encoder.cfg.out_hidden_size:
             raise ValueError(f"embeddings of width {embeddings.shape[1]}: expected the encoder's "
                              f"out_hidden_size {encoder.cfg.out_hidden_size}")
@@ -211,8 +224,14 @@ class Reader(nn.Module):
         C = text.CLASSES
         return Reading(self.patch_head(features).view(-1, self.slots, C),
                        self.token_head(tokens).view(-1, self.slots, C),  # 4 patches per token, in block order
-                       self.position_head(tokens), shared_share(tokens),
+                       self.position(tokens), shared_share(tokens),
                        None if self.embeddings is None else F.normalize(tokens.float(), dim=-1) @ self.embeddings.T)
+
+
+    def position(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.place == "dims":
+            return tokens[:, :2] / PLACE_SCALE + 0.5
+        return self.position_head(tokens)
 
 
 @dataclass(frozen=True)
@@ -312,7 +331,7 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
         load_encoder(encoder, start_from)
     aligning = align is not None and cfg.align_weight > 0
     tokenizer = align.tokenizer if aligning else None
-    reader = Reader(encoder, cfg.slots, align.embeddings if aligning else None).to(device)
+    reader = Reader(encoder, cfg.slots, align.embeddings if aligning else None, place=cfg.place).to(device)
     test = make_batch(random.Random(f"reading/test/{cfg.seed}"), cfg.n_test, cfg, tokenizer=tokenizer).to(device)
     baseline = None if test.pieces_TK is None else round(align_baseline(test.pieces_TK.cpu()), 4)
     by_size = {name: batch.to(device) for name, batch in size_tests(cfg).items()}
@@ -408,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                         "alignment after)")
     p.add_argument("--position-weight", type=float, default=d.position_weight,
                    help="weight of the tokens' position loss (0: off)")
+    p.add_argument("--place", choices=("head", "dims"), default=d.place,
+                   help="position read by a learned head, or held in the tokens' first two coordinates")
     p.add_argument("--centre-weight", type=float, default=d.centre_weight,
                    help="weight of the tokens' shared share (0: off)")
     p.add_argument("--start-from", type=Path, default=None, help="continue from these encoder weights")
@@ -429,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = ReadingConfig(seed=args.seed, init=args.init, batch_size=args.batch_size, font_px=tuple(args.font_px),
                         scale=tuple(args.scale), large_steps=args.large_steps, glyph_share=args.glyph_share,
-                        position_weight=args.position_weight, centre_weight=args.centre_weight,
+                        position_weight=args.position_weight, place=args.place, centre_weight=args.centre_weight,
                         align_weight=args.align_weight)
     vision, align = model_config(args.size).vision, None
     if args.align_to is not None:

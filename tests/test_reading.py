@@ -213,3 +213,21 @@ def test_the_glyph_phase_is_the_first_share_of_whichever_budget_is_used_more():
     assert glyph_phase(2 / 3, 10_000, None, 599.0, 15.0) and not glyph_phase(2 / 3, 5, None, 601.0, 15.0)
     assert not glyph_phase(2 / 3, 10, 1000, 700.0, 15.0)  # time runs out first: the time decides
     assert not glyph_phase(0.0, 0, 300, 0.0, None)  # share 0: every loss from step 1
+
+
+@pytest.mark.slow
+def test_place_dims_puts_each_tokens_position_in_its_first_two_coordinates():
+    """place="dims": no learned head reads the position; the merged tokens' coordinates 0 and 1
+    themselves become PLACE_SCALE * (x - 0.5) and (y - 0.5), the ideal reader's place code."""
+    from recipes.reading import PLACE_SCALE
+    cfg = ReadingConfig(size=(112, 56), batch_size=8, scale=(1.0, 1.0), font_px=(22, 26), slots=1, n_test=16,
+                        large_steps=0, glyph_share=0.0, place="dims")
+    encoder, result = train(_vision(), cfg, steps=200, every=1000)
+    assert min(result["position_r2_x"], result["position_r2_y"]) > 0.5, result
+    batch = make_batch(random.Random(9), 4, cfg)
+    with torch.no_grad():
+        tokens = encoder(batch.pixel_values, batch.grid_thw)
+    truth = token_positions(batch.grid_thw)
+    assert (tokens[:, :2] / PLACE_SCALE + 0.5 - truth).abs().mean() < 0.15
+    with pytest.raises(ValueError, match="place='grid'"):
+        Reader(encoder, 1, place="grid")
