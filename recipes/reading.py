@@ -111,6 +111,12 @@ class ReadingConfig:
     # by a small part of a large shared vector (`python -m recipes.looking side`: chance after 400 steps; learned in 80 once
     # the shared part is removed), so the stage trains it away
     centre_weight: float = 1.0
+    # the norm every merged token is told to have (0: not trained): reading alone leaves them at
+    # 25-43 with a spread of 18-116 (text embeddings: 0.3), so after the language model's RMSNorm a
+    # place code of fixed size is drowned by the content's varying size; the ideal reader's tokens
+    # are ~3.3 each. `token_norm_weight` times the mean of (|token| / token_norm - 1)^2
+    token_norm: float = 0.0
+    token_norm_weight: float = 1.0
     # with `train(..., align=...)`: the alignment's cross-entropy (`recipes.alignment`), logits
     # cosine / `align_temperature`
     align_weight: float = 1.0
@@ -224,7 +230,7 @@ class Reader(nn.Module):
         C = text.CLASSES
         return Reading(self.patch_head(features).view(-1, self.slots, C),
                        self.token_head(tokens).view(-1, self.slots, C),  # 4 patches per token, in block order
-                       self.position(tokens), shared_share(tokens),
+                       self.position(tokens), shared_share(tokens), tokens.float().norm(dim=-1),
                        None if self.embeddings is None else F.normalize(tokens.float(), dim=-1) @ self.embeddings.T)
 
 
@@ -240,6 +246,7 @@ class Reading:
     token: torch.Tensor  # (N, slots, C) logits per patch, from its merged token
     position: torch.Tensor  # (N / 4, 2) each merged token's (x, y), 0..1
     shared: torch.Tensor  # () the share of the tokens' energy in their mean
+    norms: torch.Tensor  # (N / 4,) each merged token's norm
     cosine: torch.Tensor | None = None  # (N / 4, vocab) each merged token against each embedding
 
 
@@ -288,6 +295,7 @@ class Scores:
     position_r2: tuple[float, float]  # (x, y)
     shared: float  # the share of the tokens' energy in their mean
     align: float | None = None  # text-showing tokens nearest one of their language-model tokens
+    norm: tuple[float, float] = (0.0, 0.0)  # the merged tokens' norm: mean, standard deviation
 
 
 def evaluate(reader: Reader, test: Batch) -> Scores:
@@ -297,7 +305,8 @@ def evaluate(reader: Reader, test: Batch) -> Scores:
     reader.train()
     aligned = None if out.cosine is None or test.pieces_TK is None else round(align_accuracy(out.cosine, test.pieces_TK), 4)
     return Scores(char_accuracy(out.patch, test.labels_NS), char_accuracy(out.token, test.labels_NS),
-                  position_r2(out.position, test.grid_thw), round(out.shared.item(), 4), aligned)
+                  position_r2(out.position, test.grid_thw), round(out.shared.item(), 4), aligned,
+                  (round(out.norms.mean().item(), 3), round(out.norms.std().item(), 3)))
 
 
 def size_tests(cfg: ReadingConfig) -> dict[str, Batch]:
@@ -351,6 +360,8 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
         if not glyph_phase(cfg.glyph_share, step - 1, steps, time.monotonic() - start, minutes):
             loss = (loss + cfg.position_weight * F.mse_loss(out.position.float(), token_positions(batch.grid_thw))
                     + cfg.centre_weight * out.shared)
+            if cfg.token_norm > 0:
+                loss = loss + cfg.token_norm_weight * (out.norms / cfg.token_norm - 1).pow(2).mean()
             if aligning:
                 loss = loss + cfg.align_weight * align_loss(out.cosine, batch.pieces_TK, cfg.align_temperature)
         optimizer.zero_grad(set_to_none=True)
@@ -364,7 +375,7 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
             s = evaluate(reader, test)
             log_line(f"step {step} ({elapsed:.0f} s): loss {loss.item():.3f}, held-out char accuracy patch "
                      f"{s.patch:.3f} token {s.token:.3f}, position R^2 x {s.position_r2[0]:.3f} y "
-                     f"{s.position_r2[1]:.3f}, shared {s.shared:.3f}, aligned {s.align} (baseline {baseline}); "
+                     f"{s.position_r2[1]:.3f}, shared {s.shared:.3f}, norm {s.norm[0]:.2f}+-{s.norm[1]:.2f}, aligned {s.align} (baseline {baseline}); "
                      f"patch by text height: {sizes}")
         if done:
             break
@@ -372,7 +383,7 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
     result = {"steps": step, "seconds": round(time.monotonic() - start, 1), "patch_char_accuracy": round(s.patch, 4),
               "token_char_accuracy": round(s.token, 4), "position_r2_x": s.position_r2[0],
               "position_r2_y": s.position_r2[1], "shared_share": s.shared, "aligned": s.align,
-              "aligned_baseline": baseline,
+              "aligned_baseline": baseline, "token_norm_mean": s.norm[0], "token_norm_std": s.norm[1],
               "loss": round(loss.item(), 4)}
     for name, batch in by_size.items():
         s = evaluate(reader, batch)
@@ -429,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="weight of the tokens' position loss (0: off)")
     p.add_argument("--place", choices=("head", "dims"), default=d.place,
                    help="position read by a learned head, or held in the tokens' first two coordinates")
+    p.add_argument("--token-norm", type=float, default=d.token_norm,
+                   help="the norm every merged token is told to have (0: not trained)")
     p.add_argument("--centre-weight", type=float, default=d.centre_weight,
                    help="weight of the tokens' shared share (0: off)")
     p.add_argument("--start-from", type=Path, default=None, help="continue from these encoder weights")
@@ -436,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a checkpoint whose tokenizer and input embeddings the merged tokens align to")
     p.add_argument("--align-weight", type=float, default=d.align_weight, help="weight of the alignment (0: off)")
     args = p.parse_args(argv)
-    for flag in ("position_weight", "centre_weight", "align_weight"):
+    for flag in ("position_weight", "centre_weight", "align_weight", "token_norm"):
         value = getattr(args, flag)
         if not (math.isfinite(value) and value >= 0):
             p.error(f"--{flag.replace('_', '-')} {value}: expected a finite number >= 0")
@@ -451,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ReadingConfig(seed=args.seed, init=args.init, batch_size=args.batch_size, font_px=tuple(args.font_px),
                         scale=tuple(args.scale), large_steps=args.large_steps, glyph_share=args.glyph_share,
                         position_weight=args.position_weight, place=args.place, centre_weight=args.centre_weight,
+                        token_norm=args.token_norm,
                         align_weight=args.align_weight)
     vision, align = model_config(args.size).vision, None
     if args.align_to is not None:

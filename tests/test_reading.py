@@ -231,3 +231,15 @@ def test_place_dims_puts_each_tokens_position_in_its_first_two_coordinates():
     assert (tokens[:, :2] / PLACE_SCALE + 0.5 - truth).abs().mean() < 0.15
     with pytest.raises(ValueError, match="place='grid'"):
         Reader(encoder, 1, place="grid")
+
+
+@pytest.mark.slow
+def test_token_norm_gives_every_merged_token_the_same_size():
+    """Reading alone leaves merged tokens of very different sizes; `token_norm` trains them all
+    to one (held-out mean near it, spread a fraction of it)."""
+    cfg = ReadingConfig(size=(112, 56), batch_size=8, scale=(1.0, 1.0), font_px=(22, 26), slots=1, n_test=16,
+                        large_steps=0, glyph_share=0.0)
+    _, free = train(_vision(), cfg, steps=150, every=1000)
+    _, held = train(_vision(), dataclasses.replace(cfg, token_norm=3.0), steps=150, every=1000)
+    assert abs(held["token_norm_mean"] - 3.0) < 0.6 and held["token_norm_std"] < 0.6, held
+    assert abs(free["token_norm_mean"] - 3.0) > 1.0 or free["token_norm_std"] > 1.0, free  # not so by itself
