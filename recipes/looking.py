@@ -27,6 +27,10 @@ encoder (20 min, tokens 68% one shared vector) stays at chance (gap 0.000, 56% a
 steps with a position loss too: gap 0.000); `--oracle-tokens` learns it by step 40-60 (gap 0.5);
 with the reading stage's position and centre losses (`--start-from` that encoder, 6 min) 97% at
 40 steps, 100% at 80, gap 0.55. ground (3 words, 250 steps) is not learned yet: gap 0.000, 6%.
+locate (one word, 200 steps, from `runs/v3/start`): the 32-minute reader (`recipes.reading`,
+tokens of norm 25 +- 18) gap 0.000, 9%; the ideal reader (`--oracle-words embeddings`) 0.10, 12%
+(with its place as one-hot digits, `--oracle-place digits`: 0.000 at 100 steps); the same reader
+fine-tuned to tokens of norm 4.5 +- 0.9 (`--token-norm 4`, `--place dims`) gap 0.29, 44%.
 """
 
 from __future__ import annotations
