@@ -212,7 +212,6 @@ class Reader(nn.Module):
             raise ValueError(f"place={place!r}: expected 'head' or 'dims'")
         self.encoder = encoder
         self.slots = slots
-        self.place = place
         if embeddings is not None and embeddings.shape[1] != encoder.cfg.out_hidden_size:
             raise ValueError(f"embeddings of width {embeddings.shape[1]}: expected the encoder's "
                              f"out_hidden_size {encoder.cfg.out_hidden_size}")
@@ -222,8 +221,8 @@ class Reader(nn.Module):
         merge = vc.spatial_merge_size ** 2
         self.patch_head = nn.Linear(vc.hidden_size, slots * text.CLASSES)
         self.token_head = nn.Linear(vc.out_hidden_size, merge * slots * text.CLASSES)
-        self.position_head = nn.Linear(vc.out_hidden_size, 2)
-        for head in (self.patch_head, self.token_head, self.position_head):
+        self.position_head = nn.Linear(vc.out_hidden_size, 2) if place == "head" else None
+        for head in filter(None, (self.patch_head, self.token_head, self.position_head)):
             nn.init.normal_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
         self._features: torch.Tensor | None = None
@@ -241,9 +240,8 @@ class Reader(nn.Module):
                        self.position(tokens), shared_share(tokens), tokens.float().norm(dim=-1),
                        None if self.embeddings is None else F.normalize(tokens.float(), dim=-1) @ self.embeddings.T)
 
-
     def position(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.place == "dims":
+        if self.position_head is None:  # place="dims"
             return tokens[:, :2] / PLACE_SCALE + 0.5
         return self.position_head(tokens)
 

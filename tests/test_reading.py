@@ -229,6 +229,8 @@ def test_place_dims_puts_each_tokens_position_in_its_first_two_coordinates():
         tokens = encoder(batch.pixel_values, batch.grid_thw)
     truth = token_positions(batch.grid_thw)
     assert (tokens[:, :2] / PLACE_SCALE + 0.5 - truth).abs().mean() < 0.15
+    with torch.no_grad():  # place="head": a learned head reads it instead
+        assert Reader(encoder, 1, place="head")(batch.pixel_values, batch.grid_thw).position.shape == truth.shape
     with pytest.raises(ValueError, match="place='grid'"):
         Reader(encoder, 1, place="grid")
 
