@@ -111,8 +111,8 @@ class ReadingConfig:
     # where the position lives: "head", any direction a learned linear head reads; "dims", the
     # merged token's first two coordinates themselves, PLACE_SCALE * (x - 0.5) and (y - 0.5), as
     # `recipes.looking`'s ideal reader has it. With `token_norm` it is what lets a language model
-    # box a word (`recipes.looking locate`, 200 steps from a random language model, one seed
-    # each: dims + norm 4 gap 0.29 nats, 44%; head + norm 4 0.000, 6%; dims alone 0.000, 12%)
+    # box a word (`recipes.looking locate`, 200 steps from a random language model: dims + norm 4
+    # gap 0.29 nats, 44% (seed 1: 0.18, 31%); head + norm 4 0.000, 6%; dims alone 0.000, 12%)
     place: Literal["head", "dims"] = "dims"
     # the share of the tokens' energy that every token shares (the batch's mean token; 0.68 after
     # reading alone): a language model from scratch does not learn to pick out tokens that differ
