@@ -194,10 +194,10 @@ class WordOracle:
                 features[rows] += 3 * overlaps[:, None].float() * code
         if self.place == "digits":
             model_space = (positions.clamp(0, 0.999) * 1000).long()  # (tokens, 2): x, y in 0..999
-            rows = torch.arange(len(positions), device=out.device)
+            every = torch.arange(len(positions), device=out.device)
             for slot, digits in enumerate((model_space[:, 0] // 100, model_space[:, 0] // 10 % 10,
                                            model_space[:, 1] // 100, model_space[:, 1] // 10 % 10)):
-                features[rows, 3 + 10 * slot + digits] += 3.0
+                features[every, 3 + 10 * slot + digits] += 3.0
         else:
             features[:, 0] += 3 * (positions[:, 0] - 0.5)
             features[:, 1] += 3 * (positions[:, 1] - 0.5)

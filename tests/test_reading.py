@@ -7,7 +7,8 @@ import random
 import pytest
 import torch
 
-from recipes.reading import (ReadingConfig, Reader, load_encoder, make_batch, new_encoder, position_r2, save_encoder,
+from recipes.reading_data import make_batch
+from recipes.reading import (ReadingConfig, Reader, load_encoder, new_encoder, position_r2, save_encoder,
                              token_positions, train)
 from synth import text
 from vlm.rotary import apply_rotary, vision_cos_sin
@@ -116,7 +117,7 @@ def test_the_cli_takes_the_text_sizes_and_names_bad_ones(tmp_path, capsys):
 
 
 def test_the_curriculum_switches_to_the_whole_size_range_at_the_same_step_for_any_number_of_workers():
-    from recipes.reading import LARGE, Batches
+    from recipes.reading_data import LARGE, Batches
 
     cfg = ReadingConfig(size=(112, 56), batch_size=1, large_steps=3)
 

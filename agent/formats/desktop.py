@@ -44,8 +44,10 @@ def normalise_key(name: str) -> str:
 
 
 def _unescape(value: str) -> str:
-    return re.sub(r"\\(u[0-9a-fA-F]{4}|.)", lambda m: chr(int(m.group(1)[1:], 16)) if len(m.group(1)) == 5
-                  else _ESCAPES.get(m.group(1), m.group(0)), value)
+    def one(m: re.Match[str]) -> str:
+        code = m.group(1)
+        return chr(int(code[1:], 16)) if code.startswith("u") and len(code) == 5 else _ESCAPES.get(code, m.group(0))
+    return re.sub(r"\\(u[0-9a-fA-F]{4}|.)", one, value)
 
 
 def _escape(value: str) -> str:
