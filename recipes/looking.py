@@ -67,6 +67,7 @@ class Example:
     image: Image.Image
     turns: tuple[tuple[str, str], ...]  # (question, answer), the first asked with the image
     boxes: tuple[tuple[int, int, int, int], ...]  # per turn, the pixels the answer is about
+    words: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()  # the UI words shown, asked or not
 
     def messages(self, image: Image.Image | None = None) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -107,7 +108,8 @@ def box_answer(box: tuple[int, int, int, int]) -> str:
     return f"<|begin_of_box|>[{','.join(map(str, scaled))}]<|end_of_box|>"
 
 
-def example(task: Task, rng: random.Random) -> Example:
+def example(task: Task, rng: random.Random, questions: int = 3) -> Example:
+    """One picture and its turns; ground asks about the first `questions` of its three words."""
     whole = (0, 0, *SIZE)
     if task == "colour":
         dark = rng.random() < 0.5
@@ -124,9 +126,10 @@ def example(task: Task, rng: random.Random) -> Example:
     placed = _words(rng, image, 3 if task == "ground" else 1)
     if task == "read":
         (word, box), = placed
-        return Example(image, (("What does the text say?", word),), (box,))
-    turns = tuple((f'Where is the text "{w}"? Answer with its bounding box.', box_answer(b)) for w, b in placed)
-    return Example(image, turns, tuple(b for _, b in placed))
+        return Example(image, (("What does the text say?", word),), (box,), tuple(placed))
+    asked = placed[:questions]  # placed in random order: the first is any of the three
+    turns = tuple((f'Where is the text "{w}"? Answer with its bounding box.', box_answer(b)) for w, b in asked)
+    return Example(image, turns, tuple(b for _, b in asked), tuple(placed))
 
 
 def oracle_tokens(model: torch.nn.Module) -> None:
@@ -188,9 +191,9 @@ class WordOracle:
         x, y = positions[:, 0] * SIZE[0], positions[:, 1] * SIZE[1]  # token centres; squares of 28 px
         for i, ex in enumerate(examples):
             rows = slice(i * per_image, (i + 1) * per_image)
-            for (question, _), (x1, y1, x2, y2) in zip(ex.turns, ex.boxes):
+            for word, (x1, y1, x2, y2) in ex.words:
                 overlaps = (x1 < x[rows] + 14) & (x[rows] - 14 < x2) & (y1 < y[rows] + 14) & (y[rows] - 14 < y2)
-                code = self._code(question.split('"')[1]).to(out.device)
+                code = self._code(word).to(out.device)
                 features[rows] += 3 * overlaps[:, None].float() * code
         if self.place == "digits":
             model_space = (positions.clamp(0, 0.999) * 1000).long()  # (tokens, 2): x, y in 0..999
@@ -265,19 +268,19 @@ def _mean(values: list[float]) -> float:
 
 def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_size: int = 16, lr: float = 1e-3,
           n_test: int = 48, oracle: WordOracle | None = None, attend: tuple[BoxAttention, float] | None = None,
-          log_line: Callable[[str], object] = print) -> Measure:
+          questions: int = 3, log_line: Callable[[str], object] = print) -> Measure:
     """`steps` AdamW steps on fresh examples; held-out measures every `every` steps and at the end."""
     encoder = Encoder(vlm.processor, max_length=1 << 16)
     model = vlm.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
     rng, test_rng = random.Random(f"looking/{task}/{seed}"), random.Random(f"looking/{task}/{seed}/test")
-    test = [example(task, test_rng) for _ in range(n_test)]
+    test = [example(task, test_rng, questions) for _ in range(n_test)]
     start = time.monotonic()
     for step in range(1, steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, step / 20)
-        batch = [example(task, rng) for _ in range(batch_size)]
+        batch = [example(task, rng, questions) for _ in range(batch_size)]
         if oracle:
             oracle.expect(batch)
         loss = answer_loss(model, encoder, [ex.messages() for ex in batch], attend=attend)
@@ -309,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attend-weight", type=float, default=0.0,
                    help="locate and ground: weight of the box-attention label (train.box_attention; 0: off)")
     p.add_argument("--attend-layer", type=int, default=4, help="the layer whose head 0 the label trains")
+    p.add_argument("--questions", type=int, default=3, choices=(1, 2, 3),
+                   help="ground: how many of the picture's three words are asked about (one turn each)")
+    p.add_argument("--save", default=None, help="write the trained checkpoint here (e.g. locate, then ground from it)")
     p.add_argument("--mimetic-lm", action="store_true",
                    help="first re-initialise the language model's attention to start by content (recipes.mimetic)")
     args = p.parse_args(argv)
@@ -332,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.oracle_words else None
     attend = (BoxAttention(vlm.model, vlm.processor.tokenizer, layer=args.attend_layer), args.attend_weight) \
         if args.attend_weight else None
-    result = train(vlm, args.task, steps=args.steps, every=args.every, seed=args.seed, oracle=oracle, attend=attend)
+    result = train(vlm, args.task, steps=args.steps, every=args.every, seed=args.seed, oracle=oracle, attend=attend,
+                   questions=args.questions)
+    if args.save:
+        vlm.save_pretrained(args.save)
     print(f"gap: {result.gap:.4f} accuracy: {result.accuracy:.4f}")
     return 0
 

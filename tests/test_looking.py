@@ -85,6 +85,30 @@ def test_the_word_oracle_gives_each_words_tokens_its_code_in_the_pictures_order(
             vlm.model.visual(inputs["pixel_values"], inputs["image_grid_thw"])
 
 
+def test_ground_with_one_question_shows_three_words_and_the_oracle_codes_all_of_them():
+    """questions=1 asks about one word of three; the other two are still drawn and still coded,
+    so the model must find which word is asked, not just where the only word is."""
+    rng = random.Random(8)
+    asked = 0
+    for _ in range(12):
+        ex = looking.example("ground", rng, questions=1)
+        (question, answer), = ex.turns
+        assert len(ex.words) == 3 and all(_ink(ex.image, box) > 100 for _, box in ex.words)
+        assert (question.split('"')[1], ex.boxes[0]) == ex.words[0] and answer == looking.box_answer(ex.boxes[0])
+        asked += len(ex.turns)
+    assert asked == 12
+    vlm = VLM.from_pretrained()
+    ex = looking.example("ground", random.Random(9), questions=1)
+    inputs = vlm.processor(text=["<|begin_of_image|><|image|><|end_of_image|>"], images=[ex.image], return_tensors="pt")
+    oracle = looking.WordOracle(vlm.model, vlm.processor.tokenizer, "random")
+    oracle.expect([ex])
+    tokens = vlm.model.visual(inputs["pixel_values"], inputs["image_grid_thw"])
+    for word, (x1, y1, x2, y2) in ex.words:
+        row, col = int((y1 + y2) / 2 // 28), int((x1 + x2) / 2 // 28)
+        cosine = torch.nn.functional.cosine_similarity(tokens[row * 8 + col, 3:], oracle._code(word)[3:], dim=0)
+        assert cosine > 0.4, word
+
+
 def test_the_word_oracles_digit_place_is_each_tokens_coordinate_digits():
     """place="digits": a token away from every word carries one-hot hundreds and tens digits of
     its centre's x and y in the answers' 0-999 space, and nothing else but the constant."""
