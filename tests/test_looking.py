@@ -89,14 +89,11 @@ def test_ground_with_one_question_shows_three_words_and_the_oracle_codes_all_of_
     """questions=1 asks about one word of three; the other two are still drawn and still coded,
     so the model must find which word is asked, not just where the only word is."""
     rng = random.Random(8)
-    asked = 0
     for _ in range(12):
         ex = looking.example("ground", rng, questions=1)
         (question, answer), = ex.turns
         assert len(ex.words) == 3 and all(_ink(ex.image, box) > 100 for _, box in ex.words)
         assert (question.split('"')[1], ex.boxes[0]) == ex.words[0] and answer == looking.box_answer(ex.boxes[0])
-        asked += len(ex.turns)
-    assert asked == 12
     vlm = VLM.from_pretrained()
     ex = looking.example("ground", random.Random(9), questions=1)
     inputs = vlm.processor(text=["<|begin_of_image|><|image|><|end_of_image|>"], images=[ex.image], return_tensors="pt")
