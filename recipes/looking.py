@@ -140,17 +140,19 @@ def oracle_tokens(model: torch.nn.Module) -> None:
     """Replace the image tokens by clean features: which tokens show red, their x, a constant."""
     width = model.cfg.text.hidden_size
 
-    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
-        pixels, grid = args
+    merge = model.cfg.vision.spatial_merge_size ** 2
+    dtype = model.language_model.embed_tokens.weight.dtype
+
+    def features(pixels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         plane = pixels.shape[1] // 3  # channel-major patches: R values, then G, then B
         red = ((pixels[:, :plane].mean(1) - pixels[:, plane:2 * plane].mean(1)) > 0.5).float()
-        red = red.view(out.shape[0], -1).amax(1)  # a token is red if one of its patches is
-        x = token_positions(grid)[:, 0].to(out.device)
-        features = torch.zeros(out.shape[0], width, dtype=out.dtype, device=out.device)
-        features[:, 0], features[:, 1], features[:, 2] = 3 * red, 3 * (x - 0.5), 1.0
-        return features
+        red = red.view(-1, merge).amax(1)  # a token is red if one of its patches is
+        x = token_positions(grid)[:, 0].to(pixels.device)
+        out = torch.zeros(red.shape[0], width, dtype=dtype, device=pixels.device)
+        out[:, 0], out[:, 1], out[:, 2] = 3 * red, 3 * (x - 0.5), 1.0
+        return out
 
-    model.visual.register_forward_hook(hook)
+    model.visual.forward = features  # the encoder does not run: its tokens would be replaced
 
 
 class WordOracle:
@@ -173,7 +175,8 @@ class WordOracle:
         generator = torch.Generator().manual_seed(0)
         self.random = torch.nn.functional.normalize(torch.randn(self.embeddings.shape, generator=generator), dim=-1)
         self.pending: list[Example] = []
-        model.visual.register_forward_hook(self._hook)
+        self.merge = model.cfg.vision.spatial_merge_size ** 2
+        model.visual.forward = self._features  # the encoder does not run: its tokens would be replaced
 
     def expect(self, examples: list[Example]) -> None:
         self.pending = list(examples)
@@ -184,24 +187,24 @@ class WordOracle:
             return self.random[token]
         return torch.nn.functional.normalize(self.embeddings[token].detach().float(), dim=0)
 
-    def _hook(self, module: torch.nn.Module, args: tuple[torch.Tensor, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
-        _, grid = args
+    def _features(self, pixels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         examples, self.pending = self.pending[:len(grid)], self.pending[len(grid):]
         if len(examples) != len(grid):
             raise RuntimeError(f"{len(grid)} pictures in this forward, {len(examples)} expected")
-        positions = token_positions(grid).to(out.device)
-        features = torch.zeros(out.shape[0], out.shape[1], dtype=torch.float32, device=out.device)
-        per_image = out.shape[0] // len(grid)
+        device = pixels.device
+        positions = token_positions(grid).to(device)
+        features = torch.zeros(len(positions), self.embeddings.shape[1], dtype=torch.float32, device=device)
+        per_image = len(positions) // len(grid)
         x, y = positions[:, 0] * SIZE[0], positions[:, 1] * SIZE[1]  # token centres; squares of 28 px
         for i, ex in enumerate(examples):
             rows = slice(i * per_image, (i + 1) * per_image)
             for word, (x1, y1, x2, y2) in ex.words:
                 overlaps = (x1 < x[rows] + 14) & (x[rows] - 14 < x2) & (y1 < y[rows] + 14) & (y[rows] - 14 < y2)
-                code = self._code(word).to(out.device)
+                code = self._code(word).to(device)
                 features[rows] += 3 * overlaps[:, None].float() * code
         if self.place == "digits":
             model_space = (positions.clamp(0, 0.999) * 1000).long()  # (tokens, 2): x, y in 0..999
-            every = torch.arange(len(positions), device=out.device)
+            every = torch.arange(len(positions), device=device)
             for slot, digits in enumerate((model_space[:, 0] // 100, model_space[:, 0] // 10 % 10,
                                            model_space[:, 1] // 100, model_space[:, 1] // 10 % 10)):
                 features[every, 3 + 10 * slot + digits] += 3.0
@@ -209,16 +212,18 @@ class WordOracle:
             features[:, 0] += 3 * (positions[:, 0] - 0.5)
             features[:, 1] += 3 * (positions[:, 1] - 0.5)
         features[:, 2] += 1.0
-        return features.to(out.dtype)
+        return features.to(self.embeddings.dtype)
 
 
 def answer_loss(model: torch.nn.Module, encoder: Encoder, conversations: list[list[dict[str, Any]]], *,
                 attend: tuple[BoxAttention, float] | None = None) -> torch.Tensor:
     """The answers' cross-entropy; with `attend` (looking, weight) plus the weighted box-attention loss."""
-    batch = pack([encoder.encode(m) for m in conversations], row_length=1 << 16)
+    batch = pack([encoder.encode(m) for m in conversations], row_length=1 << 16, one_per_row=True)
     device = next(model.parameters()).device
-    logits = model(**batch.model_inputs(device)).logits.float()
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.to(device).flatten(), ignore_index=IGNORE)
+    targets = batch.targets.to(device)
+    answered = targets != IGNORE  # the vocabulary projection only where an answer token is learned
+    logits = model(**batch.model_inputs(device), logits_at=answered).logits.float()
+    loss = torch.nn.functional.cross_entropy(logits, targets[answered])
     if attend is not None:
         looking, weight = attend
         loss = loss + weight * looking.loss(batch)

@@ -148,14 +148,16 @@ def assistant_labels(ids_T: torch.Tensor, *, assistant_id: int, end_ids: frozens
     return labels
 
 
-def pack(samples: list[Sample], *, row_length: int, pad_id: int = 0) -> Batch:
-    """First-fit packing of `samples` (in order) into rows of at most `row_length` tokens."""
+def pack(samples: list[Sample], *, row_length: int, pad_id: int = 0, one_per_row: bool = False) -> Batch:
+    """First-fit packing of `samples` (in order) into rows of at most `row_length` tokens; with
+    `one_per_row`, each sample in a row of its own, in order (attention then costs no more than
+    the samples' own lengths squared: short samples in one long row cost its length squared)."""
     rows: list[list[Sample]] = []
     room: list[int] = []
     for sample in samples:
         if len(sample) > row_length:
             raise ValueError(f"sample of {len(sample)} tokens does not fit a row of {row_length}")
-        slot = next((i for i, r in enumerate(room) if r >= len(sample)), None)
+        slot = None if one_per_row else next((i for i, r in enumerate(room) if r >= len(sample)), None)
         if slot is None:
             rows.append([]), room.append(row_length)
             slot = len(rows) - 1
