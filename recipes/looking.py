@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -349,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.attend_weight else None
     result = train(vlm, args.task, steps=args.steps, every=args.every, seed=args.seed, oracle=oracle, attend=attend,
                    questions=args.questions)
-    if args.save:  # the processor's files come from --model: the Processor has no writer of its own
-        shutil.copytree(args.model, args.save, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.safetensors*"))
+    if args.save:
         vlm.save_pretrained(args.save)
     print(f"gap: {result.gap:.4f} accuracy: {result.accuracy:.4f}")
     return 0

@@ -1,7 +1,12 @@
 """The processor: same tensors as transformers' Glm4vProcessor on our shipped tokenizer and
-settings, and the chat template rendering the GLM-4.5V format string for string."""
+settings, the chat template rendering the GLM-4.5V format string for string, and what
+save_pretrained writes reading back as the same processor."""
 
+import dataclasses
+import itertools
 import json
+import os
+import pathlib
 import subprocess
 
 import numpy as np
@@ -235,3 +240,95 @@ def test_template_with_tools(processor):
         "<arg_key>{arg-key-2}</arg_key>\n<arg_value>{arg-value-2}</arg_value>\n...\n</tool_call>"
         "<|user|>\nParis?<|assistant|>\n"
     )
+
+
+# --- save_pretrained ---------------------------------------------------------------------------
+
+def _files(directory):
+    """Every entry under `directory`: file bytes, or None for a folder (a leftover staging one)."""
+    return {p.relative_to(directory).as_posix(): p.read_bytes() if p.is_file() else None for p in directory.rglob("*")}
+
+
+def _changed(processor):
+    """The shipped processor with every setting the JSON files hold moved off its value."""
+    image = dataclasses.replace(processor.image_config, min_pixels=3136, max_pixels=200704, max_image_pixels=4096**2,
+                                image_mean=(0.5, 0.5, 0.5))
+    video = dataclasses.replace(processor.video_config, min_pixels=3136, max_pixels=1_000_000, fps=1.0,
+                                max_duration_s=60.0, image_std=(0.25, 0.25, 0.25))
+    return dataclasses.replace(processor, image_config=image, video_config=video)
+
+
+def test_save_pretrained_round_trips_the_shipped_processor(processor, tmp_path):
+    again = Processor.from_pretrained(processor.save_pretrained(tmp_path))
+    assert again.image_config == processor.image_config and again.video_config == processor.video_config
+    ours, theirs = processor.tokenizer, again.tokenizer
+    assert theirs.get_vocab() == ours.get_vocab() and theirs.all_special_tokens == ours.all_special_tokens
+    assert theirs.chat_template == ours.chat_template and theirs.padding_side == ours.padding_side
+    for name in ("preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json"):
+        assert json.loads((tmp_path / name).read_text()) == json.loads((ASSETS / name).read_text()), name
+    messages = [{"role": "user", "content": [{"type": "image", "image": images((300, 200))[0]},
+                                             {"type": "text", "text": "Where is the red square?"}]}]
+    prompt = again.apply_chat_template(messages)
+    assert prompt == processor.apply_chat_template(messages)
+    pictures = media_of(messages)[0]
+    expected, got = processor(text=prompt, images=pictures), again(text=prompt, images=pictures)
+    for key in ("input_ids", "pixel_values"):
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_save_pretrained_keeps_changed_settings_and_overwrites_the_old_ones(processor, tmp_path):
+    changed = _changed(processor)
+    processor.save_pretrained(tmp_path)
+    again = Processor.from_pretrained(changed.save_pretrained(tmp_path))
+    assert again.image_config == changed.image_config and again.video_config == changed.video_config
+    assert not [name for name in _files(tmp_path) if name.startswith(".")]  # no temporary file left behind
+
+
+class _Cut(Exception):
+    pass
+
+
+def test_a_save_cut_at_any_rename_leaves_each_file_whole_old_or_new(processor, tmp_path):
+    old, new = processor, _changed(processor)
+    wanted = [_files(p.save_pretrained(tmp_path / name)) for name, p in (("old", old), ("new", new))]
+    replace = os.replace
+    for k in itertools.count():
+        directory = tmp_path / f"cut-{k}"
+        old.save_pretrained(directory)
+        calls = [0]
+
+        def cut(*args, **kwargs):
+            if calls[0] == k:
+                raise _Cut(f"cut at rename {k}")
+            calls[0] += 1
+            return replace(*args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            monkeypatch.setattr(os, "replace", cut)
+            try:
+                new.save_pretrained(directory)
+                finished = True
+            except _Cut:
+                finished = False
+        files = _files(directory)
+        assert files.keys() == wanted[0].keys(), f"cut at rename {k}: a temporary or staging entry was left"
+        assert all(files[name] in (wanted[0][name], wanted[1][name]) for name in files), f"cut at rename {k}"
+        if finished:
+            assert files == wanted[1]
+            break
+    assert k >= 4  # three JSON files and the tokenizer's three
+
+
+def test_a_write_that_fails_halfway_leaves_the_old_file(processor, tmp_path, monkeypatch):
+    processor.save_pretrained(tmp_path)
+    before = _files(tmp_path)
+
+    def half(self, text, *args, **kwargs):
+        with open(self, "w", encoding="utf-8") as f:
+            f.write(text[: len(text) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", half)
+    with pytest.raises(OSError, match="disk full"):
+        _changed(processor).save_pretrained(tmp_path)
+    assert _files(tmp_path) == before  # preprocessor_config.json whole and old, no half-written temporary

@@ -10,7 +10,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from _model_utils import image_tokens, patches, reference_checkpoint
-from vlm import VLM
+from vlm import VLM, Processor
+from vlm.config import tiny
 
 
 @pytest.fixture(scope="module", params=["moe", "dense"])
@@ -65,6 +66,20 @@ def test_sharded_save_round_trips_with_an_index(checkpoint, tmp_path):
     assert len(shards) > 1 and sorted(set(index["weight_map"].values())) == shards
     assert not (tmp_path / "model.safetensors").exists()
     again = VLM.from_pretrained(tmp_path)
+    for (name, a), (_, b) in zip(ours.model.state_dict().items(), again.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_a_saved_model_loads_back_with_its_processor(tmp_path):
+    ours = VLM(VLM.from_config(tiny(), seed=0).model, processor=Processor.from_pretrained())
+    ours.save_pretrained(tmp_path / "saved")  # a new directory: every processor file must come from the save
+    again = VLM.from_pretrained(tmp_path / "saved")
+    assert isinstance(again.processor, Processor)
+    assert again.processor.image_config == ours.processor.image_config
+    assert again.processor.video_config == ours.processor.video_config
+    prompt = ours.processor.apply_chat_template([{"role": "user", "content": "Hello"}])
+    assert again.processor.apply_chat_template([{"role": "user", "content": "Hello"}]) == prompt
+    assert torch.equal(again.processor(text=prompt)["input_ids"], ours.processor(text=prompt)["input_ids"])
     for (name, a), (_, b) in zip(ours.model.state_dict().items(), again.model.state_dict().items()):
         assert torch.equal(a, b), name
 

@@ -14,6 +14,8 @@ What is unusual here:
 - Batches are left-padded, so generation can append to every row at once.
 - The chat template is the checkpoint's own (`chat_template.jinja` or the tokenizer config),
   rendered by transformers; `thinking=False` sets the template's `enable_thinking`.
+- `save_pretrained` writes what `from_pretrained` reads, each file replaced atomically; the
+  preprocessor files take the released checkpoints' layout, since only our settings are kept.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +35,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .files import atomic_write, fsync_dir, fsync_file
 from .images import CLIP_MEAN, CLIP_STD, ImageConfig, ImageInput, VisionPatches, preprocess_image
 from .video import Video, VideoConfig, VideoInput, as_video, preprocess_video
 
@@ -46,6 +51,8 @@ VIDEO_TOKEN = "<|video|>"
 BEGIN_IMAGE, END_IMAGE = "<|begin_of_image|>", "<|end_of_image|>"
 BEGIN_VIDEO, END_VIDEO = "<|begin_of_video|>", "<|end_of_video|>"
 _PLACEHOLDER = re.compile(re.escape(IMAGE_TOKEN) + "|" + re.escape(VIDEO_TOKEN))
+PROCESSOR_CLASS = "Glm4vProcessor"  # transformers' name, so AutoProcessor reads what we write
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,7 @@ class Processor:
     video_config: VideoConfig = VideoConfig()
 
     # -----------------------------------------------------------------------------------------
-    # Loading
+    # Loading and saving
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None) -> Processor:
@@ -80,6 +87,44 @@ class Processor:
             image_config=_image_config(image_json),
             video_config=_video_config(video_json, image_json),
         )
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write everything `from_pretrained` reads into the directory `path` (created if needed).
+
+        The tokenizer files come from transformers' own writer (`tokenizer.json`,
+        `tokenizer_config.json`, `chat_template.jinja`); `preprocessor_config.json`,
+        `video_preprocessor_config.json` and `processor_config.json` take the layout of
+        `assets/model`. Each file is replaced atomically, the set is not: a save cut midway over
+        an older checkpoint leaves some files new and the rest old.
+        """
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, values in (
+            ("preprocessor_config.json", _image_json(self.image_config)),
+            ("video_preprocessor_config.json", _video_json(self.video_config)),
+            ("processor_config.json", {"processor_class": PROCESSOR_CLASS}),
+        ):
+            text = json.dumps(values, indent=2) + "\n"
+            atomic_write(directory / name, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+        self._save_tokenizer(directory)
+        return directory
+
+    def _save_tokenizer(self, directory: Path) -> None:
+        """transformers writes in place, so it writes into a staging folder inside `directory`
+        (same file system) and each file is then renamed over its old version."""
+        staging = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=directory))
+        try:
+            self.tokenizer.save_pretrained(staging)
+            if not (staging / CHAT_TEMPLATE_FILE).exists():  # else an older checkpoint's template is read back
+                (directory / CHAT_TEMPLATE_FILE).unlink(missing_ok=True)
+            for file in sorted(p for p in staging.rglob("*") if p.is_file()):
+                target = directory / file.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fsync_file(file)
+                os.replace(file, target)
+                fsync_dir(target.parent)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     # -----------------------------------------------------------------------------------------
     # Prompts
@@ -327,6 +372,7 @@ def _image_config(values: Mapping[str, Any]) -> ImageConfig:
         max_pixels=high,
         image_mean=tuple(values.get("image_mean", CLIP_MEAN)),
         image_std=tuple(values.get("image_std", CLIP_STD)),
+        max_image_pixels=int(values.get("max_image_pixels", base.max_image_pixels)),
     )
 
 
@@ -346,3 +392,44 @@ def _video_config(values: Mapping[str, Any], image_values: Mapping[str, Any]) ->
         image_mean=tuple(values.get("image_mean", CLIP_MEAN)),
         image_std=tuple(values.get("image_std", CLIP_STD)),
     )
+
+
+# transformers' resize and rescale settings: fixed in the released checkpoints, implied by our code.
+_FIXED_PREPROCESSING = {"resample": 3, "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255,
+                        "do_normalize": True, "do_convert_rgb": True}
+
+
+def _image_json(config: ImageConfig) -> dict[str, Any]:
+    """`preprocessor_config.json` as the released checkpoints (and assets/model) lay it out."""
+    values = {
+        "image_processor_type": "Glm4vImageProcessor",
+        "processor_class": PROCESSOR_CLASS,
+        "size": {"shortest_edge": config.min_pixels, "longest_edge": config.max_pixels},
+        "patch_size": config.patch_size,
+        "temporal_patch_size": config.temporal_patch_size,
+        "merge_size": config.merge_size,
+        "image_mean": list(config.image_mean),
+        "image_std": list(config.image_std),
+        **_FIXED_PREPROCESSING,
+    }
+    if config.max_image_pixels != ImageConfig.max_image_pixels:  # our own guard: written only when changed
+        values["max_image_pixels"] = config.max_image_pixels
+    return values
+
+
+def _video_json(config: VideoConfig) -> dict[str, Any]:
+    """`video_preprocessor_config.json` as the released checkpoints (and assets/model) lay it out."""
+    return {
+        "video_processor_type": "Glm4vVideoProcessor",
+        "processor_class": PROCESSOR_CLASS,
+        "size": {"shortest_edge": config.min_pixels, "longest_edge": config.max_pixels},
+        "patch_size": config.patch_size,
+        "temporal_patch_size": config.temporal_patch_size,
+        "merge_size": config.merge_size,
+        "fps": config.fps,
+        "max_duration": config.max_duration_s,
+        "image_mean": list(config.image_mean),
+        "image_std": list(config.image_std),
+        **_FIXED_PREPROCESSING,
+        "do_sample_frames": True,
+    }

@@ -105,7 +105,7 @@ class VLM:
         path = Path(path)
         self.config.save(path)
         save_weights(self.model, path, max_shard_bytes=max_shard_bytes)
-        if self.processor is not None and hasattr(self.processor, "save_pretrained"):
+        if self.processor is not None:
             self.processor.save_pretrained(path)
 
     def generate_ids(
