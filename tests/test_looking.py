@@ -140,7 +140,27 @@ def test_the_cli_names_bad_arguments(capsys):
     assert "--steps 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         looking.main(["side", "--model", "assets/model", "--oracle-words", "embeddings"])
-    assert exit_.value.code == 2 and "control for the locate and ground tasks" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "control for the locate, ground and third tasks" in capsys.readouterr().err
+
+
+def test_third_asks_which_third_the_asked_word_is_in_among_the_words_shown(capsys):
+    """third separates finding which word from writing coordinates: the answer is one of three
+    words, about the asked word only; `shown=1` leaves nothing to find."""
+    rng = random.Random(11)
+    seen = set()
+    for _ in range(30):
+        ex = looking.example("third", rng, questions=1)
+        (question, answer), = ex.turns
+        word, (x1, y1, x2, y2) = ex.words[0]
+        assert len(ex.words) == 3 and question == f'Which third of the picture is the text "{word}" in?'
+        assert answer == looking.THIRDS[int((x1 + x2) / 2 / looking.SIZE[0] * 3)] and _ink(ex.image, ex.boxes[0]) > 100
+        assert looking.correct("third", ex, answer) and not looking.correct("third", ex, "up")
+        seen.add(answer)
+        assert len(looking.example("third", rng, questions=1, shown=1).words) == 1
+    assert seen == set(looking.THIRDS)
+    with pytest.raises(SystemExit) as exit_:
+        looking.main(["third", "--model", "assets/model", "--shown", "1"])
+    assert exit_.value.code == 2 and "--questions 3 > --shown 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
