@@ -1,0 +1,126 @@
+"""Can the language model find an earlier token by what it is? A text-only stage that teaches copying.
+
+    python -m recipes.copying --model DIR --steps 2000 [--save OUT]
+
+`recipes.looking` found the wall: a random language model does not learn to find the word a
+question quotes among its image tokens, nor even to copy that word into its answer (`third`,
+`ground`: gap 0.000 for hundreds of steps, with an ideal reader too). A pretrained language model
+has copying (induction) heads; ours starts from random. This stage trains them on text alone,
+cheaply: every row is `n` random UI-word tokens, `<|assistant|>`, then the same `n` tokens again,
+and the loss is on the repeat. `n` changes every step (6-24), so the repeat's distance says
+nothing: only the content of the earlier tokens can find what comes next. The input embeddings
+stay frozen, so a reading encoder aligned to them (`recipes.reading --align-to`) stays aligned.
+
+Held out (another seed, `n` = 16): the share of the repeat's tokens after its first predicted
+exactly (chance 1/389). The last line printed is `copy accuracy: X`.
+
+Measured (2 CPU cores, two jobs at once, batch 32, from `runs/rand/start`, the random language
+model of the default recipe): 0.08 at 400 steps, 0.34 at 1200, 0.64 at 2000 (a second run from
+the 1200-step checkpoint); with the repeat at a fixed distance (n = 16 always) 1.00 by step 100,
+since a positional head suffices there. From the 2000-step model, `recipes.looking third` with the
+word named first in its answers ("Cancel right", a probe variant) learns to copy the word: 34% of
+answers exact at step 200 (right word, and the most common third), against 3% at step 500 from
+the random model. The third still does not depend on the picture (gap 0.000 at 300 steps), nor
+does plain `third` (0.000): copying is the first half of finding the word, matching it to the
+image tokens (with the 30-minute reader: aligned 0.29) is the second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from typing import Callable
+
+import torch
+
+from recipes.looking import WORDS
+from vlm import VLM
+
+SEPARATOR = "<|assistant|>"
+
+
+def word_tokens(tokenizer) -> list[int]:
+    """The first token of every UI word: the vocabulary the rows are drawn from."""
+    return sorted({tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in WORDS})
+
+
+def rows(rng: random.Random, vocabulary: list[int], separator: int, *, batch: int, n: int) -> torch.Tensor:
+    """(batch, 2n + 1): n random tokens, the separator, the same n again."""
+    first = [[rng.choice(vocabulary) for _ in range(n)] for _ in range(batch)]
+    return torch.tensor([r + [separator] + r for r in first])
+
+
+def repeat_loss(model: torch.nn.Module, ids: torch.Tensor, n: int) -> torch.Tensor:
+    """Cross-entropy of the repeat, predicted from the separator on."""
+    at = torch.zeros_like(ids, dtype=torch.bool)
+    at[:, n:-1] = True
+    logits = model(input_ids=ids, logits_at=at).logits.float()
+    return torch.nn.functional.cross_entropy(logits, ids[:, n + 1:].flatten())
+
+
+def copy_accuracy(model: torch.nn.Module, ids: torch.Tensor, n: int) -> float:
+    """Exact next tokens of the repeat after its first (which nothing before can predict)."""
+    at = torch.zeros_like(ids, dtype=torch.bool)
+    at[:, n + 1:-1] = True
+    with torch.no_grad():
+        predicted = model(input_ids=ids, logits_at=at).logits.argmax(-1)
+    return (predicted == ids[:, n + 2:].flatten()).float().mean().item()
+
+
+def train(vlm: VLM, *, steps: int, every: int = 50, batch: int = 32, lr: float = 1e-3, seed: int = 0,
+          lengths: tuple[int, int] = (6, 24), log_line: Callable[[str], object] = print) -> float:
+    """`steps` AdamW steps on copying rows; the input embeddings stay as they are."""
+    tokenizer = vlm.processor.tokenizer
+    vocabulary, separator = word_tokens(tokenizer), tokenizer.convert_tokens_to_ids(SEPARATOR)
+    model = vlm.model.train()
+    embeddings = model.language_model.embed_tokens.weight
+    embeddings.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    rng, test_n = random.Random(f"copying/{seed}"), 16
+    test = rows(random.Random(f"copying/{seed}/test"), vocabulary, separator, batch=64, n=test_n)
+    start, accuracy = time.monotonic(), 0.0
+    try:
+        for step in range(1, steps + 1):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * min(1.0, step / 20)
+            n = rng.randint(*lengths)  # the repeat's distance changes: only content can find it
+            loss = repeat_loss(model, rows(rng, vocabulary, separator, batch=batch, n=n), n)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            if step % every == 0 or step == steps:
+                accuracy = copy_accuracy(model, test, test_n)
+                log_line(f"step {step} ({time.monotonic() - start:.0f} s): loss {loss.item():.3f}, "
+                         f"held-out copy accuracy {accuracy:.3f}")
+    finally:
+        embeddings.requires_grad_(True)
+    return accuracy
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m recipes.copying", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="checkpoint directory (weights, config, processor)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--every", type=int, default=50)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", default=None, help="write the trained checkpoint here")
+    args = p.parse_args(argv)
+    for flag in ("steps", "every", "batch"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} {getattr(args, flag)}: expected at least 1")
+    torch.manual_seed(args.seed)
+    vlm = VLM.from_pretrained(args.model)
+    accuracy = train(vlm, steps=args.steps, every=args.every, batch=args.batch, seed=args.seed)
+    if args.save:
+        vlm.save_pretrained(args.save)
+    print(f"copy accuracy: {accuracy:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

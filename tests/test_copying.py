@@ -1,0 +1,37 @@
+"""recipes.copying: its rows repeat at a distance that changes, training keeps the embeddings, the CLI."""
+
+import random
+
+import pytest
+import torch
+
+from recipes import copying
+from vlm import VLM
+
+
+def test_rows_repeat_their_first_half_after_the_separator():
+    vocabulary = list(range(100, 150))
+    for n in (6, 24):
+        ids = copying.rows(random.Random(n), vocabulary, 7, batch=5, n=n)
+        assert ids.shape == (5, 2 * n + 1) and (ids[:, n] == 7).all()
+        assert torch.equal(ids[:, :n], ids[:, n + 1:]) and set(ids[:, :n].flatten().tolist()) <= set(vocabulary)
+        assert len({tuple(r) for r in ids[:, :n].tolist()}) == 5  # each row its own draw
+
+
+def test_training_moves_the_model_but_not_the_embeddings_the_reader_is_aligned_to():
+    vlm = VLM.from_pretrained()
+    before = {k: v.clone() for k, v in vlm.model.state_dict().items()}
+    lines = []
+    accuracy = copying.train(vlm, steps=2, every=1, batch=4, log_line=lines.append)
+    after = vlm.model.state_dict()
+    embeddings = "language_model.embed_tokens.weight"
+    assert torch.equal(after[embeddings], before[embeddings])
+    assert vlm.model.language_model.embed_tokens.weight.requires_grad  # frozen for the stage only
+    assert not torch.equal(after["lm_head.weight"], before["lm_head.weight"])
+    assert len(lines) == 2 and 0.0 <= accuracy <= 1.0 and "held-out copy accuracy" in lines[-1]
+
+
+def test_the_cli_names_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        copying.main(["--model", "assets/model", "--steps", "0"])
+    assert exit_.value.code == 2 and "--steps 0: expected at least 1" in capsys.readouterr().err
