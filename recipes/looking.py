@@ -46,7 +46,9 @@ those 100 one-word steps too (`--save`, then `--model` it: the gap falls to 0.00
 to ignore the picture). With the ideal reader (`--oracle-words embeddings`, a random start):
 third 0.000 at 500 steps, ground 0.001 (0%) at 1500 steps; with `--attend-weight 1` that head's
 mass in the box rises to 0.53 by step 500 while the gap stays 0.001. The random language model
-has no way yet to find the quoted word (no copying heads); see the closing notes of session 31.
+has no copying heads to find the quoted word with; `recipes.copying` gives it them on text alone,
+and from that model (`runs/ind2000`) third with the ideal reader reaches gap 0.068, 62% at 900
+steps.
 """
 
 from __future__ import annotations
