@@ -194,7 +194,6 @@ class WordOracle:
         generator = torch.Generator().manual_seed(0)
         self.random = torch.nn.functional.normalize(torch.randn(self.embeddings.shape, generator=generator), dim=-1)
         self.pending: list[Example] = []
-        self.merge = model.cfg.vision.spatial_merge_size ** 2
         model.visual.forward = self._features  # the encoder does not run: its tokens would be replaced
 
     def expect(self, examples: list[Example]) -> None:
