@@ -56,21 +56,23 @@ def rows(rng: random.Random, vocabulary: list[int], separator: int, *, batch: in
     return torch.tensor([r + [separator] + r for r in first])
 
 
+def _predictions(model: torch.nn.Module, ids: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) for the tokens after position `first` of every row."""
+    at = torch.zeros_like(ids, dtype=torch.bool)
+    at[:, first:-1] = True
+    return model(input_ids=ids, logits_at=at).logits.float(), ids[:, first + 1:].flatten()
+
+
 def repeat_loss(model: torch.nn.Module, ids: torch.Tensor, n: int) -> torch.Tensor:
     """Cross-entropy of the repeat, predicted from the separator on."""
-    at = torch.zeros_like(ids, dtype=torch.bool)
-    at[:, n:-1] = True
-    logits = model(input_ids=ids, logits_at=at).logits.float()
-    return torch.nn.functional.cross_entropy(logits, ids[:, n + 1:].flatten())
+    return torch.nn.functional.cross_entropy(*_predictions(model, ids, n))
 
 
 def copy_accuracy(model: torch.nn.Module, ids: torch.Tensor, n: int) -> float:
     """Exact next tokens of the repeat after its first (which nothing before can predict)."""
-    at = torch.zeros_like(ids, dtype=torch.bool)
-    at[:, n + 1:-1] = True
     with torch.no_grad():
-        predicted = model(input_ids=ids, logits_at=at).logits.argmax(-1)
-    return (predicted == ids[:, n + 2:].flatten()).float().mean().item()
+        logits, targets = _predictions(model, ids, n + 1)
+    return (logits.argmax(-1) == targets).float().mean().item()
 
 
 def train(vlm: VLM, *, steps: int, every: int = 50, batch: int = 32, lr: float = 1e-3, seed: int = 0,
