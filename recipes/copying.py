@@ -86,14 +86,15 @@ def train(vlm: VLM, *, steps: int, every: int = 50, batch: int = 32, lr: float =
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
     rng, test_n = random.Random(f"copying/{seed}"), 16
-    test = rows(random.Random(f"copying/{seed}/test"), vocabulary, separator, batch=64, n=test_n)
+    device = embeddings.device
+    test = rows(random.Random(f"copying/{seed}/test"), vocabulary, separator, batch=64, n=test_n).to(device)
     start, accuracy = time.monotonic(), 0.0
     try:
         for step in range(1, steps + 1):
             for group in optimizer.param_groups:
                 group["lr"] = lr * min(1.0, step / 20)
             n = rng.randint(*lengths)  # the repeat's distance changes: only content can find it
-            loss = repeat_loss(model, rows(rng, vocabulary, separator, batch=batch, n=n), n)
+            loss = repeat_loss(model, rows(rng, vocabulary, separator, batch=batch, n=n).to(device), n)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -18,6 +18,8 @@ decide the model are a `recipes.recipe.Recipe`:
    (x0.59: 13-18 px UI text reaches the encoder 7.7-10.6 px high);
 3b. reading: the vision encoder alone learns to read (`recipes.reading`: a label per patch on
    `synth.text` pictures, `--reading-minutes`); the model starts from random weights around it;
+3c. copying: that random language model learns to copy on text alone (`recipes.copying`,
+   `--copying-steps`), its embeddings frozen so the reading encoder stays aligned to them;
 4. train: the project trainer (`pretrain` preset, Muon), from that start (or from scratch
    with `--reading-minutes 0`), resumed from its last checkpoint when there is one;
 5. eval: `synth.eval` on fresh held-out data in the training languages for every task the
@@ -72,8 +74,8 @@ from recipes.model_card import model_card, target_rows
 from recipes.pack import pack, unpack
 from recipes.recipe import Recipe
 from recipes.stages import (EVAL_MODES, EvalMode, evals_not_run, evaluate_model, learn_to_read, machine, make_data,
-                            make_processor, measure_reliance, plan_steps, ship, train_model, training_stats,
-                            write_config, write_json)
+                            make_processor, measure_reliance, plan_steps, ship, stage_result, train_model,
+                            training_stats, write_config, write_json)
 from vlm.config import VLMConfig
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,8 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # drawing pictures costs more than a CPU step: on CPU one worker draws while the trainer steps
     read = learn_to_read(recipe, work, config, device=device, workers=workers if device == "cuda" else min(workers, 1))
-    log.info("reading stage: %s", read)
+    copied = stage_result(work, "copying")
+    log.info("reading stage: %s; copying stage: %s", read, copied)
     plan = plan_steps(recipe, work, progress=progress)
     log.info("training plan: %s", plan)
     run_dir = train_model(recipe, work, steps=plan["steps"], progress=progress)
@@ -105,7 +108,8 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
         kind = json.loads(line)["meta"].get("kind", "?")
         kinds[kind] = kinds.get(kind, 0) + 1
     record = {"recipe": dataclasses.asdict(recipe), "command": command, "plan": plan, "reading": read,
-              "train_stats": train_stats, "data_stats": {"samples": sum(kinds.values()), "kinds": kinds},
+              "copying": copied, "train_stats": train_stats,
+              "data_stats": {"samples": sum(kinds.values()), "kinds": kinds},
               "results": results, "reliance": reliance, "not_run": evals_not_run(recipe, results)}
     write_json(work / "eval.json", record)
     ship(run_dir, out, card=card(record, config), config=config, max_shard_bytes=max_shard_bytes)
@@ -149,7 +153,8 @@ def card(record: dict[str, Any], config: VLMConfig) -> str:
     """The model card from a run's record (`work/eval.json`)."""
     return model_card(Recipe(**record["recipe"]), command=record["command"], config=config, plan=record["plan"],
                       results=record["results"], reliance=record["reliance"], train_stats=record["train_stats"],
-                      reading=record["reading"], data_stats=record["data_stats"], not_run=record["not_run"])
+                      reading=record["reading"], copying=record.get("copying", {}),  # older packs lack it
+                      data_stats=record["data_stats"], not_run=record["not_run"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reading-init", choices=("default", "mimetic"), default=d.reading_init)
     p.add_argument("--reading-glyph-share", type=float, default=d.reading_glyph_share,
                    help="the share of the reading stage that trains the character heads alone first")
+    p.add_argument("--copying-steps", type=int, default=d.copying_steps,
+                   help="stage 3c: steps of the language model learning to copy on text alone (0: skip)")
     p.add_argument("--box-attention", type=float, default=d.box_attention,
                    help="weight of the box-attention label: one head looks inside the box it writes (0: off)")
     p.add_argument("--lm-init", choices=("default", "mimetic"), default=d.lm_init,
@@ -233,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                     retrain_tokenizer=not args.keep_tokenizer, image_max_pixels=args.image_max_pixels, max_length=args.max_length,
                     reading_minutes=args.reading_minutes,
                     reading_init=args.reading_init, reading_glyph_share=args.reading_glyph_share,
-                    lm_init=args.lm_init, box_attention=args.box_attention, steps=args.steps, hours=hours,
+                    lm_init=args.lm_init, copying_steps=args.copying_steps, box_attention=args.box_attention, steps=args.steps, hours=hours,
                     batch_size=args.batch_size, lr=args.lr, eval_n=args.eval_n)
     command = "python -m recipes.default_model " + " ".join(argv if argv is not None else sys.argv[1:])
     max_shard_bytes = None if args.max_shard_mb is None else int(args.max_shard_mb * 2**20)

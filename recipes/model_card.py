@@ -40,7 +40,7 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, float | None, float,
 
 def model_card(recipe: Recipe, *, command: str, config: VLMConfig, plan: dict[str, Any], data_stats: dict[str, Any],
                train_stats: dict[str, Any], results: dict[str, Any], reliance: dict[str, Any] | None = None,
-               reading: dict[str, Any] | None = None, not_run: list[str] | None = None) -> str:
+               reading: dict[str, Any] | None = None, copying: dict[str, Any] | None = None, not_run: list[str] | None = None) -> str:
     """`not_run`: the evals left out (a browserless eval's Chromium and video tasks), named on the card."""
     params = sum(p.numel() for p in VLM.from_config(config).model.parameters())
     rows = "\n".join(f"| {name} | {'not run' if m is None else f'{m:.1%}'} | {t:.0%} | "
@@ -80,7 +80,7 @@ and act on synthetic web pages and shape videos; it knows nothing else.
 
 ## Recipe
 
-{_reading_sentence(recipe, reading or {})}
+{_reading_sentence(recipe, reading or {})}{_copying_sentence(recipe, copying or {})}
 
 Trainer `pretrain` preset (Muon on hidden matrices, AdamW elsewhere), lr {recipe.lr}, warmup {recipe.warmup_steps},
 cosine to 10%, batch {recipe.batch_size} x {recipe.grad_accum}, {plan['steps']} steps ({plan['source']}), max length {recipe.max_length}.
@@ -151,6 +151,17 @@ def _reading_sentence(recipe: Recipe, reading: dict[str, Any]) -> str:
                          "is told which characters every 14-px patch shows, on `synth.text` pictures of UI-sized "
                          f"text at any pixel offset{glyphs} ({numbers}). Stage 2 trains the whole model from that encoder "
                          f"and random weights elsewhere{_lm_init(recipe)}.", width=95)
+
+
+def _copying_sentence(recipe: Recipe, copying: dict[str, Any]) -> str:
+    if not recipe.copying_steps:
+        return ""
+    measured = (f"held-out copy accuracy {copying['copy_accuracy']:.1%} after {copying['seconds'] / 60:.1f} min"
+                if copying else "not recorded")
+    return "\n\n" + textwrap.fill(
+        f"Before it, the language model learns to copy on text alone (`recipes.copying`, {recipe.copying_steps} steps: "
+        "random UI words, then the same words again, so only their content finds the next one; the input "
+        f"embeddings the encoder aligned to stay frozen; {measured}).", width=95)
 
 
 def _reliance_section(reliance: dict[str, Any]) -> str:

@@ -62,6 +62,9 @@ class Recipe:
     reading_glyph_share: float = 2 / 3
     # the language model's attention at step 0: "mimetic" starts it by content (`recipes.mimetic`)
     lm_init: Literal["default", "mimetic"] = "default"
+    # stage 3c: steps of text-only copying (`recipes.copying`) that give the random language model
+    # copying (induction) heads before stage 4, embeddings frozen so the reader stays aligned; 0: none
+    copying_steps: int = 0
     # weight of the box-attention label (`train.box_attention`: while a box is written, one head
     # looks at the image tokens inside it); 0: off
     box_attention: float = 0.0
@@ -90,6 +93,8 @@ class Recipe:
             raise ValueError(f"reading_minutes={self.reading_minutes}: expected 0 (no reading stage) or more")
         if not 0 <= self.reading_glyph_share < 1:
             raise ValueError(f"reading_glyph_share={self.reading_glyph_share}: expected a share in [0, 1)")
+        if self.copying_steps < 0:
+            raise ValueError(f"copying_steps={self.copying_steps}: expected 0 (no copying stage) or more")
         if not self.box_attention >= 0:
             raise ValueError(f"box_attention={self.box_attention}: expected a weight >= 0")
         if self.lm_init not in ("default", "mimetic"):

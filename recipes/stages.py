@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoTokenizer
 
-from recipes import alignment, first_use, mimetic, reading, reliance
+from recipes import alignment, copying, first_use, mimetic, reading, reliance
 from recipes import tokenizer as bpe
 from recipes.recipe import (EVAL_SEED, EVAL_TASKS, EVERY_LANGUAGE, UI_GROUNDING, VIDEO_MAX_PIXELS, Recipe,
                             model_config)
@@ -129,13 +129,15 @@ def write_config(recipe: Recipe, init: Path) -> VLMConfig:
 
 
 def learn_to_read(recipe: Recipe, work: Path, config: VLMConfig, *, device: str, workers: int) -> dict[str, Any]:
-    """Stage 3b: the vision encoder alone learns to read (`recipes.reading`), then `work/start/`
-    is the checkpoint training starts from: random weights around that encoder (the language
-    model's attention mimetic with `lm_init`). Without either (`reading_minutes` 0, default
-    `lm_init`) training starts from `work/init/`'s config alone."""
+    """Stages 3b and 3c, the start (`work/start/`) training begins from: the vision encoder alone
+    learns to read (`recipes.reading`), the language model around it starts random (its attention
+    mimetic with `lm_init`) and then learns to copy on text alone (`recipes.copying`,
+    `copying_steps`). Without any of them training starts from `work/init/`'s config alone.
+    Returns the reading stage's result (`stage_result(work, "copying")` is the other's)."""
     result_file, start = work / "reading" / "result.json", work / "start"
-    if (recipe.reading_minutes <= 0 and recipe.lm_init == "default") or (start / "config.json").is_file():
-        return json.loads(result_file.read_text()) if result_file.is_file() else {}
+    if (recipe.reading_minutes <= 0 and recipe.lm_init == "default" and not recipe.copying_steps) \
+            or (start / "config.json").is_file():
+        return stage_result(work, "reading")
     weights = work / "reading" / "encoder.safetensors"
     settings = reading.ReadingConfig(seed=recipe.seed, init=recipe.reading_init, glyph_share=recipe.reading_glyph_share)
     vlm = VLM.from_config(config, seed=recipe.seed)  # the start's language model: its tokens are aligned to
@@ -149,11 +151,25 @@ def learn_to_read(recipe: Recipe, work: Path, config: VLMConfig, *, device: str,
         reading.load_encoder(vlm.model.visual, weights)
     if recipe.lm_init == "mimetic":  # attention only: the embeddings the encoder aligned to stay
         mimetic.language(vlm.model.language_model, seed=recipe.seed)
+    if recipe.copying_steps:  # text alone, embeddings frozen: the encoder stays aligned to them
+        started = time.perf_counter()
+        vlm.model.to(device)
+        accuracy = copying.train(vlm, steps=recipe.copying_steps, seed=recipe.seed,
+                                 every=max(1, recipe.copying_steps // 10), log_line=log.info)
+        vlm.model.to("cpu")
+        write_json(work / "copying" / "result.json", {"steps": recipe.copying_steps, "copy_accuracy": accuracy,
+                                                      "seconds": round(time.perf_counter() - started, 1)})
     staging = work / ".start.partial"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(work / "init", staging)
     vlm.save_pretrained(staging)
     os.replace(staging, start)
+    return stage_result(work, "reading")
+
+
+def stage_result(work: Path, stage: str) -> dict[str, Any]:
+    """`work/<stage>/result.json`, or {} for a stage that did not run."""
+    result_file = work / stage / "result.json"
     return json.loads(result_file.read_text()) if result_file.is_file() else {}
 
 

@@ -167,6 +167,32 @@ def test_a_mimetic_language_model_start_is_made_even_without_a_reading_stage(tmp
         assert torch.equal(start[name], tensor), name
 
 
+def test_the_copying_stage_trains_the_start_language_model_but_keeps_its_embeddings(tmp_path):
+    from recipes.stages import learn_to_read, make_processor, stage_result, train_config, write_config
+    from vlm import VLM
+
+    recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
+                    retrain_tokenizer=False, reading_minutes=0, copying_steps=3)
+    work = tmp_path / "work"
+    config = write_config(recipe, make_processor(recipe, work, corpus=work / "unused"))
+    assert learn_to_read(recipe, work, config, device="cpu", workers=0) == {}  # no reading stage to report
+    copied = stage_result(work, "copying")
+    assert copied["steps"] == 3 and 0.0 <= copied["copy_accuracy"] <= 1.0 and copied["seconds"] > 0
+    assert train_config(recipe, work, steps=1, progress=False, resume=False).model == str(work / "start")
+    random_start = VLM.from_config(config, seed=recipe.seed).model.state_dict()
+    start = VLM.from_pretrained(work / "start").model.state_dict()
+    embeddings = "language_model.embed_tokens.weight"
+    assert torch.equal(start[embeddings], random_start[embeddings])  # what a reading encoder aligns to
+    changed = [name for name in random_start if not torch.equal(start[name], random_start[name])]
+    assert "lm_head.weight" in changed and any(".self_attn." in name for name in changed)
+    assert not any(name.startswith("visual.") for name in changed)  # text alone
+
+
+def test_a_negative_copying_stage_is_refused():
+    with pytest.raises(ValueError, match="copying_steps=-1: expected 0"):
+        Recipe(copying_steps=-1)
+
+
 def _without_browser(tmp_path):
     """The environment of the GPU machine the recipe's GPU run is made on: neither playwright nor
     decord imports (stub packages shadow them and raise), and PATH holds no program at all

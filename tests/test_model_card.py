@@ -52,6 +52,17 @@ def test_the_card_reports_the_reading_stage_the_budget_and_drawn_uis():
     v1 = model_card(Recipe(reading_minutes=0, image_max_pixels=320_000), command="c", config=model_config("tiny"),
                     plan={"steps": 1, "source": "--steps"}, data_stats={}, train_stats={}, results={})
     assert "No reading stage" in v1 and "a 1280x720 screenshot is 190 tokens" in v1
+    assert "recipes.copying" not in card + v1  # neither recipe has a copying stage
+
+
+def test_the_card_reports_the_copying_stage():
+    recipe = Recipe(samples=0, ui_samples=64, kinds="grounding", copying_steps=6000)
+    card = model_card(recipe, command="c", config=model_config("tiny"), plan={"steps": 1, "source": "--steps"},
+                      data_stats={}, train_stats={}, results={},
+                      copying={"steps": 6000, "copy_accuracy": 0.8125, "seconds": 1710.0})
+    text = " ".join(card.split())
+    assert "learns to copy on text alone (`recipes.copying`, 6000 steps" in text
+    assert "held-out copy accuracy 81.2% after 28.5 min" in text
 
 
 def test_a_browserless_eval_says_what_was_measured_where_and_what_was_not_run():
