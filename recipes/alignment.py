@@ -24,13 +24,14 @@ from vlm.vlm import VLM
 PIECES = 4  # language-model tokens labelled per merged token, at most
 
 
-def piece_labels(picture: text.TextPicture, tokenizer, *, merge_px: int = 28) -> np.ndarray:
+def piece_labels(picture: text.TextPicture, tokenizer, *, merge_px: int = 28, whole_words: bool = False) -> np.ndarray:
     """(rows, cols, PIECES) int64: per merged token (a `merge_px` square), the language-model
     tokens whose characters are centred in it, -1 padded.
 
     Each word is tokenized alone, without a leading space, as a grounding question quotes it
     (`Where is the text "Cancel"?`); a token belongs to every merged token that one of its
-    characters is centred in.
+    characters is centred in. `whole_words`: a word's first token belongs to every merged token
+    that any of its characters is centred in (the code `recipes.looking`'s ideal reader gives).
     """
     width, height = picture.image.size
     rows, cols = height // merge_px, width // merge_px
@@ -40,7 +41,8 @@ def piece_labels(picture: text.TextPicture, tokenizer, *, merge_px: int = 28) ->
         for word in line.split():
             places = [next(glyphs) for _ in word]
             encoded = tokenizer(word, add_special_tokens=False, return_offsets_mapping=True)
-            for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+            spans = zip(encoded["input_ids"], encoded["offset_mapping"])
+            for token, (start, end) in [(encoded["input_ids"][0], (0, len(word)))] if whole_words else spans:
                 for g in places[start:end]:
                     r, c = int(g.y // merge_px), int(g.x // merge_px)
                     if 0 <= r < rows and 0 <= c < cols and token not in found.setdefault((r, c), []):

@@ -127,10 +127,25 @@ class ReadingConfig:
     # cosine / `align_temperature`
     align_weight: float = 1.0
     align_temperature: float = 0.1
+    # with `align`: weight of the distance from each merged token to the ideal reader's token
+    # (`ideal_tokens`: what `recipes.looking --oracle-words embeddings` gives), over its squared size
+    ideal_weight: float = 0.0
     n_test: int = 128
 
 
 PLACE_SCALE = 3.0  # place="dims": a token's x - 0.5 and y - 0.5 in its first two coordinates, times this
+WORD_CODE = 3.0  # the ideal reader's size of a word's code (a unit embedding) in each token it covers
+
+
+def ideal_tokens(words_TK: torch.Tensor, unit_embeddings: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    """(T, out) the ideal reader's tokens (`recipes.looking`'s `WordOracle`): WORD_CODE times the
+    unit input embedding of the first token of every word a token shows, its place in the first
+    two coordinates (PLACE_SCALE * (x - 0.5), (y - 0.5)) and 1 in the third."""
+    shown = (words_TK >= 0).unsqueeze(-1).to(unit_embeddings.dtype)
+    target = WORD_CODE * (unit_embeddings[words_TK.clamp_min(0)] * shown).sum(1)
+    place = token_positions(grid_thw).to(target.device)
+    return target + F.pad(torch.cat([PLACE_SCALE * (place - 0.5), torch.ones_like(place[:, :1])], 1),
+                          (0, target.shape[1] - 3))
 
 
 class Reader(nn.Module):
@@ -171,7 +186,8 @@ class Reader(nn.Module):
         return Reading(self.patch_head(features).view(-1, self.slots, C),
                        self.token_head(tokens).view(-1, self.slots, C),  # 4 patches per token, in block order
                        self.position(tokens), shared_share(tokens), tokens.float().norm(dim=-1),
-                       None if self.embeddings is None else F.normalize(tokens.float(), dim=-1) @ self.embeddings.T)
+                       None if self.embeddings is None else F.normalize(tokens.float(), dim=-1) @ self.embeddings.T,
+                       tokens)
 
     def position(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.position_head is None:  # place="dims"
@@ -187,6 +203,7 @@ class Reading:
     shared: torch.Tensor  # () the share of the tokens' energy in their mean
     norms: torch.Tensor  # (N / 4,) each merged token's norm
     cosine: torch.Tensor | None = None  # (N / 4, vocab) each merged token against each embedding
+    tokens: torch.Tensor | None = None  # (N / 4, out) the merged tokens themselves
 
 
 def shared_share(tokens: torch.Tensor) -> torch.Tensor:
@@ -235,6 +252,7 @@ class Scores:
     shared: float  # the share of the tokens' energy in their mean
     align: float | None = None  # text-showing tokens nearest one of their language-model tokens
     norm: tuple[float, float] = (0.0, 0.0)  # the merged tokens' norm: mean, standard deviation
+    ideal: float | None = None  # text-showing tokens' mean cosine with the ideal reader's (`ideal_tokens`)
 
 
 def evaluate(reader: Reader, test: Batch) -> Scores:
@@ -243,9 +261,14 @@ def evaluate(reader: Reader, test: Batch) -> Scores:
         out = reader(test.pixel_values, test.grid_thw)
     reader.train()
     aligned = None if out.cosine is None or test.pieces_TK is None else round(align_accuracy(out.cosine, test.pieces_TK), 4)
+    ideal = None
+    if reader.embeddings is not None and test.words_TK is not None:
+        shows = test.words_TK[:, 0] >= 0
+        target = ideal_tokens(test.words_TK, reader.embeddings, test.grid_thw)
+        ideal = round(F.cosine_similarity(out.tokens.float()[shows], target[shows], dim=-1).mean().item(), 4)
     return Scores(char_accuracy(out.patch, test.labels_NS), char_accuracy(out.token, test.labels_NS),
                   position_r2(out.position, test.grid_thw), round(out.shared.item(), 4), aligned,
-                  (round(out.norms.mean().item(), 3), round(out.norms.std().item(), 3)))
+                  (round(out.norms.mean().item(), 3), round(out.norms.std().item(), 3)), ideal)
 
 
 def glyph_phase(share: float, done_steps: int, steps: int | None, elapsed: float, minutes: float | None) -> bool:
@@ -296,6 +319,10 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
                 loss = loss + cfg.token_norm_weight * (out.norms / cfg.token_norm - 1).pow(2).mean()
             if aligning:
                 loss = loss + cfg.align_weight * align_loss(out.cosine, batch.pieces_TK, cfg.align_temperature)
+            if aligning and cfg.ideal_weight > 0:
+                target = ideal_tokens(batch.words_TK, reader.embeddings, batch.grid_thw)
+                miss = (out.tokens.float() - target).pow(2).sum(-1) / target.pow(2).sum(-1)
+                loss = loss + cfg.ideal_weight * miss.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(reader.parameters(), 1.0)
@@ -307,7 +334,7 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
             s = evaluate(reader, test)
             log_line(f"step {step} ({elapsed:.0f} s): loss {loss.item():.3f}, held-out char accuracy patch "
                      f"{s.patch:.3f} token {s.token:.3f}, position R^2 x {s.position_r2[0]:.3f} y "
-                     f"{s.position_r2[1]:.3f}, shared {s.shared:.3f}, norm {s.norm[0]:.2f}+-{s.norm[1]:.2f}, aligned {s.align} (baseline {baseline}); "
+                     f"{s.position_r2[1]:.3f}, shared {s.shared:.3f}, norm {s.norm[0]:.2f}+-{s.norm[1]:.2f}, aligned {s.align} (baseline {baseline}), ideal {s.ideal}; "
                      f"patch by text height: {sizes}")
         if done:
             break
@@ -315,7 +342,7 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
     result = {"steps": step, "seconds": round(time.monotonic() - start, 1), "patch_char_accuracy": round(s.patch, 4),
               "token_char_accuracy": round(s.token, 4), "position_r2_x": s.position_r2[0],
               "position_r2_y": s.position_r2[1], "shared_share": s.shared, "aligned": s.align,
-              "aligned_baseline": baseline, "token_norm_mean": s.norm[0], "token_norm_std": s.norm[1],
+              "aligned_baseline": baseline, "ideal_cosine": s.ideal, "token_norm_mean": s.norm[0], "token_norm_std": s.norm[1],
               "loss": round(loss.item(), 4)}
     for name, batch in by_size.items():
         s = evaluate(reader, batch)
@@ -380,8 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--align-to", type=Path, default=None,
                    help="a checkpoint whose tokenizer and input embeddings the merged tokens align to")
     p.add_argument("--align-weight", type=float, default=d.align_weight, help="weight of the alignment (0: off)")
+    p.add_argument("--ideal-weight", type=float, default=d.ideal_weight,
+                   help="with --align-to: weight of the tokens' distance to the ideal reader's (0: off)")
     args = p.parse_args(argv)
-    for flag in ("position_weight", "centre_weight", "align_weight", "token_norm"):
+    for flag in ("position_weight", "centre_weight", "align_weight", "token_norm", "ideal_weight"):
         value = getattr(args, flag)
         if not (math.isfinite(value) and value >= 0):
             p.error(f"--{flag.replace('_', '-')} {value}: expected a finite number >= 0")
@@ -396,8 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ReadingConfig(seed=args.seed, init=args.init, batch_size=args.batch_size, font_px=tuple(args.font_px),
                         scale=tuple(args.scale), large_steps=args.large_steps, glyph_share=args.glyph_share,
                         position_weight=args.position_weight, place=args.place, centre_weight=args.centre_weight,
-                        token_norm=args.token_norm,
-                        align_weight=args.align_weight)
+                        token_norm=args.token_norm, align_weight=args.align_weight, ideal_weight=args.ideal_weight)
     vision, align = model_config(args.size).vision, None
     if args.align_to is not None:
         target = VLM.from_pretrained(args.align_to)

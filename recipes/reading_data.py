@@ -37,20 +37,21 @@ class Batch:
     grid_thw: torch.Tensor  # (n, 3)
     labels_NS: torch.Tensor  # (N, slots) per patch, block-major like the patches
     pieces_TK: torch.Tensor | None = None  # (N / 4, PIECES) token ids per merged token, -1 padded
+    words_TK: torch.Tensor | None = None  # (N / 4, PIECES) the first token of each word it shows, -1 padded
 
     def to(self, device: torch.device | str) -> Batch:
-        pieces = None if self.pieces_TK is None else self.pieces_TK.to(device)
-        return Batch(self.pixel_values.to(device), self.grid_thw.to(device), self.labels_NS.to(device), pieces)
+        pieces, words = (None if t is None else t.to(device) for t in (self.pieces_TK, self.words_TK))
+        return Batch(self.pixel_values.to(device), self.grid_thw.to(device), self.labels_NS.to(device), pieces, words)
 
 
 def make_batch(rng: random.Random, n: int, cfg: ReadingConfig, *, large: bool = False, tokenizer=None) -> Batch:
     """`n` fresh pictures from `rng`: patches in the encoder's order and their labels (`large`:
     text drawn at LARGE sizes instead of `cfg`'s; `tokenizer`: also the language-model tokens
-    each merged token shows, `piece_labels`)."""
+    each merged token shows and the first token of each word it shows, `piece_labels`)."""
     font_px, scale = LARGE if large else (cfg.font_px, cfg.scale)
     width, height = cfg.size
     image_cfg = ImageConfig(max_pixels=2 * width * height)  # the picture is already its input size
-    patches, labels, pieces = [], [], []
+    patches, labels, pieces, words = [], [], [], []
     grid = torch.tensor([[1, height // 14, width // 14]])
     rows, cols, _, _ = patch_coordinates(grid, 2)
     token_rows, token_cols = rows[::4] // 2, cols[::4] // 2  # each merged token's first patch
@@ -63,7 +64,9 @@ def make_batch(rng: random.Random, n: int, cfg: ReadingConfig, *, large: bool = 
         labels.append(torch.from_numpy(text.patch_labels(picture, slots=cfg.slots))[rows, cols])
         if tokenizer is not None:
             pieces.append(torch.from_numpy(piece_labels(picture, tokenizer))[token_rows, token_cols])
-    return Batch(torch.cat(patches), grid.repeat(n, 1), torch.cat(labels), torch.cat(pieces) if pieces else None)
+            words.append(torch.from_numpy(piece_labels(picture, tokenizer, whole_words=True))[token_rows, token_cols])
+    return Batch(torch.cat(patches), grid.repeat(n, 1), torch.cat(labels), *(torch.cat(t) if t else None
+                                                                             for t in (pieces, words)))
 
 
 class Batches(torch.utils.data.IterableDataset):

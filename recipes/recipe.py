@@ -63,8 +63,11 @@ class Recipe:
     # the language model's attention at step 0: "mimetic" starts it by content (`recipes.mimetic`)
     lm_init: Literal["default", "mimetic"] = "default"
     # stage 3c: steps of text-only copying (`recipes.copying`) that give the random language model
-    # copying (induction) heads before stage 4, embeddings frozen so the reader stays aligned; 0: none
-    copying_steps: int = 0
+    # copying (induction) heads before stage 4, embeddings frozen so the reader stays aligned; 0: none.
+    # Measured (`recipes.looking third`, three words, the ideal reader): from the random language
+    # model gap 0.000 at 500 steps; after 2000 copying steps (64% copied) 0.012 at 300; after 3000
+    # (93%) 0.039 at 250. Copy accuracy is 0.93 at 3000 steps and 0.93 at 3500 (~0.55 s a step, one core)
+    copying_steps: int = 3000
     # weight of the box-attention label (`train.box_attention`: while a box is written, one head
     # looks at the image tokens inside it); 0: off
     box_attention: float = 0.0

@@ -131,7 +131,7 @@ def test_the_browserless_recipe_reads_then_trains_from_the_reading_encoder(tmp_p
     from vlm.processor import Processor
 
     recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
-                    warmup_steps=0, retrain_tokenizer=False, reading_minutes=0.05)
+                    warmup_steps=0, retrain_tokenizer=False, reading_minutes=0.05, copying_steps=0)
     work = tmp_path / "work"
     corpus = make_data(recipe, work, workers=1, progress=False)
     init = make_processor(recipe, work, corpus)
@@ -155,7 +155,7 @@ def test_a_mimetic_language_model_start_is_made_even_without_a_reading_stage(tmp
     from vlm import VLM
 
     recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
-                    retrain_tokenizer=False, reading_minutes=0, lm_init="mimetic")
+                    retrain_tokenizer=False, reading_minutes=0, lm_init="mimetic", copying_steps=0)
     work = tmp_path / "work"
     config = write_config(recipe, make_processor(recipe, work, corpus=work / "unused"))
     assert learn_to_read(recipe, work, config, device="cpu", workers=0) == {}  # no reading stage to report
@@ -217,7 +217,7 @@ def test_the_gpu_run_imports_without_playwright_or_decord(tmp_path):
 @pytest.mark.slow
 def test_the_gpu_command_runs_without_a_browser_and_packs_a_loadable_checkpoint(tmp_path):
     """The README's GPU command at test size, on CPU, where neither playwright nor decord imports:
-    drawn-UI data, the reading stage, a --minutes plan, training, the browserless eval, small
+    drawn-UI data, the reading and copying stages, a --minutes plan, training, the browserless eval, small
     shards, and a --pack folder of at most 8 files of at most the shard size that rebuilds into
     the same checkpoint; --eval-only on it keeps what was measured there."""
     from transformers import AutoModelForImageTextToText
@@ -229,7 +229,7 @@ def test_the_gpu_command_runs_without_a_browser_and_packs_a_loadable_checkpoint(
     out, work, packed = tmp_path / "model", tmp_path / "work", tmp_path / "OUT"
     command = [sys.executable, "-m", "recipes.default_model", "--device", "cpu", "--size", "tiny", "--samples", "0",
                "--ui-samples", "12", "--kinds", "grounding,read", "--keep-tokenizer", "--reading-minutes", "0.03",
-               "--minutes", "0.05", "--batch-size", "4", "--eval", "browserless", "--eval-n", "4", "--workers", "2",
+               "--copying-steps", "3", "--minutes", "0.05", "--batch-size", "4", "--eval", "browserless", "--eval-n", "4", "--workers", "2",
                "--max-shard-mb", "2.5", "--out", str(out), "--work", str(work), "--pack", str(packed), "--no-progress"]
     done = subprocess.run(command, cwd=ROOT, env=_without_browser(tmp_path), capture_output=True, text=True,
                           timeout=3600)  # minutes unloaded; the slack is for a busy machine
@@ -247,7 +247,10 @@ def test_the_gpu_command_runs_without_a_browser_and_packs_a_loadable_checkpoint(
     assert record["results"]["ui_grounding"]["measured"].startswith("browserless eval on a CPU machine")
     assert record["not_run"] == ["grounding", "action", "video", "episodes", "qa"]
     assert "ui_read" in record["reliance"]  # does it look at the screen it reads?
-    assert "Not run: grounding, action, video, episodes, qa" in (out / "README.md").read_text()
+    assert record["copying"]["steps"] == 3 and 0.0 <= record["copying"]["copy_accuracy"] <= 1.0
+    card = " ".join((out / "README.md").read_text().split())
+    assert "Not run: grounding, action, video, episodes, qa" in card
+    assert "learns to copy on text alone (`recipes.copying`, 3 steps" in card
 
     back = unpack(packed, tmp_path / "back")
     assert back == record

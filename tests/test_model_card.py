@@ -49,10 +49,10 @@ def test_the_card_reports_the_reading_stage_the_budget_and_drawn_uis():
     assert "a 1280x720 screenshot is 390 tokens" in card
     assert "2400 steps in 30.0 min" in card and "41.0% per patch" in card
     assert "No Chromium pages. Plus 64 grounding and reading conversations on UIs drawn with PIL" in card
-    v1 = model_card(Recipe(reading_minutes=0, image_max_pixels=320_000), command="c", config=model_config("tiny"),
+    v1 = model_card(Recipe(reading_minutes=0, copying_steps=0, image_max_pixels=320_000), command="c", config=model_config("tiny"),
                     plan={"steps": 1, "source": "--steps"}, data_stats={}, train_stats={}, results={})
     assert "No reading stage" in v1 and "a 1280x720 screenshot is 190 tokens" in v1
-    assert "recipes.copying" not in card + v1  # neither recipe has a copying stage
+    assert "recipes.copying" not in v1  # v1 had no copying stage
 
 
 def test_the_card_reports_the_copying_stage():
@@ -63,6 +63,9 @@ def test_the_card_reports_the_copying_stage():
     text = " ".join(card.split())
     assert "learns to copy on text alone (`recipes.copying`, 6000 steps" in text
     assert "held-out copy accuracy 81.2% after 28.5 min" in text
+    unrecorded = model_card(recipe, command="c", config=model_config("tiny"), plan={"steps": 1, "source": "--steps"},
+                            data_stats={}, train_stats={}, results={})
+    assert "6000 steps: random UI words" in " ".join(unrecorded.split()) and "not recorded" in unrecorded
 
 
 def test_a_browserless_eval_says_what_was_measured_where_and_what_was_not_run():

@@ -246,3 +246,63 @@ def test_token_norm_gives_every_merged_token_the_same_size():
     _, held = train(_vision(), dataclasses.replace(cfg, token_norm=8.0), steps=150, every=1000)
     assert abs(held["token_norm_mean"] - 8.0) < 1.6 and held["token_norm_std"] < 1.6, held
     assert abs(free["token_norm_mean"] - 8.0) > 3.0, free  # not so by itself
+
+
+def test_whole_word_labels_give_each_words_first_token_to_every_token_it_covers():
+    from recipes.alignment import PIECES, piece_labels
+
+    tokenizer = _tokenizer()
+    rng = random.Random(6)
+    for _ in range(20):
+        picture = text.draw(rng, size=(224, 112), scale=(0.5, 1.0), font_px=(11, 36))
+        labels = piece_labels(picture, tokenizer, whole_words=True)
+        glyphs, firsts = iter(picture.glyphs), set()
+        for word in (w for line in picture.lines for w in line.split()):
+            first = tokenizer(word, add_special_tokens=False)["input_ids"][0]
+            firsts.add(first)
+            for g in [next(glyphs) for _ in word]:
+                r, c = int(g.y // 28), int(g.x // 28)
+                if 0 <= r < 4 and 0 <= c < 8 and labels[r, c, PIECES - 1] < 0:
+                    assert first in labels[r, c].tolist(), (word, r, c)
+        assert set(labels[labels >= 0].tolist()) <= firsts  # a word's later tokens are not labelled
+        assert ((labels[..., 0] >= 0) == (piece_labels(picture, tokenizer)[..., 0] >= 0)).all()
+
+
+def test_the_ideal_target_is_the_looking_probes_ideal_reader():
+    """`ideal_tokens` (what `--ideal-weight` pulls the tokens to) gives each token the code
+    `recipes.looking --oracle-words embeddings` puts in the language model's image tokens."""
+    import torch.nn.functional as F
+
+    from recipes.looking import Example, WordOracle
+    from recipes.reading import ideal_tokens
+    from vlm import VLM
+
+    vlm = VLM.from_pretrained()
+    tokenizer, model = vlm.processor.tokenizer, vlm.model
+    oracle = WordOracle(model, tokenizer, "embeddings")
+    words = (("Cancel", (30, 30, 80, 50)), ("Save", (150, 60, 200, 90)))
+    grid = torch.tensor([[1, 8, 16]])  # 224x112: 4 x 8 merged tokens
+    oracle.expect([Example(image=None, turns=(), boxes=(), words=words)])
+    expected = oracle._features(torch.zeros(128, 1), grid).float()
+    x, y = (token_positions(grid) * torch.tensor([224, 112])).unbind(1)  # token centres, squares of 28 px
+    words_TK = torch.full((32, 4), -1)
+    for k, (word, (x1, y1, x2, y2)) in enumerate(words):
+        covered = (x1 < x + 14) & (x - 14 < x2) & (y1 < y + 14) & (y - 14 < y2)
+        words_TK[covered, k] = tokenizer(word, add_special_tokens=False)["input_ids"][0]
+    assert (words_TK >= 0).any(1).sum() >= 4
+    unit = F.normalize(model.language_model.embed_tokens.weight.detach().float(), dim=-1)
+    assert torch.allclose(ideal_tokens(words_TK, unit, grid), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_ideal_weight_pulls_the_tokens_toward_the_ideal_readers():
+    from recipes.alignment import Alignment
+
+    tokenizer = _tokenizer()
+    embeddings = torch.randn(len(tokenizer), _vision().out_hidden_size, generator=torch.Generator().manual_seed(0))
+    align = Alignment(tokenizer, embeddings)
+    cfg = ReadingConfig(size=(112, 56), batch_size=8, scale=(1.0, 1.0), font_px=(22, 26), slots=1, n_test=16,
+                        large_steps=0, glyph_share=0.0)
+    _, off = train(_vision(), cfg, steps=120, every=1000, align=align)
+    _, on = train(_vision(), dataclasses.replace(cfg, ideal_weight=4.0), steps=120, every=1000, align=align)
+    assert on["ideal_cosine"] > off["ideal_cosine"] + 0.06, (on["ideal_cosine"], off["ideal_cosine"])  # 0.11 vs 0.01
