@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the share of the reading stage that trains the character heads alone first")
     p.add_argument("--copying-steps", type=int, default=d.copying_steps,
                    help="stage 3c: steps of the language model learning to copy on text alone (0: skip)")
+    p.add_argument("--freeze-reader", action=argparse.BooleanOptionalAction, default=d.freeze_reader,
+                   help="stage 4 keeps the reading stage's vision tower and projector as they are")
     p.add_argument("--box-attention", type=float, default=d.box_attention,
                    help="weight of the box-attention label: one head looks inside the box it writes (0: off)")
     p.add_argument("--lm-init", choices=("default", "mimetic"), default=d.lm_init,
@@ -240,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                     retrain_tokenizer=not args.keep_tokenizer, image_max_pixels=args.image_max_pixels, max_length=args.max_length,
                     reading_minutes=args.reading_minutes,
                     reading_init=args.reading_init, reading_glyph_share=args.reading_glyph_share,
-                    lm_init=args.lm_init, copying_steps=args.copying_steps, box_attention=args.box_attention, steps=args.steps, hours=hours,
+                    lm_init=args.lm_init, copying_steps=args.copying_steps,
+                    freeze_reader=args.freeze_reader, box_attention=args.box_attention, steps=args.steps, hours=hours,
                     batch_size=args.batch_size, lr=args.lr, eval_n=args.eval_n)
     command = "python -m recipes.default_model " + " ".join(argv if argv is not None else sys.argv[1:])
     max_shard_bytes = None if args.max_shard_mb is None else int(args.max_shard_mb * 2**20)

@@ -343,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ground, third: how many of the picture's words are asked about (one turn each)")
     p.add_argument("--shown", type=int, default=3, choices=(1, 2, 3),
                    help="ground, third: how many words the picture shows (1: no need to find which)")
+    p.add_argument("--freeze-vision", action="store_true",
+                   help="train the language model alone: the vision tower (e.g. --encoder's reader) stays as it is")
     p.add_argument("--save", default=None, help="write the trained checkpoint here (e.g. locate, then ground from it)")
     p.add_argument("--mimetic-lm", action="store_true",
                    help="first re-initialise the language model's attention to start by content (recipes.mimetic)")
@@ -363,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         load_encoder(vlm.model.visual, args.encoder)
     if args.mimetic_lm:
         mimetic.language(vlm.model.language_model, seed=args.seed)
+    if args.freeze_vision:
+        vlm.model.visual.requires_grad_(False)
     if args.oracle_tokens:
         oracle_tokens(vlm.model)
     oracle = WordOracle(vlm.model, vlm.processor.tokenizer, args.oracle_words, args.oracle_place) \

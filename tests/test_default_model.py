@@ -188,6 +188,20 @@ def test_the_copying_stage_trains_the_start_language_model_but_keeps_its_embeddi
     assert not any(name.startswith("visual.") for name in changed)  # text alone
 
 
+def test_freeze_reader_keeps_the_vision_tower_and_projector_in_training(tmp_path):
+    from recipes.stages import train_config
+    from train.model import apply_freeze
+    from vlm import VLM
+
+    frozen = train_config(Recipe(freeze_reader=True), tmp_path, steps=1, progress=False, resume=False)
+    counts = apply_freeze(VLM.from_pretrained().model, frozen)
+    assert counts["vision"] == counts["projector"] == 0 and counts["language"] > 0
+    default = train_config(Recipe(), tmp_path, steps=1, progress=False, resume=False)
+    assert not default.freeze_vision and not default.freeze_projector
+    with pytest.raises(ValueError, match="no reader to keep without a reading stage"):
+        Recipe(freeze_reader=True, reading_minutes=0)
+
+
 def test_a_negative_copying_stage_is_refused():
     with pytest.raises(ValueError, match="copying_steps=-1: expected 0"):
         Recipe(copying_steps=-1)

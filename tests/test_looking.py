@@ -173,3 +173,14 @@ def test_with_clean_tokens_the_shipped_language_model_learns_where_the_square_is
     looking.oracle_tokens(vlm.model)
     result = looking.train(vlm, "side", steps=60, every=60, batch_size=16, n_test=24)
     assert result.gap > 0.12, result
+
+
+def test_freeze_vision_trains_the_language_model_around_a_fixed_reader(tmp_path):
+    """`--freeze-vision`: the reader put in with `--encoder` is what the language model learns to
+    use; without it the probe's answer loss also retrains the reader."""
+    before = VLM.from_pretrained().model.state_dict()
+    looking.main(["side", "--model", "assets/model", "--steps", "1", "--every", "1", "--freeze-vision",
+                  "--save", str(tmp_path / "frozen")])
+    after = VLM.from_pretrained(tmp_path / "frozen").model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith("visual."))
+    assert not torch.equal(after["lm_head.weight"], before["lm_head.weight"])

@@ -55,14 +55,15 @@ def test_the_card_reports_the_reading_stage_the_budget_and_drawn_uis():
     assert "recipes.copying" not in v1  # v1 had no copying stage
 
 
-def test_the_card_reports_the_copying_stage():
-    recipe = Recipe(samples=0, ui_samples=64, kinds="grounding", copying_steps=6000)
+def test_the_card_reports_the_copying_stage_and_the_frozen_reader():
+    recipe = Recipe(samples=0, ui_samples=64, kinds="grounding", copying_steps=6000, freeze_reader=True)
     card = model_card(recipe, command="c", config=model_config("tiny"), plan={"steps": 1, "source": "--steps"},
                       data_stats={}, train_stats={}, results={},
                       copying={"steps": 6000, "copy_accuracy": 0.8125, "seconds": 1710.0})
     text = " ".join(card.split())
     assert "learns to copy on text alone (`recipes.copying`, 6000 steps" in text
     assert "held-out copy accuracy 81.2% after 28.5 min" in text
+    assert "the reading stage's vision tower and projector stay frozen" in text
     unrecorded = model_card(recipe, command="c", config=model_config("tiny"), plan={"steps": 1, "source": "--steps"},
                             data_stats={}, train_stats={}, results={})
     assert "6000 steps: random UI words" in " ".join(unrecorded.split()) and "not recorded" in unrecorded
