@@ -16,7 +16,10 @@ exactly (chance 1/389). The last line printed is `copy accuracy: X`.
 
 Measured from `runs/rand/start` (the default recipe's random language model, a random ViT):
 `python -m recipes.copying --model runs/rand/start --steps 2000 --every 250` alone on 2 CPU cores
-gives 0.05 at 250 steps, 0.11 at 500, 0.35 at 1000, 0.56 at 1500, **0.69 at 2000** (9.6 min).
+gives 0.05 at 250 steps, 0.11 at 500, 0.35 at 1000, 0.56 at 1500, **0.69 at 2000** (9.6 min);
+1000 more from that checkpoint (`--model` it; one core beside another job, 9 min) 0.87 at 500 and
+**0.93 at 1000**, where it levels off (0.93 again at 1500 in a longer run). The recipe copies for
+3000 steps (`--copying-steps`).
 An earlier run of the same loop (one core beside another job, 1200 steps then 800 more from that
 checkpoint, 16 min) gave 0.34 at 1200 and 0.64 at 2000; with the repeat at a fixed distance
 (n = 16 always) 1.00 by step 100, since a positional head suffices there. From the 2000-step model, `recipes.looking third` with the

@@ -133,7 +133,7 @@ def _lm_init(recipe: Recipe) -> str:
     """How stage 2 starts and what it is told besides the answers."""
     out = (", the language model's attention mimetic (`recipes.mimetic`: it starts by content, a token attending "
            "to earlier tokens like itself)" if recipe.lm_init == "mimetic" else "")
-    if recipe.freeze_reader:
+    if recipe.frozen_reader:
         out += "; the reading stage's vision tower and projector stay frozen"
     if recipe.box_attention:
         out += (f"; besides the answers, one head of its second-to-last layer is told where to look while it writes a "

@@ -180,8 +180,8 @@ def train_config(recipe: Recipe, work: Path, *, steps: int, progress: bool, resu
                     warmup_steps=min(recipe.warmup_steps, steps), batch_size=recipe.batch_size,
                     grad_accum=recipe.grad_accum, max_length=recipe.max_length, seed=recipe.seed,
                     save_every=max(1, steps // 20), keep_last=2, log_every=1, progress=progress, resume=resume,
-                    box_attention_weight=recipe.box_attention, freeze_vision=recipe.freeze_reader,
-                    freeze_projector=recipe.freeze_reader)
+                    box_attention_weight=recipe.box_attention, freeze_vision=recipe.frozen_reader,
+                    freeze_projector=recipe.frozen_reader)
 
 
 def plan_steps(recipe: Recipe, work: Path, *, progress: bool) -> dict[str, Any]:
