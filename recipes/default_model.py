@@ -21,7 +21,8 @@ decide the model are a `recipes.recipe.Recipe`:
 3c. copying: that random language model learns to copy on text alone (`recipes.copying`,
    `--copying-steps`), its embeddings frozen so the reading encoder stays aligned to them;
 4. train: the project trainer (`pretrain` preset, Muon), from that start (or from scratch
-   with `--reading-minutes 0`), resumed from its last checkpoint when there is one;
+   with `--reading-minutes 0`), the reader's vision tower and projector frozen
+   (`--no-freeze-reader` trains them too), resumed from its last checkpoint when there is one;
 5. eval: `synth.eval` on fresh held-out data in the training languages for every task the
    issue sets a target for, plus grounding on pages in all six languages (and on drawn UIs
    when the data has them); `--eval browserless` runs only what needs no Chromium, ffmpeg or
