@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processor budget per image, over the duplicated frame pair (v1: 320000)")
     p.add_argument("--reading-minutes", type=float, default=d.reading_minutes,
                    help="stage 3b: minutes of the vision encoder learning to read (0: skip)")
+    p.add_argument("--reading-steps", type=int, default=d.reading_steps,
+                   help="stage 3b's budget in steps instead of --reading-minutes (the same on any machine)")
     p.add_argument("--reading-init", choices=("default", "mimetic"), default=d.reading_init)
     p.add_argument("--reading-glyph-share", type=float, default=d.reading_glyph_share,
                    help="the share of the reading stage that trains the character heads alone first")
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = Recipe(size=args.size, seed=args.seed, samples=args.samples, ui_samples=args.ui_samples, kinds=args.kinds,
                     grounding_turns=args.grounding_turns, languages=args.languages, nothink=args.nothink,
                     retrain_tokenizer=not args.keep_tokenizer, image_max_pixels=args.image_max_pixels, max_length=args.max_length,
-                    reading_minutes=args.reading_minutes,
+                    reading_minutes=args.reading_minutes, reading_steps=args.reading_steps,
                     reading_init=args.reading_init, reading_glyph_share=args.reading_glyph_share,
                     lm_init=args.lm_init, copying_steps=args.copying_steps,
                     freeze_reader=args.freeze_reader, box_attention=args.box_attention, steps=args.steps, hours=hours,

@@ -142,7 +142,7 @@ def _lm_init(recipe: Recipe) -> str:
 
 
 def _reading_sentence(recipe: Recipe, reading: dict[str, Any]) -> str:
-    if recipe.reading_minutes <= 0:
+    if not recipe.reads:
         return f"No reading stage: every weight starts random{_lm_init(recipe)}."
     numbers = (f"{reading['steps']} steps in {reading['seconds'] / 60:.1f} min; held-out character accuracy "
                f"{reading['patch_char_accuracy']:.1%} per patch, {reading['token_char_accuracy']:.1%} through the "

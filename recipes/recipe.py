@@ -57,6 +57,9 @@ class Recipe:
     retrain_tokenizer: bool = True
     image_max_pixels: int = IMAGE_MAX_PIXELS  # the processor's budget per image (v1: 320,000)
     reading_minutes: float = 8.0  # stage 3b, the encoder learning to read (0: none, the v1 recipe)
+    # its budget in optimiser steps instead (a time budget gives fewer steps on a busy machine:
+    # beside other jobs 30 minutes were ~1800 steps, alone ~3100)
+    reading_steps: int | None = None
     reading_init: Literal["default", "mimetic"] = "mimetic"
     # the share of it that trains the character heads alone first (`recipes.reading --glyph-share`)
     reading_glyph_share: float = 2 / 3
@@ -79,7 +82,12 @@ class Recipe:
     @property
     def frozen_reader(self) -> bool:
         """Whether stage 4 keeps a reader frozen: there is one only with a reading stage."""
-        return self.freeze_reader and self.reading_minutes > 0
+        return self.freeze_reader and self.reads
+
+    @property
+    def reads(self) -> bool:
+        """Whether the recipe has a reading stage (stage 3b)."""
+        return self.reading_minutes > 0 or self.reading_steps is not None
     steps: int | None = None  # optimiser steps; None: from --hours and a measured step time
     hours: float = 2.0  # training budget when steps is None
     batch_size: int = 8
@@ -101,6 +109,8 @@ class Recipe:
             raise ValueError(f"steps={self.steps}: expected a positive number of optimiser steps")
         if self.image_max_pixels < 2 * 28 * 28:
             raise ValueError(f"image_max_pixels={self.image_max_pixels}: expected at least one 28x28 block (1568)")
+        if self.reading_steps is not None and self.reading_steps < 1:
+            raise ValueError(f"reading_steps={self.reading_steps}: expected a positive number of steps (unset: minutes)")
         if self.reading_minutes < 0:
             raise ValueError(f"reading_minutes={self.reading_minutes}: expected 0 (no reading stage) or more")
         if not 0 <= self.reading_glyph_share < 1:

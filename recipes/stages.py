@@ -135,19 +135,20 @@ def learn_to_read(recipe: Recipe, work: Path, config: VLMConfig, *, device: str,
     `copying_steps`). Without any of them training starts from `work/init/`'s config alone.
     Returns the reading stage's result (`stage_result(work, "copying")` is the other's)."""
     result_file, start = work / "reading" / "result.json", work / "start"
-    if (recipe.reading_minutes <= 0 and recipe.lm_init == "default" and not recipe.copying_steps) \
+    if (not recipe.reads and recipe.lm_init == "default" and not recipe.copying_steps) \
             or (start / "config.json").is_file():
         return stage_result(work, "reading")
     weights = work / "reading" / "encoder.safetensors"
     settings = reading.ReadingConfig(seed=recipe.seed, init=recipe.reading_init, glyph_share=recipe.reading_glyph_share)
     vlm = VLM.from_config(config, seed=recipe.seed)  # the start's language model: its tokens are aligned to
     vlm.processor = Processor.from_pretrained(work / "init")
-    if recipe.reading_minutes > 0 and not weights.is_file():
-        encoder, result = reading.train(config.vision, settings, minutes=recipe.reading_minutes, device=device,
+    if recipe.reads and not weights.is_file():
+        budget = {"steps": recipe.reading_steps} if recipe.reading_steps else {"minutes": recipe.reading_minutes}
+        encoder, result = reading.train(config.vision, settings, **budget, device=device,
                                         workers=workers, align=alignment.Alignment.of(vlm))
         reading.save_encoder(encoder, weights, {**dataclasses.asdict(settings), **result})
         write_json(result_file, {**result, "settings": dataclasses.asdict(settings)})
-    if recipe.reading_minutes > 0:
+    if recipe.reads:
         reading.load_encoder(vlm.model.visual, weights)
     if recipe.lm_init == "mimetic":  # attention only: the embeddings the encoder aligned to stay
         mimetic.language(vlm.model.language_model, seed=recipe.seed)

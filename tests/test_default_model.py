@@ -131,13 +131,13 @@ def test_the_browserless_recipe_reads_then_trains_from_the_reading_encoder(tmp_p
     from vlm.processor import Processor
 
     recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
-                    warmup_steps=0, retrain_tokenizer=False, reading_minutes=0.05, copying_steps=0)
+                    warmup_steps=0, retrain_tokenizer=False, reading_steps=3, copying_steps=0)
     work = tmp_path / "work"
     corpus = make_data(recipe, work, workers=1, progress=False)
     init = make_processor(recipe, work, corpus)
     config = write_config(recipe, init)
     result = learn_to_read(recipe, work, config, device="cpu", workers=0)
-    assert result["steps"] >= 1 and 0.0 <= result["patch_char_accuracy"] <= 1.0
+    assert result["steps"] == 3 and 0.0 <= result["patch_char_accuracy"] <= 1.0  # a step budget, not minutes
     assert 0.0 <= result["aligned"] <= 1.0  # its tokens were aligned to the start's embeddings
     encoder = load_file(str(work / "reading" / "encoder.safetensors"))
     cfg = train_config(recipe, work, steps=1, progress=False, resume=False)
@@ -201,9 +201,12 @@ def test_freeze_reader_keeps_the_vision_tower_and_projector_in_training(tmp_path
         assert not cfg.freeze_vision and not cfg.freeze_projector
 
 
-def test_a_negative_copying_stage_is_refused():
+def test_bad_stage_budgets_are_refused_and_a_step_budget_is_a_reading_stage():
     with pytest.raises(ValueError, match="copying_steps=-1: expected 0"):
         Recipe(copying_steps=-1)
+    with pytest.raises(ValueError, match="reading_steps=0: expected a positive number of steps"):
+        Recipe(reading_steps=0)
+    assert Recipe(reading_minutes=0, reading_steps=500).frozen_reader and not Recipe(reading_minutes=0).reads
 
 
 def _without_browser(tmp_path):
