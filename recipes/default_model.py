@@ -125,7 +125,7 @@ def evaluate_only(source: Path, *, out: Path, work: Path, workers: int = 2,
     evals of `eval_mode` its record lacks (in `work`), rewrite its card and the record
     (`work/eval.json`). How a GPU run without Chromium gets its full eval where Chromium is."""
     record = unpack(source, out)
-    recipe = Recipe(**record["recipe"])
+    recipe = Recipe.of_record(record["recipe"])
     claim(work, recipe)
     for name, result in record["results"].items():  # measured there: kept, not measured again
         if not (work / "eval" / f"{name}.json").is_file():
@@ -145,14 +145,14 @@ def claim(work: Path, recipe: Recipe) -> None:
     """`work` is this recipe's (`work/recipe.json`): a rerun must not mix two recipes' stages."""
     work.mkdir(parents=True, exist_ok=True)
     saved = work / "recipe.json"
-    if saved.is_file() and Recipe(**json.loads(saved.read_text())) != recipe:
+    if saved.is_file() and Recipe.of_record(json.loads(saved.read_text())) != recipe:
         raise ValueError(f"{work} holds a run of another recipe ({saved}); pass the same options or another --work")
     write_json(saved, dataclasses.asdict(recipe))
 
 
 def card(record: dict[str, Any], config: VLMConfig) -> str:
     """The model card from a run's record (`work/eval.json`)."""
-    return model_card(Recipe(**record["recipe"]), command=record["command"], config=config, plan=record["plan"],
+    return model_card(Recipe.of_record(record["recipe"]), command=record["command"], config=config, plan=record["plan"],
                       results=record["results"], reliance=record["reliance"], train_stats=record["train_stats"],
                       reading=record["reading"], copying=record.get("copying", {}),  # older packs lack it
                       data_stats=record["data_stats"], not_run=record["not_run"])

@@ -8,7 +8,7 @@ One module that both `recipes.default_model` (which runs the recipe) and `recipe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from synth.dataset import SynthConfig, parse_kinds, parse_languages
 from synth.ui import UI_KINDS, UI_LANGUAGES, UIConfig
@@ -38,6 +38,10 @@ GROUNDING_TURNS = 6
 # too small to read for an encoder trained from scratch; a 390x844 phone screen is now ~native.
 IMAGE_MAX_PIXELS = 640_000
 VIDEO_MAX_PIXELS = 320_000  # over all sampled frames: a 6-10 s clip at 2 fps -> 150-180 tokens
+
+
+# what a run recorded before these options existed did without them (`Recipe.of_record`)
+BEFORE_OPTIONS = {"reading_steps": None, "copying_steps": 0, "freeze_reader": False}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,16 +82,6 @@ class Recipe:
     # `recipes.looking third` (three words) from a copying language model with the reader r10:
     # trained along, gap 0.000 for 750 steps; frozen, 0.036 nats at 250 (the ideal reader: 0.039)
     freeze_reader: bool = True
-
-    @property
-    def frozen_reader(self) -> bool:
-        """Whether stage 4 keeps a reader frozen: there is one only with a reading stage."""
-        return self.freeze_reader and self.reads
-
-    @property
-    def reads(self) -> bool:
-        """Whether the recipe has a reading stage (stage 3b)."""
-        return self.reading_minutes > 0 or self.reading_steps is not None
     steps: int | None = None  # optimiser steps; None: from --hours and a measured step time
     hours: float = 2.0  # training budget when steps is None
     batch_size: int = 8
@@ -126,6 +120,22 @@ class Recipe:
         if self.hours <= 0:
             raise ValueError(f"hours={self.hours}: expected a positive training budget")
         self.synth_config(1)  # the data engine's own checks of languages and nothink, up front
+
+    @classmethod
+    def of_record(cls, options: dict[str, Any]) -> Recipe:
+        """The recipe a run recorded (`work/recipe.json`, a record's "recipe"); options it predates
+        are taken as that run had them (`BEFORE_OPTIONS`), not as today's defaults."""
+        return cls(**{**BEFORE_OPTIONS, **options})
+
+    @property
+    def frozen_reader(self) -> bool:
+        """Whether stage 4 keeps a reader frozen: there is one only with a reading stage."""
+        return self.freeze_reader and self.reads
+
+    @property
+    def reads(self) -> bool:
+        """Whether the recipe has a reading stage (stage 3b)."""
+        return self.reading_minutes > 0 or self.reading_steps is not None
 
     def synth_config(self, n: int) -> SynthConfig:
         """The `synth.dataset` config of this recipe's training data."""

@@ -288,3 +288,16 @@ def test_the_gpu_command_runs_without_a_browser_and_packs_a_loadable_checkpoint(
                             eval_mode="browserless")
     assert results == record["results"]
     assert "Not run: grounding" in (tmp_path / "again" / "README.md").read_text()
+
+
+def test_a_record_from_before_the_copying_and_frozen_reader_options_is_read_as_that_run_was():
+    """`--eval-only` rebuilds the card from a pack's record: a run recorded before an option
+    existed did without it, whatever today's default is."""
+    import dataclasses
+
+    from recipes.recipe import BEFORE_OPTIONS
+
+    options = {k: v for k, v in dataclasses.asdict(Recipe()).items() if k not in BEFORE_OPTIONS}
+    old = Recipe.of_record(options)
+    assert old.copying_steps == 0 and not old.freeze_reader and old.reading_steps is None
+    assert Recipe.of_record(dataclasses.asdict(Recipe())) == Recipe()  # a complete record is itself
