@@ -53,8 +53,8 @@ steps.
 The reader must stay as it is. From a language model copied for 3000 steps (`runs/copy3000`, 93%
 copied): the ideal reader's third gap 0.039 at 250 steps, 0.066 at 1000; a real reader
 (`runs/r10`, 75 reading minutes: characters 0.62, aligned 0.52) trained along with the answers
-0.000 for 750 steps; the same reader frozen (`--freeze-vision`) 0.036 at 250, 0.052 at 1000, and
-`ground --questions 1` from it 0.009 (9%) at 500. The language model trained on the ideal
+0.000 for 750 steps; the same reader frozen (`--freeze-vision`) 0.036 at 250, 0.052 at 1000;
+`locate` from it 0.37 (50%) at 500 steps, `ground --questions 1` 0.009 (9%) at 1000. The language model trained on the ideal
 reader's tokens first (3000 steps) and then put over the real reader: 0.000 for 1000 steps
 trained along, 0.013 frozen.
 """
