@@ -72,7 +72,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from recipes import mimetic
-from recipes.reading import load_encoder, token_positions
+from recipes.reading import PLACE_SCALE, WORD_CODE, load_encoder, token_positions
 from synth import text
 from train.box_attention import BoxAttention
 from train.collate import IGNORE, Encoder, pack
@@ -227,7 +227,7 @@ class WordOracle:
             for word, (x1, y1, x2, y2) in ex.words:
                 overlaps = (x1 < x[rows] + 14) & (x[rows] - 14 < x2) & (y1 < y[rows] + 14) & (y[rows] - 14 < y2)
                 code = self._code(word).to(device)
-                features[rows] += 3 * overlaps[:, None].float() * code
+                features[rows] += WORD_CODE * overlaps[:, None].float() * code
         if self.place == "digits":
             model_space = (positions.clamp(0, 0.999) * 1000).long()  # (tokens, 2): x, y in 0..999
             every = torch.arange(len(positions), device=device)
@@ -235,8 +235,8 @@ class WordOracle:
                                            model_space[:, 1] // 100, model_space[:, 1] // 10 % 10)):
                 features[every, 3 + 10 * slot + digits] += 3.0
         else:
-            features[:, 0] += 3 * (positions[:, 0] - 0.5)
-            features[:, 1] += 3 * (positions[:, 1] - 0.5)
+            features[:, 0] += PLACE_SCALE * (positions[:, 0] - 0.5)
+            features[:, 1] += PLACE_SCALE * (positions[:, 1] - 0.5)
         features[:, 2] += 1.0
         return features.to(self.embeddings.dtype)
 

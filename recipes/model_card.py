@@ -40,7 +40,8 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, float | None, float,
 
 def model_card(recipe: Recipe, *, command: str, config: VLMConfig, plan: dict[str, Any], data_stats: dict[str, Any],
                train_stats: dict[str, Any], results: dict[str, Any], reliance: dict[str, Any] | None = None,
-               reading: dict[str, Any] | None = None, copying: dict[str, Any] | None = None, not_run: list[str] | None = None) -> str:
+               reading: dict[str, Any] | None = None, copying: dict[str, Any] | None = None,
+               not_run: list[str] | None = None) -> str:
     """`not_run`: the evals left out (a browserless eval's Chromium and video tasks), named on the card."""
     params = sum(p.numel() for p in VLM.from_config(config).model.parameters())
     rows = "\n".join(f"| {name} | {'not run' if m is None else f'{m:.1%}'} | {t:.0%} | "
