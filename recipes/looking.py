@@ -54,7 +54,9 @@ The reader must stay as it is. From a language model copied for 3000 steps (`run
 copied): the ideal reader's third gap 0.039 at 250 steps, 0.066 at 1000; a real reader
 (`runs/r10`, 75 reading minutes: characters 0.62, aligned 0.52) trained along with the answers
 0.000 for 750 steps; the same reader frozen (`--freeze-vision`) 0.036 at 250, 0.052 at 1000;
-`locate` from it 0.37 (50%) at 500 steps, `ground --questions 1` 0.009 (9%) at 1000. The language model trained on the ideal
+`locate` from it 0.37 (50%) at 500 steps, `ground --questions 1` 0.009 (9%) at 1000, 0.019 at
+2000, 0.036 (3%) at 3000; ground after those 500 locate steps (`--save`, `--model` it) 0.023 at
+250, 0.029 (9%) at 1000. The language model trained on the ideal
 reader's tokens first (3000 steps) and then put over the real reader: 0.000 for 1000 steps
 trained along, 0.013 frozen.
 """
