@@ -7,8 +7,9 @@ question quotes among its image tokens, nor even to copy that word into its answ
 `ground`: gap 0.000 for hundreds of steps, with an ideal reader too). A pretrained language model
 has copying (induction) heads; ours starts from random. This stage trains them on text alone,
 cheaply: every row is `n` random UI-word tokens, `<|assistant|>`, then the same `n` tokens again,
-and the loss is on the repeat. `n` changes every step (6-24), so the repeat's distance says
-nothing: only the content of the earlier tokens can find what comes next. The input embeddings
+and the loss is on the repeat (AdamW, lr 1e-3, constant or a cosine down to `--min-lr-ratio` of
+it). `n` changes every step (6-24), so the repeat's distance says nothing: only the content of
+the earlier tokens can find what comes next. The input embeddings
 stay frozen, so a reading encoder aligned to them (`recipes.reading --align-to`) stays aligned.
 
 Held out (another seed, `n` = 16): the share of the repeat's tokens after its first predicted
@@ -43,6 +44,7 @@ from typing import Callable
 import torch
 
 from recipes.looking import WORDS
+from train.optim import lr_multiplier
 from vlm import VLM
 
 SEPARATOR = "<|assistant|>"
@@ -79,8 +81,10 @@ def copy_accuracy(model: torch.nn.Module, ids: torch.Tensor, n: int) -> float:
 
 
 def train(vlm: VLM, *, steps: int, every: int = 50, batch: int = 32, lr: float = 1e-3, seed: int = 0,
-          lengths: tuple[int, int] = (6, 24), log_line: Callable[[str], object] = print) -> float:
-    """`steps` AdamW steps on copying rows; the input embeddings stay as they are."""
+          lengths: tuple[int, int] = (6, 24), min_lr_ratio: float = 1.0,
+          log_line: Callable[[str], object] = print) -> float:
+    """`steps` AdamW steps on copying rows (20 warm-up steps, then constant `lr`, or a cosine down to
+    `min_lr_ratio * lr`); the input embeddings stay as they are."""
     tokenizer = vlm.processor.tokenizer
     vocabulary, separator = word_tokens(tokenizer), tokenizer.convert_tokens_to_ids(SEPARATOR)
     model = vlm.model.train()
@@ -95,7 +99,8 @@ def train(vlm: VLM, *, steps: int, every: int = 50, batch: int = 32, lr: float =
     try:
         for step in range(1, steps + 1):
             for group in optimizer.param_groups:
-                group["lr"] = lr * min(1.0, step / 20)
+                group["lr"] = lr * lr_multiplier(step - 1, warmup_steps=20, max_steps=steps,
+                                                 min_lr_ratio=min_lr_ratio)
             n = rng.randint(*lengths)  # the repeat's distance changes: only content can find it
             loss = repeat_loss(model, rows(rng, vocabulary, separator, batch=batch, n=n).to(device), n)
             optimizer.zero_grad(set_to_none=True)
@@ -118,14 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=50)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-lr-ratio", type=float, default=1.0,
+                   help="after 20 warm-up steps a cosine decays the lr (1e-3) to this fraction of it (1: constant)")
     p.add_argument("--save", default=None, help="write the trained checkpoint here")
     args = p.parse_args(argv)
     for flag in ("steps", "every", "batch"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag} {getattr(args, flag)}: expected at least 1")
+    if not 0 <= args.min_lr_ratio <= 1:
+        p.error(f"--min-lr-ratio {args.min_lr_ratio}: expected 0..1")
     torch.manual_seed(args.seed)
     vlm = VLM.from_pretrained(args.model)
-    accuracy = train(vlm, steps=args.steps, every=args.every, batch=args.batch, seed=args.seed)
+    accuracy = train(vlm, steps=args.steps, every=args.every, batch=args.batch, seed=args.seed,
+                     min_lr_ratio=args.min_lr_ratio)
     if args.save:
         vlm.save_pretrained(args.save)
     print(f"copy accuracy: {accuracy:.4f}")

@@ -5,8 +5,9 @@
 `recipes.learnability` asks whether the vision encoder can learn to see; this asks the next
 question, the one the default model fails (`python -m recipes.reliance`: answers do not depend on
 the screenshot): does the language model above the encoder learn to use its tokens? Every step
-trains the whole checkpoint `--model` (AdamW, lr 1e-3) on 16 fresh 224x112 pictures (32 image
-tokens each) and one question per picture:
+trains the whole checkpoint `--model` (AdamW, lr 1e-3 after 20 warm-up steps, constant or a cosine
+down to `--min-lr-ratio` of it) on 16 fresh 224x112 pictures (32 image tokens each) and one
+question per picture:
 
 - colour: a plain picture, dark or light? (a property of every token)
 - side: one red square, on the left or the right? (a property of a few tokens: where they are)
@@ -78,6 +79,7 @@ from recipes.reading import PLACE_SCALE, WORD_CODE, load_encoder, token_position
 from synth import text
 from train.box_attention import BoxAttention
 from train.collate import IGNORE, Encoder, pack
+from train.optim import lr_multiplier
 from vlm import VLM
 from vlm.outputs import parse_boxes
 from vlm.processor import Processor
@@ -305,8 +307,10 @@ def _mean(values: list[float]) -> float:
 
 def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_size: int = 16, lr: float = 1e-3,
           n_test: int = 48, oracle: WordOracle | None = None, attend: tuple[BoxAttention, float] | None = None,
-          questions: int = 3, shown: int = 3, log_line: Callable[[str], object] = print) -> Measure:
-    """`steps` AdamW steps on fresh examples; held-out measures every `every` steps and at the end."""
+          questions: int = 3, shown: int = 3, min_lr_ratio: float = 1.0,
+          log_line: Callable[[str], object] = print) -> Measure:
+    """`steps` AdamW steps on fresh examples (20 warm-up steps, then constant `lr`, or a cosine down to
+    `min_lr_ratio * lr`); held-out measures every `every` steps and at the end."""
     encoder = Encoder(vlm.processor, max_length=1 << 16)
     model = vlm.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -316,7 +320,7 @@ def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_
     start = time.monotonic()
     for step in range(1, steps + 1):
         for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, step / 20)
+            group["lr"] = lr * lr_multiplier(step - 1, warmup_steps=20, max_steps=steps, min_lr_ratio=min_lr_ratio)
         batch = [example(task, rng, questions, shown) for _ in range(batch_size)]
         if oracle:
             oracle.expect(batch)
@@ -340,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", default=None, help="reading-stage encoder weights to put into it first")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--every", type=int, default=25)
+    p.add_argument("--min-lr-ratio", type=float, default=1.0,
+                   help="after 20 warm-up steps a cosine decays the lr (1e-3) to this fraction of it (1: constant)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--oracle-tokens", action="store_true", help="side only: clean image tokens, the control")
     p.add_argument("--oracle-words", choices=("embeddings", "random"), default=None,
@@ -361,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.steps < 1 or args.every < 1:
         p.error(f"--steps {args.steps} / --every {args.every}: expected at least 1")
+    if not 0 <= args.min_lr_ratio <= 1:
+        p.error(f"--min-lr-ratio {args.min_lr_ratio}: expected 0..1")
     if args.oracle_tokens and args.task != "side":
         p.error(f"--oracle-tokens is a control for the side task, not {args.task!r}")
     if args.attend_weight and args.task not in ("locate", "ground"):
@@ -384,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     attend = (BoxAttention(vlm.model, vlm.processor.tokenizer, layer=args.attend_layer), args.attend_weight) \
         if args.attend_weight else None
     result = train(vlm, args.task, steps=args.steps, every=args.every, seed=args.seed, oracle=oracle, attend=attend,
-                   questions=args.questions, shown=args.shown)
+                   questions=args.questions, shown=args.shown, min_lr_ratio=args.min_lr_ratio)
     if args.save:
         vlm.save_pretrained(args.save)
     print(f"gap: {result.gap:.4f} accuracy: {result.accuracy:.4f}")

@@ -35,3 +35,19 @@ def test_the_cli_names_bad_arguments(capsys):
     with pytest.raises(SystemExit) as exit_:
         copying.main(["--model", "assets/model", "--steps", "0"])
     assert exit_.value.code == 2 and "--steps 0: expected at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        copying.main(["--model", "assets/model", "--min-lr-ratio", "1.5"])
+    assert exit_.value.code == 2 and "--min-lr-ratio 1.5: expected 0..1" in capsys.readouterr().err
+
+
+def test_the_lr_warms_up_then_stays_or_decays_to_its_floor(monkeypatch):
+    seen: list[float] = []
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (seen.append(self.param_groups[0]["lr"]),
+                                                                          step(self, *a, **k))[1])
+    vlm = VLM.from_pretrained()
+    copying.train(vlm, steps=24, every=24, batch=2, lengths=(3, 3), lr=1.0)
+    assert seen[0] == pytest.approx(1 / 21) and seen[19] == pytest.approx(20 / 21) and seen[20:] == [1.0] * 4
+    seen.clear()
+    copying.train(vlm, steps=24, every=24, batch=2, lengths=(3, 3), lr=1.0, min_lr_ratio=0.1)
+    assert seen[20] == pytest.approx(1.0) and seen[20] > seen[21] > seen[22] > seen[23] > 0.1

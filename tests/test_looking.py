@@ -141,6 +141,9 @@ def test_the_cli_names_bad_arguments(capsys):
     with pytest.raises(SystemExit) as exit_:
         looking.main(["side", "--model", "assets/model", "--oracle-words", "embeddings"])
     assert exit_.value.code == 2 and "control for the locate, ground and third tasks" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        looking.main(["ground", "--model", "assets/model", "--min-lr-ratio", "-0.1"])
+    assert exit_.value.code == 2 and "--min-lr-ratio -0.1: expected 0..1" in capsys.readouterr().err
 
 
 def test_third_asks_which_third_the_asked_word_is_in_among_the_words_shown(capsys):
