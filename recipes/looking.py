@@ -138,9 +138,9 @@ def box_answer(box: tuple[int, int, int, int]) -> str:
     return f"<|begin_of_box|>[{','.join(map(str, scaled))}]<|end_of_box|>"
 
 
-def example(task: Task, rng: random.Random, questions: int = 3, shown: int = 3) -> Example:
+def example(task: Task, rng: random.Random, questions: int = 3, shown: int = 3, name_first: bool = False) -> Example:
     """One picture and its turns; ground and third show `shown` words and ask about the first
-    `questions` of them."""
+    `questions` of them; with `name_first` their answers begin with the asked word."""
     whole = (0, 0, *SIZE)
     if task == "colour":
         dark = rng.random() < 0.5
@@ -159,11 +159,16 @@ def example(task: Task, rng: random.Random, questions: int = 3, shown: int = 3) 
         (word, box), = placed
         return Example(image, (("What does the text say?", word),), (box,), tuple(placed))
     asked = placed[:questions]  # placed in random order: the first is any of the three
+
+    def named(word: str) -> str:  # the word first: what the answer is about, next to what it says
+        return f'"{word}" ' if name_first else ""
+
     if task == "third":  # which word, then only a coarse where: the matching without coordinates
         turns = tuple((f'Which third of the picture is the text "{w}" in?',
-                       THIRDS[min(2, int((b[0] + b[2]) / 2 / SIZE[0] * 3))]) for w, b in asked)
+                       named(w) + THIRDS[min(2, int((b[0] + b[2]) / 2 / SIZE[0] * 3))]) for w, b in asked)
         return Example(image, turns, tuple(b for _, b in asked), tuple(placed))
-    turns = tuple((f'Where is the text "{w}"? Answer with its bounding box.', box_answer(b)) for w, b in asked)
+    turns = tuple((f'Where is the text "{w}"? Answer with its bounding box.', named(w) + box_answer(b))
+                  for w, b in asked)
     return Example(image, turns, tuple(b for _, b in asked), tuple(placed))
 
 
@@ -296,7 +301,7 @@ def measure(vlm: VLM, encoder: Encoder, task: Task, test: list[Example], *, answ
         for ex in test[:answers]:
             expect([ex])
             hits += correct(task, ex, vlm.generate(ex.turns[0][0], images=[ex.image], thinking=False,
-                                                   max_new_tokens=24).text)
+                                                   max_new_tokens=32).text)
     model.train()
     return Measure(own, swapped, hits / min(answers, len(test)))
 
@@ -307,7 +312,7 @@ def _mean(values: list[float]) -> float:
 
 def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_size: int = 16, lr: float = 1e-3,
           n_test: int = 48, oracle: WordOracle | None = None, attend: tuple[BoxAttention, float] | None = None,
-          questions: int = 3, shown: int = 3, min_lr_ratio: float = 1.0,
+          questions: int = 3, shown: int = 3, name_first: bool = False, min_lr_ratio: float = 1.0,
           log_line: Callable[[str], object] = print) -> Measure:
     """`steps` AdamW steps on fresh examples (20 warm-up steps, then constant `lr`, or a cosine down to
     `min_lr_ratio * lr`); held-out measures every `every` steps and at the end."""
@@ -316,12 +321,12 @@ def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
     rng, test_rng = random.Random(f"looking/{task}/{seed}"), random.Random(f"looking/{task}/{seed}/test")
-    test = [example(task, test_rng, questions, shown) for _ in range(n_test)]
+    test = [example(task, test_rng, questions, shown, name_first) for _ in range(n_test)]
     start = time.monotonic()
     for step in range(1, steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = lr * lr_multiplier(step - 1, warmup_steps=20, max_steps=steps, min_lr_ratio=min_lr_ratio)
-        batch = [example(task, rng, questions, shown) for _ in range(batch_size)]
+        batch = [example(task, rng, questions, shown, name_first) for _ in range(batch_size)]
         if oracle:
             oracle.expect(batch)
         loss = answer_loss(model, encoder, [ex.messages() for ex in batch], attend=attend)
@@ -359,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ground, third: how many of the picture's words are asked about (one turn each)")
     p.add_argument("--shown", type=int, default=3, choices=(1, 2, 3),
                    help="ground, third: how many words the picture shows (1: no need to find which)")
+    p.add_argument("--name-first", action="store_true",
+                   help='ground, third: answers begin with the asked word (\'"Save" <|begin_of_box|>...\')')
     p.add_argument("--freeze-vision", action="store_true",
                    help="train the language model alone: the vision tower (e.g. --encoder's reader) stays as it is")
     p.add_argument("--save", default=None, help="write the trained checkpoint here (e.g. locate, then ground from it)")
@@ -373,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--oracle-tokens is a control for the side task, not {args.task!r}")
     if args.attend_weight and args.task not in ("locate", "ground"):
         p.error(f"--attend-weight labels box answers: the locate and ground tasks, not {args.task!r}")
+    if args.name_first and args.task not in ("ground", "third"):
+        p.error(f"--name-first names the asked word among several: the ground and third tasks, not {args.task!r}")
     if args.questions > args.shown:
         p.error(f"--questions {args.questions} > --shown {args.shown}: only shown words can be asked about")
     if args.oracle_words and args.task not in ("locate", "ground", "third"):
@@ -392,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     attend = (BoxAttention(vlm.model, vlm.processor.tokenizer, layer=args.attend_layer), args.attend_weight) \
         if args.attend_weight else None
     result = train(vlm, args.task, steps=args.steps, every=args.every, seed=args.seed, oracle=oracle, attend=attend,
-                   questions=args.questions, shown=args.shown, min_lr_ratio=args.min_lr_ratio)
+                   questions=args.questions, shown=args.shown,
+                   name_first=args.name_first, min_lr_ratio=args.min_lr_ratio)
     if args.save:
         vlm.save_pretrained(args.save)
     print(f"gap: {result.gap:.4f} accuracy: {result.accuracy:.4f}")

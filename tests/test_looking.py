@@ -106,6 +106,18 @@ def test_ground_with_one_question_shows_three_words_and_the_oracle_codes_all_of_
         assert cosine > 0.4, word
 
 
+def test_name_first_answers_begin_with_the_asked_word_and_still_score_by_their_box():
+    for task in ("ground", "third"):
+        plain, named = (looking.example(task, random.Random(3), questions=1, name_first=f) for f in (False, True))
+        assert plain.image.tobytes() == named.image.tobytes() and plain.words == named.words
+        word = named.words[0][0]
+        assert named.turns[0][1] == f'"{word}" ' + plain.turns[0][1]
+        assert looking.correct(task, named, named.turns[0][1])
+    ground = looking.example("ground", random.Random(3), questions=1, name_first=True)
+    another = f'"{ground.words[0][0]}" ' + looking.box_answer(ground.words[1][1])  # the right name, another box
+    assert not looking.correct("ground", ground, another)
+
+
 def test_the_word_oracles_digit_place_is_each_tokens_coordinate_digits():
     """place="digits": a token away from every word carries one-hot hundreds and tens digits of
     its centre's x and y in the answers' 0-999 space, and nothing else but the constant."""
@@ -141,6 +153,9 @@ def test_the_cli_names_bad_arguments(capsys):
     with pytest.raises(SystemExit) as exit_:
         looking.main(["side", "--model", "assets/model", "--oracle-words", "embeddings"])
     assert exit_.value.code == 2 and "control for the locate, ground and third tasks" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        looking.main(["locate", "--model", "assets/model", "--name-first"])
+    assert exit_.value.code == 2 and "the ground and third tasks, not 'locate'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         looking.main(["ground", "--model", "assets/model", "--min-lr-ratio", "-0.1"])
     assert exit_.value.code == 2 and "--min-lr-ratio -0.1: expected 0..1" in capsys.readouterr().err
