@@ -44,6 +44,8 @@ from typing import Callable
 import torch
 
 from recipes.looking import WORDS
+from train import balance
+from train.config import TrainConfig
 from train.optim import lr_multiplier
 from vlm import VLM
 
@@ -82,9 +84,11 @@ def copy_accuracy(model: torch.nn.Module, ids: torch.Tensor, n: int) -> float:
 
 def train(vlm: VLM, *, steps: int, every: int = 50, batch: int = 32, lr: float = 1e-3, seed: int = 0,
           lengths: tuple[int, int] = (6, 24), min_lr_ratio: float = 1.0,
-          log_line: Callable[[str], object] = print) -> float:
+          balance_rate: float = TrainConfig.bias_update_rate, log_line: Callable[[str], object] = print) -> float:
     """`steps` AdamW steps on copying rows (20 warm-up steps, then constant `lr`, or a cosine down to
-    `min_lr_ratio * lr`); the input embeddings stay as they are."""
+    `min_lr_ratio * lr`); the input embeddings stay as they are. After each step the MoE routers'
+    biases move toward balance as the trainer moves them (`train.balance`, `balance_rate`; 0: off),
+    so the stage does not hand training a language model that routes every token alike."""
     tokenizer = vlm.processor.tokenizer
     vocabulary, separator = word_tokens(tokenizer), tokenizer.convert_tokens_to_ids(SEPARATOR)
     model = vlm.model.train()
@@ -92,6 +96,7 @@ def train(vlm: VLM, *, steps: int, every: int = 50, batch: int = 32, lr: float =
     embeddings.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    moe = balance.find_moe_layers(model)
     rng, test_n = random.Random(f"copying/{seed}"), 16
     device = embeddings.device
     test = rows(random.Random(f"copying/{seed}/test"), vocabulary, separator, batch=64, n=test_n).to(device)
@@ -107,10 +112,14 @@ def train(vlm: VLM, *, steps: int, every: int = 50, batch: int = 32, lr: float =
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
+            loads = balance.current_loads(moe)  # the step's one forward
+            if balance_rate:
+                balance.update_biases(moe, loads, rate=balance_rate)
             if step % every == 0 or step == steps:
                 accuracy = copy_accuracy(model, test, test_n)
+                routing = balance.load_stats(moe, loads).get("moe/max_over_mean", 1.0)
                 log_line(f"step {step} ({time.monotonic() - start:.0f} s): loss {loss.item():.3f}, "
-                         f"held-out copy accuracy {accuracy:.3f}")
+                         f"held-out copy accuracy {accuracy:.3f}, expert load max/mean {routing:.2f}")
     finally:
         embeddings.requires_grad_(True)
     return accuracy
@@ -125,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-lr-ratio", type=float, default=1.0,
                    help="after 20 warm-up steps a cosine decays the lr (1e-3) to this fraction of it (1: constant)")
+    p.add_argument("--balance-rate", type=float, default=TrainConfig.bias_update_rate,
+                   help="MoE router bias step toward balance after each step, as the trainer's (0: off)")
     p.add_argument("--save", default=None, help="write the trained checkpoint here")
     args = p.parse_args(argv)
     for flag in ("steps", "every", "batch"):
@@ -132,10 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{flag} {getattr(args, flag)}: expected at least 1")
     if not 0 <= args.min_lr_ratio <= 1:
         p.error(f"--min-lr-ratio {args.min_lr_ratio}: expected 0..1")
+    if args.balance_rate < 0:
+        p.error(f"--balance-rate {args.balance_rate}: expected 0 or more")
     torch.manual_seed(args.seed)
     vlm = VLM.from_pretrained(args.model)
     accuracy = train(vlm, steps=args.steps, every=args.every, batch=args.batch, seed=args.seed,
-                     min_lr_ratio=args.min_lr_ratio)
+                     min_lr_ratio=args.min_lr_ratio, balance_rate=args.balance_rate)
     if args.save:
         vlm.save_pretrained(args.save)
     print(f"copy accuracy: {accuracy:.4f}")

@@ -29,6 +29,18 @@ def test_training_moves_the_model_but_not_the_embeddings_the_reader_is_aligned_t
     assert vlm.model.language_model.embed_tokens.weight.requires_grad  # frozen for the stage only
     assert not torch.equal(after["lm_head.weight"], before["lm_head.weight"])
     assert len(lines) == 2 and 0.0 <= accuracy <= 1.0 and "held-out copy accuracy" in lines[-1]
+    biases = [k for k in before if k.endswith("e_score_correction_bias") and "mtp" not in k]  # MTP: no forward
+    moved = [(after[k] - before[k]).abs().max().item() for k in biases]
+    assert biases and all(0 < m <= 2e-3 + 1e-6 for m in moved), moved  # two steps of 1e-3 toward balance
+
+
+def test_without_a_balance_rate_the_routers_biases_stay():
+    vlm = VLM.from_pretrained()
+    before = {k: v.clone() for k, v in vlm.model.state_dict().items() if k.endswith("e_score_correction_bias")}
+    lines = []
+    copying.train(vlm, steps=1, every=1, batch=2, lengths=(3, 3), balance_rate=0.0, log_line=lines.append)
+    assert all(torch.equal(vlm.model.state_dict()[k], v) for k, v in before.items())
+    assert "expert load max/mean" in lines[0]
 
 
 def test_the_cli_names_bad_arguments(capsys):
@@ -38,6 +50,9 @@ def test_the_cli_names_bad_arguments(capsys):
     with pytest.raises(SystemExit) as exit_:
         copying.main(["--model", "assets/model", "--min-lr-ratio", "1.5"])
     assert exit_.value.code == 2 and "--min-lr-ratio 1.5: expected 0..1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        copying.main(["--model", "assets/model", "--balance-rate", "-1"])
+    assert exit_.value.code == 2 and "--balance-rate -1.0: expected 0 or more" in capsys.readouterr().err
 
 
 def test_the_lr_warms_up_then_stays_or_decays_to_its_floor(monkeypatch):
