@@ -35,8 +35,9 @@ import numpy as np
 import PIL.Image
 import torch
 
+from . import preprocessor_files as settings
 from .files import atomic_write, fsync_dir, fsync_file
-from .images import CLIP_MEAN, CLIP_STD, ImageConfig, ImageInput, VisionPatches, preprocess_image
+from .images import ImageConfig, ImageInput, VisionPatches, preprocess_image
 from .video import Video, VideoConfig, VideoInput, as_video, preprocess_video
 
 if TYPE_CHECKING:  # transformers takes seconds to import: loaded when a processor is built
@@ -51,7 +52,6 @@ VIDEO_TOKEN = "<|video|>"
 BEGIN_IMAGE, END_IMAGE = "<|begin_of_image|>", "<|end_of_image|>"
 BEGIN_VIDEO, END_VIDEO = "<|begin_of_video|>", "<|end_of_video|>"
 _PLACEHOLDER = re.compile(re.escape(IMAGE_TOKEN) + "|" + re.escape(VIDEO_TOKEN))
-PROCESSOR_CLASS = "Glm4vProcessor"  # transformers' name, so AutoProcessor reads what we write
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
@@ -80,12 +80,12 @@ class Processor:
         if not directory.is_dir():
             raise FileNotFoundError(f"processor path {str(directory)!r} is not a directory")
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        image_json = _read_json(directory / "preprocessor_config.json")
-        video_json = _read_json(directory / "video_preprocessor_config.json")
+        image_json = settings.read_json(directory / "preprocessor_config.json")
+        video_json = settings.read_json(directory / "video_preprocessor_config.json")
         return cls(
             tokenizer=tokenizer,
-            image_config=_image_config(image_json),
-            video_config=_video_config(video_json, image_json),
+            image_config=settings.image_config(image_json),
+            video_config=settings.video_config(video_json, image_json),
         )
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
@@ -100,9 +100,9 @@ class Processor:
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
         for name, values in (
-            ("preprocessor_config.json", _image_json(self.image_config)),
-            ("video_preprocessor_config.json", _video_json(self.video_config)),
-            ("processor_config.json", {"processor_class": PROCESSOR_CLASS}),
+            ("preprocessor_config.json", settings.image_json(self.image_config)),
+            ("video_preprocessor_config.json", settings.video_json(self.video_config)),
+            ("processor_config.json", {"processor_class": settings.PROCESSOR_CLASS}),
         ):
             text = json.dumps(values, indent=2) + "\n"
             atomic_write(directory / name, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
@@ -342,94 +342,3 @@ def _check_placeholders(texts: list[str], *, num_images: int, num_videos: int) -
 def _concat(tensors: list[torch.Tensor]) -> torch.Tensor:
     """torch.cat without the copy of a lone tensor (a 1080p screenshot is 25 MB of patches)."""
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-def _budget(values: Mapping[str, Any], default: tuple[int, int]) -> tuple[int, int]:
-    """(min_pixels, max_pixels) from `size` ({shortest_edge, longest_edge}) or flat keys."""
-    size = values.get("size") or {}
-    low = size.get("shortest_edge", values.get("min_pixels", default[0]))
-    high = size.get("longest_edge", values.get("max_pixels", default[1]))
-    return int(low), int(high)
-
-
-def _image_config(values: Mapping[str, Any]) -> ImageConfig:
-    base = ImageConfig()
-    low, high = _budget(values, (base.min_pixels, base.max_pixels))
-    return ImageConfig(
-        patch_size=int(values.get("patch_size", base.patch_size)),
-        temporal_patch_size=int(values.get("temporal_patch_size", base.temporal_patch_size)),
-        merge_size=int(values.get("merge_size", base.merge_size)),
-        min_pixels=low,
-        max_pixels=high,
-        image_mean=tuple(values.get("image_mean", CLIP_MEAN)),
-        image_std=tuple(values.get("image_std", CLIP_STD)),
-        max_image_pixels=int(values.get("max_image_pixels", base.max_image_pixels)),
-    )
-
-
-def _video_config(values: Mapping[str, Any], image_values: Mapping[str, Any]) -> VideoConfig:
-    base = VideoConfig()
-    values = {**{k: image_values[k] for k in ("patch_size", "temporal_patch_size", "merge_size") if k in image_values},
-              **values}
-    low, high = _budget(values, (base.min_pixels, base.max_pixels))
-    return VideoConfig(
-        patch_size=int(values.get("patch_size", base.patch_size)),
-        temporal_patch_size=int(values.get("temporal_patch_size", base.temporal_patch_size)),
-        merge_size=int(values.get("merge_size", base.merge_size)),
-        min_pixels=low,
-        max_pixels=high,
-        fps=float(values.get("fps", base.fps)),
-        max_duration_s=float(values.get("max_duration", base.max_duration_s)),
-        image_mean=tuple(values.get("image_mean", CLIP_MEAN)),
-        image_std=tuple(values.get("image_std", CLIP_STD)),
-    )
-
-
-# transformers' resize and rescale settings: fixed in the released checkpoints, implied by our code.
-_FIXED_PREPROCESSING = {"resample": 3, "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255,
-                        "do_normalize": True, "do_convert_rgb": True}
-
-
-def _image_json(config: ImageConfig) -> dict[str, Any]:
-    """`preprocessor_config.json` as the released checkpoints (and assets/model) lay it out."""
-    values = {
-        "image_processor_type": "Glm4vImageProcessor",
-        "processor_class": PROCESSOR_CLASS,
-        "size": {"shortest_edge": config.min_pixels, "longest_edge": config.max_pixels},
-        "patch_size": config.patch_size,
-        "temporal_patch_size": config.temporal_patch_size,
-        "merge_size": config.merge_size,
-        "image_mean": list(config.image_mean),
-        "image_std": list(config.image_std),
-        **_FIXED_PREPROCESSING,
-    }
-    if config.max_image_pixels != ImageConfig.max_image_pixels:  # our own guard: written only when changed
-        values["max_image_pixels"] = config.max_image_pixels
-    return values
-
-
-def _video_json(config: VideoConfig) -> dict[str, Any]:
-    """`video_preprocessor_config.json` as the released checkpoints (and assets/model) lay it out."""
-    return {
-        "video_processor_type": "Glm4vVideoProcessor",
-        "processor_class": PROCESSOR_CLASS,
-        "size": {"shortest_edge": config.min_pixels, "longest_edge": config.max_pixels},
-        "patch_size": config.patch_size,
-        "temporal_patch_size": config.temporal_patch_size,
-        "merge_size": config.merge_size,
-        "fps": config.fps,
-        "max_duration": config.max_duration_s,
-        "image_mean": list(config.image_mean),
-        "image_std": list(config.image_std),
-        **_FIXED_PREPROCESSING,
-        "do_sample_frames": True,
-    }
