@@ -20,7 +20,12 @@ Measured from `runs/rand/start` (the default recipe's random language model, a r
 gives 0.05 at 250 steps, 0.11 at 500, 0.35 at 1000, 0.56 at 1500, **0.69 at 2000** (9.6 min);
 1000 more from that checkpoint (`--model` it; one core beside another job, 9 min) 0.87 at 500 and
 **0.93 at 1000**, where it levels off (0.93 again at 1500 in a longer run). The recipe copies for
-3000 steps (`--copying-steps`).
+3000 steps (`--copying-steps`). Those runs left the MoE routing collapsed (every token on the same
+two of eight experts, load max/mean 4.0; `runs/copy3000`'s mean router score 0.84-0.97 for one
+expert per layer, 0.02-0.2 for the rest), which the trainer's bias updates (1e-3 a step) would
+need ~800 steps to undo. With the routers balanced as training balances them (the default now),
+3000 steps in one run from `runs/rand/start` (one core, beside two other jobs, 36 min) copy 0.05 /
+0.33 / 0.70 / **0.95** at 250 / 1000 / 2000 / 3000, load max/mean 1.5-2.1.
 An earlier run of the same loop (one core beside another job, 1200 steps then 800 more from that
 checkpoint, 16 min) gave 0.34 at 1200 and 0.64 at 2000; with the repeat at a fixed distance
 (n = 16 always) 1.00 by step 100, since a positional head suffices there. From the 2000-step model, `recipes.looking third` with the
