@@ -48,10 +48,9 @@ from typing import Callable
 
 import torch
 
-from recipes.looking import WORDS
+from recipes.looking import WORDS, lr_factor
 from train import balance
 from train.config import TrainConfig
-from train.optim import lr_multiplier
 from vlm import VLM
 
 SEPARATOR = "<|assistant|>"
@@ -109,8 +108,7 @@ def train(vlm: VLM, *, steps: int, every: int = 50, batch: int = 32, lr: float =
     try:
         for step in range(1, steps + 1):
             for group in optimizer.param_groups:
-                group["lr"] = lr * lr_multiplier(step - 1, warmup_steps=20, max_steps=steps,
-                                                 min_lr_ratio=min_lr_ratio)
+                group["lr"] = lr * lr_factor(step, steps, min_lr_ratio)
             n = rng.randint(*lengths)  # the repeat's distance changes: only content can find it
             loss = repeat_loss(model, rows(rng, vocabulary, separator, batch=batch, n=n).to(device), n)
             optimizer.zero_grad(set_to_none=True)

@@ -313,6 +313,14 @@ def measure(vlm: VLM, encoder: Encoder, task: Task, test: list[Example], *, answ
     return Measure(own, swapped, hits / min(answers, len(test)))
 
 
+def lr_factor(step: int, steps: int, min_lr_ratio: float = 1.0, warmup: int = 20) -> float:
+    """The probes' lr multiplier at 1-based `step` of `steps`: linear warm-up over `warmup` steps,
+    then constant (`min_lr_ratio` 1) or a cosine down to `min_lr_ratio` (`train.optim`'s)."""
+    if step <= warmup:
+        return step / warmup
+    return lr_multiplier(step - 1, warmup_steps=warmup, max_steps=steps, min_lr_ratio=min_lr_ratio)
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
@@ -332,7 +340,7 @@ def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_
     start = time.monotonic()
     for step in range(1, steps + 1):
         for group in optimizer.param_groups:
-            group["lr"] = lr * lr_multiplier(step - 1, warmup_steps=20, max_steps=steps, min_lr_ratio=min_lr_ratio)
+            group["lr"] = lr * lr_factor(step, steps, min_lr_ratio)
         batch = [example(task, rng, questions, shown, name_first) for _ in range(batch_size)]
         if oracle:
             oracle.expect(batch)

@@ -62,7 +62,7 @@ def test_the_lr_warms_up_then_stays_or_decays_to_its_floor(monkeypatch):
                                                                           step(self, *a, **k))[1])
     vlm = VLM.from_pretrained()
     copying.train(vlm, steps=24, every=24, batch=2, lengths=(3, 3), lr=1.0)
-    assert seen[0] == pytest.approx(1 / 21) and seen[19] == pytest.approx(20 / 21) and seen[20:] == [1.0] * 4
+    assert seen[0] == pytest.approx(1 / 20) and seen[18] == pytest.approx(19 / 20) and seen[19:] == [1.0] * 5
     seen.clear()
     copying.train(vlm, steps=24, every=24, batch=2, lengths=(3, 3), lr=1.0, min_lr_ratio=0.1)
     assert seen[20] == pytest.approx(1.0) and seen[20] > seen[21] > seen[22] > seen[23] > 0.1
