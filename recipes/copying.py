@@ -9,8 +9,8 @@ has copying (induction) heads; ours starts from random. This stage trains them o
 cheaply: every row is `n` random UI-word tokens, `<|assistant|>`, then the same `n` tokens again,
 and the loss is on the repeat (AdamW, lr 1e-3, constant or a cosine down to `--min-lr-ratio` of
 it). `n` changes every step (6-24), so the repeat's distance says nothing: only the content of
-the earlier tokens can find what comes next. The input embeddings
-stay frozen, so a reading encoder aligned to them (`recipes.reading --align-to`) stays aligned.
+the earlier tokens can find what comes next. The input embeddings stay frozen, so a reading
+encoder aligned to them (`recipes.reading --align-to`) stays aligned.
 
 Held out (another seed, `n` = 16): the share of the repeat's tokens after its first predicted
 exactly (chance 1/389). The last line printed is `copy accuracy: X`.
