@@ -12,7 +12,10 @@ point is divided by `visualViewport.scale` and offset by the visual viewport's p
 URL rules (`DomainRules`) are enforced on every request by a `RequestFilter` (see
 `agent.request_filter`: a context route, and a `RulesProxy` every connection of the browser
 goes through, for redirect hops, WebSockets and workers), fixed when the browser starts. A blocked main-frame navigation is raised as `BlockedURL` from
-`execute` / `goto`, or from the next `observe` when it happened between actions.
+`execute` / `goto`, or from the next `observe` when it happened between actions. `execute`
+knows which navigations its action started in the tab from CDP's `Page.frameRequestedNavigation`
+(after one round trip through the renderer), and waits for them to reach the network however
+long that takes; a popup or a navigation a timer starts later is not waited for.
 
 Touch devices (`device="Pixel 7"` or any descriptor with `has_touch`) tap instead of
 clicking; long press and swipe are raw touch sequences sent over CDP, because Playwright's
@@ -46,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 WHEEL_PX_PER_STEP = 100  # one wheel notch in Chromium on Linux
 SWIPE_FRACTION = 0.4  # a swipe moves the finger this fraction of the viewport
+NAVIGATION_START_S = 5.0  # after an action asked for a navigation, wait at most this long for it to start
 
 # Desktop-format key names (lower case) -> Playwright key names.
 KEY_NAMES = {
@@ -104,6 +108,33 @@ def key_name(key: str) -> str:
     return KEY_NAMES.get(key.lower(), key if len(key) == 1 else key[:1].upper() + key[1:])
 
 
+class _RequestedNavigations:
+    """Counts the main-frame navigations a page's renderer asked the browser for (CDP
+    `Page.frameRequestedNavigation`: a followed link, a submitted form, a script setting
+    `location`), in this tab and over http(s). `requested_after(n)` first makes one round trip
+    through the renderer, after the action's input was handled, so that a navigation the
+    action started has been counted by the time it answers."""
+
+    def __init__(self, cdp: Any) -> None:
+        self._cdp = cdp
+        cdp.send("Page.enable")
+        self._main_frame = cdp.send("Page.getFrameTree")["frameTree"]["frame"]["id"]
+        self.requested = 0
+        cdp.on("Page.frameRequestedNavigation", self._on_requested)
+
+    def _on_requested(self, params: dict[str, Any]) -> None:
+        if (params.get("frameId") == self._main_frame and params.get("disposition") == "currentTab"
+                and params.get("url", "").startswith(("http:", "https:"))):
+            self.requested += 1
+
+    def requested_after(self, count: int) -> bool:
+        try:
+            self._cdp.send("Runtime.evaluate", {"expression": "0"})
+        except PlaywrightError:  # the document went away: its navigation has started
+            pass
+        return self.requested > count
+
+
 class BrowserEnv(ActionHandlers):
     """A Chromium page the agent observes and acts on.
 
@@ -137,6 +168,7 @@ class BrowserEnv(ActionHandlers):
         self.blocked: list[BlockedURL] = self._requests.blocked  # every refused request, in order
         self.home_url: str | None = None  # `Home` returns here; the first URL `goto` loaded
         self._cdp: dict[Any, Any] = {}
+        self._navigations: dict[Any, _RequestedNavigations] = {}
 
         if any(a.startswith(("--proxy-server", "--proxy-pac-url", "--no-proxy-server", "--proxy-bypass-list"))
                for a in launch_args):
@@ -260,11 +292,20 @@ class BrowserEnv(ActionHandlers):
         `UnsupportedAction` for OpenApp, which a browser cannot perform."""
         if isinstance(action, TERMINAL_ACTIONS):
             return
+        navigations = self._navigation_watch(self.page)
+        requested, started = (navigations.requested if navigations else 0), self._requests.started
         try:
             self.perform(action, observation)
         except PlaywrightError:
             self._raise_pending()  # a navigation error caused by the rules says so
             raise
+        # a link or form the action followed reaches the network some milliseconds after the click
+        # returns (more on a busy machine): wait until the navigation it asked for has started
+        if navigations is not None and navigations.requested_after(requested):
+            deadline = time.monotonic() + min(NAVIGATION_START_S, self.timeout_ms / 1000)
+            while (self._requests.started == started and self._requests.pending is None
+                   and time.monotonic() < deadline):
+                self.page.wait_for_timeout(10)
         self._settle()
         self._raise_pending()
 
@@ -378,11 +419,23 @@ class BrowserEnv(ActionHandlers):
             cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": point(xy)})
         cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
 
-    def _cdp_session(self) -> Any:
-        page = self.page
+    def _cdp_session(self, page: Any = None) -> Any:
+        page = page if page is not None else self.page
         if page not in self._cdp:
             self._cdp[page] = self._context.new_cdp_session(page)
         return self._cdp[page]
+
+    def _navigation_watch(self, page: Any) -> _RequestedNavigations | None:
+        """The page's `_RequestedNavigations` (made on first use), or None once the page is closed."""
+        if page.is_closed():
+            return None
+        if page not in self._navigations:
+            try:
+                self._navigations[page] = _RequestedNavigations(self._cdp_session(page))
+            except PlaywrightError as error:  # closed or navigating away while we asked
+                logger.debug("cannot watch the navigations of %s: %s", page.url, error)
+                return None
+        return self._navigations[page]
 
     def _do_type(self, action: Type, observation: Observation) -> None:
         if action.target is not None:

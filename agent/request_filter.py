@@ -69,7 +69,7 @@ class RequestFilter:
     `blocked` lists every refused request in order (by URL); `refused_connections` every
     connection the proxy refused (by host:port, from the proxy's threads); `pending` is a refused main-frame
     navigation not yet raised (an aborted one commits an error page); `navigations` holds the
-    main-frame document requests in flight (`BrowserEnv` waits for them after an action).
+    main-frame document requests in flight and `started` counts them (`BrowserEnv` waits for them after an action).
     """
 
     def __init__(self, rules: DomainRules) -> None:
@@ -79,6 +79,7 @@ class RequestFilter:
         self._recorded: set[Any] = set()  # requests already in `blocked`
         self.pending: BlockedURL | None = None
         self.navigations: set[Any] = set()
+        self.started = 0  # main-frame navigations that reached the network (their first request)
 
     def attach(self, context: Any) -> None:
         """Route every request of the Playwright `context` through the rules."""
@@ -127,6 +128,7 @@ class RequestFilter:
         main_navigation = self._is_main_navigation(request)
         if main_navigation:
             self.navigations.add(request)
+            self.started += request.redirected_from is None
         if request.redirected_from is not None:  # hops are not routed; the proxy refuses them
             blocked = self.rules.refusal(request.url)
             if blocked is not None:

@@ -316,6 +316,29 @@ def test_redirect_to_a_blocked_domain_is_stopped(local_server):
     assert (f"{OTHER}:{s.port}", "/final") in s.requests
 
 
+def test_execute_waits_for_the_navigation_its_click_started_with_no_settle_time(local_server):
+    # a followed link reaches the network milliseconds after the click returns (seconds on a
+    # busy machine): with settle_ms=0 only the env's wait for the requested navigation sees it
+    s = local_server
+    s.add("/next", "<title>next</title>next")
+    s.add("/away", status=302, headers={"Location": s.url("/final", host=OTHER)})
+    links = "".join(f'<a id={name} href="{href}" style="display:block;width:200px;height:40px">{name}</a>'
+                    for name, href in [("next", "/next"), ("away", "/away"), ("hash", "#part")])
+    s.add("/links", f"<title>links</title>{links}")
+    with BrowserEnv((800, 600), rules=DomainRules(blocked_domains=[OTHER]), launch_args=RESOLVE, settle_ms=0) as env:
+        for _ in range(5):
+            env.goto(s.url("/links"))
+            env.execute(Click(box_of(env, "#next")), env.observe())
+            assert env.observe().title == "next"
+            env.goto(s.url("/links"))
+            with pytest.raises(BlockedURL, match=OTHER):  # from execute itself, not a later call
+                env.execute(Click(box_of(env, "#away")), env.observe())
+            env.goto(s.url("/links"))
+            env.execute(Click(box_of(env, "#hash")), env.observe())  # same document: nothing to wait for
+            assert env.observe().url == s.url("/links#part")
+    assert (f"{OTHER}:{s.port}", "/final") not in s.requests
+
+
 def test_allowed_domains_refuse_navigation_elsewhere_before_any_request(local_server):
     s = local_server
     s.add("/page", "<title>ok</title>")
