@@ -376,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --oracle-words: each token's place as x and y, or as one-hot coordinate digits")
     p.add_argument("--attend-weight", type=float, default=0.0,
                    help="locate and ground: weight of the box-attention label (train.box_attention; 0: off)")
-    p.add_argument("--attend-layer", type=int, default=4, help="the layer whose head 0 the label trains")
+    p.add_argument("--attend-layer", type=int, default=4, help="the layer whose head(s) the label trains")
+    p.add_argument("--attend-heads", type=lambda v: tuple(int(h) for h in v.split(",")), default=(0,),
+                   metavar="H[,H...]", help="which heads of that layer the label trains, e.g. 0,1,2,3")
     p.add_argument("--questions", type=int, default=3, choices=(1, 2, 3),
                    help="ground, third: how many of the picture's words are asked about (one turn each)")
     p.add_argument("--shown", type=int, default=3, choices=(1, 2, 3),
@@ -415,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         oracle_tokens(vlm.model)
     oracle = WordOracle(vlm.model, vlm.processor.tokenizer, args.oracle_words, args.oracle_place) \
         if args.oracle_words else None
-    attend = (BoxAttention(vlm.model, vlm.processor.tokenizer, layer=args.attend_layer), args.attend_weight) \
+    attend = (BoxAttention(vlm.model, vlm.processor.tokenizer, layer=args.attend_layer, head=args.attend_heads),
+              args.attend_weight) \
         if args.attend_weight else None
     result = train(vlm, args.task, steps=args.steps, every=args.every, seed=args.seed, oracle=oracle, attend=attend,
                    questions=args.questions, shown=args.shown,

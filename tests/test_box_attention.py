@@ -118,3 +118,22 @@ def test_a_bad_layer_or_head_is_named(vlm):
         BoxAttention(vlm.model, vlm.processor.tokenizer, layer=9)
     with pytest.raises(ValueError, match="head 7"):
         BoxAttention(vlm.model, vlm.processor.tokenizer, layer=0, head=7)
+
+
+def test_several_heads_are_labelled_alike(vlm):
+    """With heads (0, 2) the loss is the mean of what each head alone would score."""
+    model = vlm.model.eval()
+    batch = _batch(vlm, [looking.example("ground", random.Random(9))])
+    alone = []
+    for head in (0, 2):
+        labelled = BoxAttention(model, vlm.processor.tokenizer, layer=3, head=head)
+        with torch.no_grad():
+            model(**batch.model_inputs("cpu"))
+            alone.append(labelled.loss(batch))
+    both = BoxAttention(model, vlm.processor.tokenizer, layer=3, head=(0, 2))
+    with torch.no_grad():
+        model(**batch.model_inputs("cpu"))
+        loss = both.loss(batch)
+    assert alone[0] != alone[1] and torch.allclose(loss, (alone[0] + alone[1]) / 2)
+    with pytest.raises(ValueError, match=r"head \(\)"):
+        BoxAttention(model, vlm.processor.tokenizer, layer=3, head=())

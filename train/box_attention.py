@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -87,18 +88,20 @@ def box_targets(batch: Batch, tokenizer: Any, config: VLMConfig, *, merge: int =
 
 
 class BoxAttention:
-    """Keeps the input of one layer's attention in each forward, to score where one head looks
-    while box answers are written (`loss`, `mass`); `model` is a `vlm.model.Glm4vMoeModel`."""
+    """Keeps the input of one layer's attention in each forward, to score where its labelled
+    head(s) look while box answers are written (`loss`, `masses`); `model` is a
+    `vlm.model.Glm4vMoeModel`. `head` is one head or several, each labelled alike."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, layer: int, head: int = 0) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, layer: int, head: int | Sequence[int] = 0) -> None:
         self.tokenizer, self.config = tokenizer, model.cfg
         layers = model.language_model.layers
         if not 0 <= layer < len(layers):
             raise ValueError(f"layer {layer}: expected 0..{len(layers) - 1}")
         self.attn = layers[layer].self_attn
-        if not 0 <= head < self.attn.num_attention_heads:
-            raise ValueError(f"head {head}: expected 0..{self.attn.num_attention_heads - 1}")
-        self.head, self.seen = head, None
+        self.heads = (head,) if isinstance(head, int) else tuple(head)
+        if not self.heads or not all(0 <= h < self.attn.num_attention_heads for h in self.heads):
+            raise ValueError(f"head {head}: expected one or more of 0..{self.attn.num_attention_heads - 1}")
+        self.seen = None
         self.masses: list[float] = []
         self.attn.register_forward_pre_hook(self._keep)
 
@@ -106,13 +109,15 @@ class BoxAttention:
         x, cos, sin = args[:3]
         self.seen = (x, cos, sin)
 
-    def attention(self, targets: Targets, segment_ids: torch.Tensor) -> torch.Tensor:
-        """(N, T) log attention of the head at each supervised query, over the keys it sees."""
+    def attention(self, targets: Targets, segment_ids: torch.Tensor, head: int | None = None) -> torch.Tensor:
+        """(N, T) log attention of `head` (the first labelled one by default) at each supervised
+        query, over the keys it sees."""
         x, cos, sin = self.seen
         a, hd = self.attn, self.attn.head_dim
-        kv = self.head // (a.num_attention_heads // a.num_key_value_heads)
-        q_w = a.q_proj.weight[self.head * hd:(self.head + 1) * hd]
-        q_b = a.q_proj.bias[self.head * hd:(self.head + 1) * hd] if a.q_proj.bias is not None else None
+        head = self.heads[0] if head is None else head
+        kv = head // (a.num_attention_heads // a.num_key_value_heads)
+        q_w = a.q_proj.weight[head * hd:(head + 1) * hd]
+        q_b = a.q_proj.bias[head * hd:(head + 1) * hd] if a.q_proj.bias is not None else None
         k_w = a.k_proj.weight[kv * hd:(kv + 1) * hd]
         k_b = a.k_proj.bias[kv * hd:(kv + 1) * hd] if a.k_proj.bias is not None else None
         rows = targets.rows.to(x.device)
@@ -132,15 +137,16 @@ class BoxAttention:
         return scores.masked_fill(~visible, float("-inf")).log_softmax(-1)
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        """Mean over the box answers' positions of -log(attention mass inside the box); 0 without
-        any. Call it after the model's forward on `batch`. Each call's mean mass inside the box
-        (1: all of it) is appended to `masses`, for logs."""
+        """Mean over the box answers' positions (and the labelled heads) of -log(attention mass
+        inside the box); 0 without any. Call it after the model's forward on `batch`. Each call's
+        mean mass inside the box (1: all of it) is appended to `masses`, for logs."""
         if self.seen is None:
             raise RuntimeError("no forward seen yet: run the model on the batch first")
         targets = box_targets(batch, self.tokenizer, self.config)
         if not len(targets):
             return self.seen[0].new_zeros(())
-        logp = self.attention(targets, batch.segment_ids)
-        inside = logp.masked_fill(~targets.keys.to(logp.device), float("-inf")).logsumexp(-1)
+        keys = targets.keys.to(self.seen[0].device)
+        inside = torch.stack([self.attention(targets, batch.segment_ids, head).masked_fill(~keys, float("-inf"))
+                              .logsumexp(-1) for head in self.heads])  # (heads, N)
         self.masses.append(inside.detach().exp().mean().item())
         return -inside.mean()
