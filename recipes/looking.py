@@ -66,6 +66,13 @@ the fastest way yet to "which word". From the copier trained with its routers ba
 same probe gives 0.002, 0.005, 0.009 and 0.038 nats (6%) at 250-1000 steps: half, one seed each.
 Naming the word first (`--name-first`, from `runs/copy3000`, the label on): 0.002, 0.010, 0.027,
 0.076 nats (the easy name tokens dilute it), boxes 6%, 3%, 28%, 3%: no clear gain.
+All four heads of that layer labelled (`--attend-heads 0,1,2,3`, from `runs/copy3000`): 0.002,
+0.021, 0.058, 0.069 nats (boxes 0%, 6%, 12%, 9%; mass 0.81): no gain over one head, so once the
+heads look at the asked word, turning what they see into the box's digits is what is slow.
+Locating first with the label (`locate --attend-weight 1`, 500 steps: gap 0.54, 62%; without the
+label 0.37, 50%), then `ground` with it from that model: 0.025, 0.041, 0.047, 0.114 nats at
+250-1000 (boxes 9%, 9%, 19%, 12%); `ground` alone for the same 1500 steps: 0.079 at 1000, 0.078
+at 1250, 0.099 at 1500 (boxes 9%, 16%, 6%). A small edge for the curriculum, one seed each.
 The language model trained on the ideal
 reader's tokens first (3000 steps) and then put over the real reader: 0.000 for 1000 steps
 trained along, 0.013 frozen.
