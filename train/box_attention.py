@@ -17,8 +17,8 @@ head, the architecture and the inference path are untouched.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
