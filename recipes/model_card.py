@@ -159,8 +159,8 @@ def _reading_sentence(recipe: Recipe, reading: dict[str, Any]) -> str:
 def _copying_sentence(recipe: Recipe, copying: dict[str, Any]) -> str:
     if not recipe.copying_steps:
         return ""
-    measured = (f"held-out copy accuracy {copying['copy_accuracy']:.1%} after {copying['seconds'] / 60:.1f} min"
-                if copying else "not recorded")
+    took = f" after {copying['seconds'] / 60:.1f} min" if isinstance(copying.get("seconds"), (int, float)) else ""
+    measured = f"held-out copy accuracy {copying['copy_accuracy']:.1%}{took}" if copying else "not recorded"
     return "\n\n" + textwrap.fill(
         f"Before it, the language model learns to copy on text alone (`recipes.copying`, {recipe.copying_steps} steps: "
         "random UI words, then the same words again, so only their content finds the next one; the input "

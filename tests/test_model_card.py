@@ -67,6 +67,9 @@ def test_the_card_reports_the_copying_stage_and_the_frozen_reader():
     unrecorded = model_card(recipe, command="c", config=model_config("tiny"), plan={"steps": 1, "source": "--steps"},
                             data_stats={}, train_stats={}, results={})
     assert "6000 steps: random UI words" in " ".join(unrecorded.split()) and "not recorded" in unrecorded
+    untimed = model_card(recipe, command="c", config=model_config("tiny"), plan={"steps": 1, "source": "--steps"},
+                         data_stats={}, train_stats={}, results={}, copying={"steps": 6000, "copy_accuracy": 0.95})
+    assert "held-out copy accuracy 95.0%)" in " ".join(untimed.split())  # a stage assembled by hand has no time
 
 
 def test_a_browserless_eval_says_what_was_measured_where_and_what_was_not_run():
