@@ -43,7 +43,7 @@ from agent.chromium import launch_chromium
 from agent.domains import BlockedURL, DomainRules
 from agent.environment import ActionHandlers, ElementInfo, Observation, UnsupportedAction
 from agent.proxy import RulesProxy
-from agent.request_filter import RESOLVER_RULES_FLAG, RequestFilter, with_resolver_rules
+from agent.request_filter import RESOLVER_RULES_FLAG, RequestedNavigations, RequestFilter, with_resolver_rules
 
 logger = logging.getLogger(__name__)
 
@@ -108,33 +108,6 @@ def key_name(key: str) -> str:
     return KEY_NAMES.get(key.lower(), key if len(key) == 1 else key[:1].upper() + key[1:])
 
 
-class _RequestedNavigations:
-    """Counts the main-frame navigations a page's renderer asked the browser for (CDP
-    `Page.frameRequestedNavigation`: a followed link, a submitted form, a script setting
-    `location`), in this tab and over http(s). `requested_after(n)` first makes one round trip
-    through the renderer, after the action's input was handled, so that a navigation the
-    action started has been counted by the time it answers."""
-
-    def __init__(self, cdp: Any) -> None:
-        self._cdp = cdp
-        cdp.send("Page.enable")
-        self._main_frame = cdp.send("Page.getFrameTree")["frameTree"]["frame"]["id"]
-        self.requested = 0
-        cdp.on("Page.frameRequestedNavigation", self._on_requested)
-
-    def _on_requested(self, params: dict[str, Any]) -> None:
-        if (params.get("frameId") == self._main_frame and params.get("disposition") == "currentTab"
-                and params.get("url", "").startswith(("http:", "https:"))):
-            self.requested += 1
-
-    def requested_after(self, count: int) -> bool:
-        try:
-            self._cdp.send("Runtime.evaluate", {"expression": "0"})
-        except PlaywrightError:  # the document went away: its navigation has started
-            pass
-        return self.requested > count
-
-
 class BrowserEnv(ActionHandlers):
     """A Chromium page the agent observes and acts on.
 
@@ -168,7 +141,7 @@ class BrowserEnv(ActionHandlers):
         self.blocked: list[BlockedURL] = self._requests.blocked  # every refused request, in order
         self.home_url: str | None = None  # `Home` returns here; the first URL `goto` loaded
         self._cdp: dict[Any, Any] = {}
-        self._navigations: dict[Any, _RequestedNavigations] = {}
+        self._navigations: dict[Any, RequestedNavigations] = {}
 
         if any(a.startswith(("--proxy-server", "--proxy-pac-url", "--no-proxy-server", "--proxy-bypass-list"))
                for a in launch_args):
@@ -425,13 +398,13 @@ class BrowserEnv(ActionHandlers):
             self._cdp[page] = self._context.new_cdp_session(page)
         return self._cdp[page]
 
-    def _navigation_watch(self, page: Any) -> _RequestedNavigations | None:
-        """The page's `_RequestedNavigations` (made on first use), or None once the page is closed."""
+    def _navigation_watch(self, page: Any) -> RequestedNavigations | None:
+        """The page's `RequestedNavigations` (made on first use), or None once the page is closed."""
         if page.is_closed():
             return None
         if page not in self._navigations:
             try:
-                self._navigations[page] = _RequestedNavigations(self._cdp_session(page))
+                self._navigations[page] = RequestedNavigations(self._cdp_session(page))
             except PlaywrightError as error:  # closed or navigating away while we asked
                 logger.debug("cannot watch the navigations of %s: %s", page.url, error)
                 return None

@@ -15,7 +15,9 @@ The URL of every refused request, hop and WebSocket is recorded in `blocked` (th
 port, including the browser's own background traffic) are in `refused_connections`. A blocked
 main-frame navigation (its first request or a redirect hop) is kept as pending and raised as
 `BlockedURL` by `raise_pending`, which `BrowserEnv` calls after each action, in `goto`, and in
-the next `observe` when it happened between actions (a timer, a meta refresh).
+the next `observe` when it happened between actions (a timer, a meta refresh). So that an
+action's own navigation is raised by `execute`, `RequestedNavigations` counts the navigations a
+page asked for (over CDP) and `RequestFilter.started` those that reached the network.
 """
 
 from __future__ import annotations
@@ -190,3 +192,30 @@ class RequestFilter:
         except PlaywrightError as error:
             logger.debug("after refusing %s: %s", blocked.url, error)
         raise blocked
+
+
+class RequestedNavigations:
+    """Counts the main-frame navigations a page's renderer asked the browser for (CDP
+    `Page.frameRequestedNavigation`: a followed link, a submitted form, a script setting
+    `location`), in this tab and over http(s). `requested_after(n)` first makes one round trip
+    through the renderer, after the action's input was handled, so that a navigation the
+    action started has been counted by the time it answers."""
+
+    def __init__(self, cdp: Any) -> None:
+        self._cdp = cdp
+        cdp.send("Page.enable")
+        self._main_frame = cdp.send("Page.getFrameTree")["frameTree"]["frame"]["id"]
+        self.requested = 0
+        cdp.on("Page.frameRequestedNavigation", self._on_requested)
+
+    def _on_requested(self, params: dict[str, Any]) -> None:
+        if (params.get("frameId") == self._main_frame and params.get("disposition") == "currentTab"
+                and params.get("url", "").startswith(("http:", "https:"))):
+            self.requested += 1
+
+    def requested_after(self, count: int) -> bool:
+        try:
+            self._cdp.send("Runtime.evaluate", {"expression": "0"})
+        except PlaywrightError:  # the document went away: its navigation has started
+            pass
+        return self.requested > count
