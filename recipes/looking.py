@@ -369,6 +369,14 @@ def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_
     return result
 
 
+def _heads(value: str) -> tuple[int, ...]:
+    """`--attend-heads`: comma-separated head numbers."""
+    try:
+        return tuple(int(h) for h in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected head numbers separated by commas, e.g. 0,1,2,3") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m recipes.looking", description=__doc__.split("\n\n")[0])
     p.add_argument("task", choices=TASKS)
@@ -387,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attend-weight", type=float, default=0.0,
                    help="locate and ground: weight of the box-attention label (train.box_attention; 0: off)")
     p.add_argument("--attend-layer", type=int, default=4, help="the layer whose head(s) the label trains")
-    p.add_argument("--attend-heads", type=lambda v: tuple(int(h) for h in v.split(",")), default=(0,),
+    p.add_argument("--attend-heads", type=_heads, default=(0,),
                    metavar="H[,H...]", help="which heads of that layer the label trains, e.g. 0,1,2,3")
     p.add_argument("--questions", type=int, default=3, choices=(1, 2, 3),
                    help="ground, third: how many of the picture's words are asked about (one turn each)")
