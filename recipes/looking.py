@@ -345,7 +345,7 @@ def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_
     `min_lr_ratio * lr`); held-out measures every `every` steps and at the end."""
     encoder = Encoder(vlm.processor, max_length=1 << 16)
     model = vlm.model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] + (attend[0].parameters() if attend else [])
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
     rng, test_rng = random.Random(f"looking/{task}/{seed}"), random.Random(f"looking/{task}/{seed}/test")
     test = [example(task, test_rng, questions, shown, name_first) for _ in range(n_test)]
@@ -365,7 +365,9 @@ def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_
             result = measure(vlm, encoder, task, test, oracle=oracle)
             log_line(f"step {step} ({time.monotonic() - start:.0f} s): loss {loss.item():.3f}, held-out own "
                      f"{result.own:.3f} swapped {result.swapped:.3f} gap {result.gap:+.3f} accuracy {result.accuracy:.3f}"
-                     + (f", box attention {_mean(attend[0].masses[-every:]):.3f}" if attend else ""))
+                     + (f", box attention {_mean(attend[0].masses[-every:]):.3f}" if attend else "")
+                     + (f", place error {_mean(attend[0].place_errors[-every:]):.0f}/1000"
+                        if attend and attend[0].place_errors else ""))
     return result
 
 
@@ -397,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attend-layer", type=int, default=4, help="the layer whose head(s) the label trains")
     p.add_argument("--attend-heads", type=_heads, default=(0,),
                    metavar="H[,H...]", help="which heads of that layer the label trains, e.g. 0,1,2,3")
+    p.add_argument("--place-weight", type=float, default=0.0,
+                   help="with --attend-weight: weight of the place label (a readout of the box from the labelled "
+                        "head's output, train.box_attention; 0: off)")
     p.add_argument("--questions", type=int, default=3, choices=(1, 2, 3),
                    help="ground, third: how many of the picture's words are asked about (one turn each)")
     p.add_argument("--shown", type=int, default=3, choices=(1, 2, 3),
@@ -417,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--oracle-tokens is a control for the side task, not {args.task!r}")
     if args.attend_weight and args.task not in ("locate", "ground"):
         p.error(f"--attend-weight labels box answers: the locate and ground tasks, not {args.task!r}")
+    if args.place_weight and not args.attend_weight:
+        p.error(f"--place-weight {args.place_weight} reads the box from the labelled head: give --attend-weight too")
     if args.name_first and args.task not in ("ground", "third"):
         p.error(f"--name-first names the asked word among several: the ground and third tasks, not {args.task!r}")
     if args.questions > args.shown:
@@ -435,8 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         oracle_tokens(vlm.model)
     oracle = WordOracle(vlm.model, vlm.processor.tokenizer, args.oracle_words, args.oracle_place) \
         if args.oracle_words else None
-    attend = (BoxAttention(vlm.model, vlm.processor.tokenizer, layer=args.attend_layer, head=args.attend_heads),
-              args.attend_weight) \
+    attend = (BoxAttention(vlm.model, vlm.processor.tokenizer, layer=args.attend_layer, head=args.attend_heads,
+                           place_weight=args.place_weight), args.attend_weight) \
         if args.attend_weight else None
     result = train(vlm, args.task, steps=args.steps, every=args.every, seed=args.seed, oracle=oracle, attend=attend,
                    questions=args.questions, shown=args.shown,

@@ -137,3 +137,56 @@ def test_several_heads_are_labelled_alike(vlm):
     assert alone[0] != alone[1] and torch.allclose(loss, (alone[0] + alone[1]) / 2)
     with pytest.raises(ValueError, match=r"head \(\)"):
         BoxAttention(model, vlm.processor.tokenizer, layer=3, head=())
+
+
+def test_the_targets_carry_each_answered_box_as_fractions_of_the_picture(vlm):
+    examples = [looking.example("ground", random.Random(10)), looking.example("locate", random.Random(11))]
+    targets = box_targets(_batch(vlm, examples), vlm.processor.tokenizer, vlm.model.cfg)
+    width, height = looking.SIZE
+    # the answer's box is the word's, rounded to the 0-1000 grid the answer is written in
+    expected = {tuple(round(v / s, 3) for v, s in zip(box, (width, height, width, height)))
+                for ex in examples for box in ex.boxes}
+    got = {tuple(round(v, 3) for v in box.tolist()) for box in targets.boxes}
+    assert len(got) == len(expected) and all(
+        min(max(abs(a - b) for a, b in zip(g, e)) for e in expected) <= 0.002 for g in got)
+
+
+def test_the_place_readout_reads_the_heads_own_output(vlm):
+    """What `output` hands the readout is what the head hands to o_proj at each supervised query."""
+    model = vlm.model.eval()
+    labelled = BoxAttention(model, vlm.processor.tokenizer, layer=2, head=(1, 3), place_weight=1.0)
+    batch = _batch(vlm, [looking.example("ground", random.Random(12))])
+    attn, handed = model.language_model.layers[2].self_attn, {}
+    hook = attn.o_proj.register_forward_pre_hook(lambda m, args: handed.setdefault("x", args[0]))
+    with torch.no_grad():
+        model(**batch.model_inputs("cpu"))
+        targets = box_targets(batch, vlm.processor.tokenizer, model.cfg)
+        outputs = {h: labelled.output(targets, labelled.attention(targets, batch.segment_ids, h), h) for h in (1, 3)}
+    hook.remove()
+    hd = attn.head_dim
+    for h, out in outputs.items():
+        assert torch.allclose(out, handed["x"][targets.rows, targets.queries, h * hd:(h + 1) * hd], atol=1e-4)
+
+
+def test_the_place_label_trains_the_heads_values_and_nothing_else_of_the_layer(vlm):
+    """The place label reaches the labelled head's values (its key-value group's rows of v_proj)
+    and the readout; without it the box-attention loss leaves every value weight alone."""
+    batch = _batch(vlm, [looking.example("ground", random.Random(13))])
+    grads = {}
+    for weight in (0.0, 1.0):
+        model = VLM.from_pretrained().model.train()
+        labelled = BoxAttention(model, vlm.processor.tokenizer, layer=1, head=3, place_weight=weight)
+        model(**batch.model_inputs("cpu"))
+        labelled.loss(batch).backward()
+        grads[weight] = model.language_model.layers[1].self_attn.v_proj.weight.grad
+        assert len(labelled.parameters()) == (2 if weight else 0)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in labelled.parameters())
+    assert grads[0.0] is None or grads[0.0].abs().sum() == 0
+    hd = model.language_model.layers[1].self_attn.head_dim  # head 3 of 4 reads key-value group 1 of 2
+    assert grads[1.0][hd:].abs().sum() > 0 and grads[1.0][:hd].abs().sum() == 0
+    assert labelled.place_errors and labelled.place_errors[0] > 0
+
+
+def test_a_bad_place_weight_is_named(vlm):
+    with pytest.raises(ValueError, match="place_weight=-1"):
+        BoxAttention(vlm.model, vlm.processor.tokenizer, layer=0, place_weight=-1)

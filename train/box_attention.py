@@ -38,6 +38,7 @@ class Targets:
     rows: torch.Tensor  # (N,)
     queries: torch.Tensor  # (N,)
     keys: torch.Tensor  # (N, T) bool
+    boxes: torch.Tensor  # (N, 4) the answered box, x1 y1 x2 y2 as fractions of the picture
 
     def __len__(self) -> int:
         return int(self.rows.numel())
@@ -59,7 +60,7 @@ def box_targets(batch: Batch, tokenizer: Any, config: VLMConfig, *, merge: int =
         centre_of[is_image] = token_positions(grid, merge)
     learned = torch.zeros_like(ids, dtype=torch.bool)  # tokens the answer loss teaches (targets are shifted)
     learned[:, 1:] = batch.targets[:, :-1] == ids[:, 1:]
-    rows, queries, keys = [], [], []
+    rows, queries, keys, answered = [], [], [], []
     for b, t in zip(*((ids == begin) & learned).nonzero(as_tuple=True)):
         b, t = int(b), int(t)
         stop = t + 1
@@ -82,17 +83,26 @@ def box_targets(batch: Batch, tokenizer: Any, config: VLMConfig, *, merge: int =
         rows += [b] * (stop - t)
         queries += range(t, stop)
         keys += [inside] * (stop - t)
+        answered += [(x1, y1, x2, y2)] * (stop - t)
     if not rows:
-        return Targets(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, T, dtype=torch.bool))
-    return Targets(torch.tensor(rows), torch.tensor(queries), torch.stack(keys))
+        return Targets(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                       torch.zeros(0, T, dtype=torch.bool), torch.zeros(0, 4))
+    return Targets(torch.tensor(rows), torch.tensor(queries), torch.stack(keys), torch.tensor(answered))
 
 
 class BoxAttention:
     """Keeps the input of one layer's attention in each forward, to score where its labelled
     head(s) look while box answers are written (`loss`, `masses`); `model` is a
-    `vlm.model.Glm4vMoeModel`. `head` is one head or several, each labelled alike."""
+    `vlm.model.Glm4vMoeModel`. `head` is one head or several, each labelled alike.
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, layer: int, head: int | Sequence[int] = 0) -> None:
+    `place_weight` > 0 adds a second label, on what the head carries rather than where it looks:
+    a linear readout (`readout`, not part of the model: give its parameters to the optimiser)
+    regresses the answered box (x1, y1, x2, y2, fractions of the picture) from each labelled
+    head's output, and the loss adds `place_weight` times its mean squared error; `place_errors`
+    logs its mean absolute error in the answer's 0-1000 units."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, layer: int, head: int | Sequence[int] = 0,
+                 place_weight: float = 0.0) -> None:
         self.tokenizer, self.config = tokenizer, model.cfg
         layers = model.language_model.layers
         if not 0 <= layer < len(layers):
@@ -101,9 +111,20 @@ class BoxAttention:
         self.heads = (head,) if isinstance(head, int) else tuple(head)
         if not self.heads or not all(0 <= h < self.attn.num_attention_heads for h in self.heads):
             raise ValueError(f"head {head}: expected one or more of 0..{self.attn.num_attention_heads - 1}")
+        if not (place_weight >= 0 and math.isfinite(place_weight)):
+            raise ValueError(f"place_weight={place_weight}: expected a finite number >= 0")
+        self.place_weight = place_weight
+        self.readout = torch.nn.Linear(self.attn.head_dim, 4) if place_weight else None
+        if self.readout is not None:
+            self.readout.to(self.attn.q_proj.weight.device)
         self.seen = None
         self.masses: list[float] = []
+        self.place_errors: list[float] = []
         self.attn.register_forward_pre_hook(self._keep)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The readout's parameters (none without `place_weight`): train them with the model."""
+        return list(self.readout.parameters()) if self.readout is not None else []
 
     def _keep(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
         x, cos, sin = args[:3]
@@ -136,17 +157,40 @@ class BoxAttention:
             segments == segments.gather(1, targets.queries.to(x.device)[:, None]))
         return scores.masked_fill(~visible, float("-inf")).log_softmax(-1)
 
+    def output(self, targets: Targets, log_attention: torch.Tensor, head: int) -> torch.Tensor:
+        """(N, head_dim) what `head` passes on at each supervised query: its attention over the
+        values of its key-value group (before the output projection)."""
+        x, a, hd = self.seen[0], self.attn, self.attn.head_dim
+        kv = head // (a.num_attention_heads // a.num_key_value_heads)
+        v_w = a.v_proj.weight[kv * hd:(kv + 1) * hd]
+        v_b = a.v_proj.bias[kv * hd:(kv + 1) * hd] if a.v_proj.bias is not None else None
+        rows = targets.rows.to(x.device)
+        weights = log_attention.exp().to(x.dtype)
+        out = x.new_zeros(len(rows), hd)
+        for b in rows.unique().tolist():
+            at = rows == b
+            out[at] = weights[at] @ torch.nn.functional.linear(x[b], v_w, v_b)
+        return out
+
     def loss(self, batch: Batch) -> torch.Tensor:
         """Mean over the box answers' positions (and the labelled heads) of -log(attention mass
-        inside the box); 0 without any. Call it after the model's forward on `batch`. Each call's
-        mean mass inside the box (1: all of it) is appended to `masses`, for logs."""
+        inside the box), plus `place_weight` times the readout's squared error; 0 without any box.
+        Call it after the model's forward on `batch`. Each call's mean mass inside the box (1: all
+        of it) is appended to `masses`, for logs."""
         if self.seen is None:
             raise RuntimeError("no forward seen yet: run the model on the batch first")
         targets = box_targets(batch, self.tokenizer, self.config)
         if not len(targets):
-            return self.seen[0].new_zeros(())
+            return self.seen[0].new_zeros(()) + sum(p.sum() * 0.0 for p in self.parameters())
         keys = targets.keys.to(self.seen[0].device)
-        inside = torch.stack([self.attention(targets, batch.segment_ids, head).masked_fill(~keys, float("-inf"))
-                              .logsumexp(-1) for head in self.heads])  # (heads, N)
+        attention = [self.attention(targets, batch.segment_ids, head) for head in self.heads]
+        inside = torch.stack([a.masked_fill(~keys, float("-inf")).logsumexp(-1) for a in attention])  # (heads, N)
         self.masses.append(inside.detach().exp().mean().item())
-        return -inside.mean()
+        loss = -inside.mean()
+        if self.readout is None:
+            return loss
+        boxes = targets.boxes.to(self.seen[0].device)
+        predicted = torch.stack([self.readout(self.output(targets, a, head).float())
+                                 for a, head in zip(attention, self.heads)])  # (heads, N, 4)
+        self.place_errors.append(1000 * (predicted.detach() - boxes).abs().mean().item())
+        return loss + self.place_weight * (predicted - boxes).pow(2).mean()
