@@ -382,8 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m recipes.reading", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="encoder weights, .safetensors")
     p.add_argument("--size", choices=("small", "tiny"), default="small")
-    p.add_argument("--minutes", type=float, default=8.0)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-time budget (default 8 when --steps is not given; with both, whichever ends first)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps")
     p.add_argument("--init", choices=("default", "mimetic"), default="mimetic")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
@@ -425,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 0 or more")
     if not (0 < args.font_px[0] <= args.font_px[1] and 0 < args.scale[0] <= args.scale[1] <= 4):
         p.error(f"--font-px {args.font_px} / --scale {args.scale}: expected 0 < MIN <= MAX (scale at most 4)")
+    if args.steps is not None and args.steps < 1 or args.minutes is not None and not args.minutes > 0:
+        p.error(f"--steps {args.steps} / --minutes {args.minutes}: expected a positive budget")
+    if args.steps is None and args.minutes is None:
+        args.minutes = 8.0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = ReadingConfig(seed=args.seed, init=args.init, batch_size=args.batch_size, font_px=tuple(args.font_px),
                         scale=tuple(args.scale), large_steps=args.large_steps, glyph_share=args.glyph_share,

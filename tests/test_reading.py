@@ -306,3 +306,21 @@ def test_the_ideal_weight_pulls_the_tokens_toward_the_ideal_readers():
     _, off = train(_vision(), cfg, steps=120, every=1000, align=align)
     _, on = train(_vision(), dataclasses.replace(cfg, ideal_weight=4.0), steps=120, every=1000, align=align)
     assert on["ideal_cosine"] > off["ideal_cosine"] + 0.06, (on["ideal_cosine"], off["ideal_cosine"])  # 0.11 vs 0.01
+
+
+def test_the_cli_budget_is_the_steps_asked_for_without_a_hidden_time_limit(tmp_path, monkeypatch, capsys):
+    """`--steps N` alone trains N steps (a default 8-minute limit used to cut a 3,368-step run at
+    436); no budget at all is 8 minutes; both: whichever ends first; a bad one is named."""
+    from recipes import reading
+
+    asked = []
+    monkeypatch.setattr(reading, "train", lambda *a, steps, minutes, **k: asked.append((steps, minutes)) or (None, {}))
+    monkeypatch.setattr(reading, "save_encoder", lambda *a: None)
+    out = ["--out", str(tmp_path / "e.safetensors"), "--size", "tiny"]
+    for flags, budget in ((["--steps", "3368"], (3368, None)), ([], (None, 8.0)),
+                          (["--steps", "5", "--minutes", "2"], (5, 2.0)), (["--minutes", "30"], (None, 30.0))):
+        assert reading.main(out + flags) == 0 and asked[-1] == budget
+    for bad in (["--steps", "0"], ["--minutes", "-1"]):
+        with pytest.raises(SystemExit) as exit_:
+            reading.main(out + bad)
+        assert exit_.value.code == 2 and bad[1] in capsys.readouterr().err
