@@ -44,6 +44,7 @@ import argparse
 import random
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -86,13 +87,24 @@ def copy_accuracy(model: torch.nn.Module, ids: torch.Tensor, n: int) -> float:
     return (logits.argmax(-1) == targets).float().mean().item()
 
 
+@dataclass(frozen=True)
+class Copied:
+    """What a copying run did: its optimiser steps and the held-out copy accuracy after the last."""
+
+    steps: int
+    accuracy: float
+
+
 def train(vlm: VLM, *, steps: int, every: int = 50, batch: int = 32, lr: float = 1e-3, seed: int = 0,
           lengths: tuple[int, int] = (6, 24), min_lr_ratio: float = 1.0,
-          balance_rate: float = TrainConfig.bias_update_rate, log_line: Callable[[str], object] = print) -> float:
+          balance_rate: float = TrainConfig.bias_update_rate, stop: Callable[[], bool] | None = None,
+          log_line: Callable[[str], object] = print) -> Copied:
     """`steps` AdamW steps on copying rows (20 warm-up steps, then constant `lr`, or a cosine down to
     `min_lr_ratio * lr`); the input embeddings stay as they are. After each step the MoE routers'
     biases move toward balance as the trainer moves them (`train.balance`, `balance_rate`; 0: off),
-    so the stage does not hand training a language model that routes every token alike."""
+    so the stage does not hand training a language model that routes every token alike. `stop`,
+    called after each step, ends the run there when it returns True (the schedule stays the one of
+    `steps`); the accuracy is measured every `every` steps and where the run ends."""
     tokenizer = vlm.processor.tokenizer
     vocabulary, separator = word_tokens(tokenizer), tokenizer.convert_tokens_to_ids(SEPARATOR)
     model = vlm.model.train()
@@ -104,7 +116,7 @@ def train(vlm: VLM, *, steps: int, every: int = 50, batch: int = 32, lr: float =
     rng, test_n = random.Random(f"copying/{seed}"), 16
     device = embeddings.device
     test = rows(random.Random(f"copying/{seed}/test"), vocabulary, separator, batch=64, n=test_n).to(device)
-    start, accuracy = time.monotonic(), 0.0
+    start, accuracy, step = time.monotonic(), 0.0, 0
     try:
         for step in range(1, steps + 1):
             for group in optimizer.param_groups:
@@ -118,14 +130,18 @@ def train(vlm: VLM, *, steps: int, every: int = 50, batch: int = 32, lr: float =
             loads = balance.current_loads(moe)  # the step's one forward
             if balance_rate:
                 balance.update_biases(moe, loads, rate=balance_rate)
-            if step % every == 0 or step == steps:
+            stopping = step < steps and stop is not None and stop()
+            if step % every == 0 or step == steps or stopping:
                 accuracy = copy_accuracy(model, test, test_n)
                 routing = balance.load_stats(moe, loads).get("moe/max_over_mean", 1.0)
                 log_line(f"step {step} ({time.monotonic() - start:.0f} s): loss {loss.item():.3f}, "
-                         f"held-out copy accuracy {accuracy:.3f}, expert load max/mean {routing:.2f}")
+                         f"held-out copy accuracy {accuracy:.3f}, expert load max/mean {routing:.2f}"
+                         + (f"; stopped before step {steps}" if stopping else ""))
+            if stopping:
+                break
     finally:
         embeddings.requires_grad_(True)
-    return accuracy
+    return Copied(steps=step, accuracy=accuracy)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--balance-rate {args.balance_rate}: expected 0 or more")
     torch.manual_seed(args.seed)
     vlm = VLM.from_pretrained(args.model)
-    accuracy = train(vlm, steps=args.steps, every=args.every, batch=args.batch, seed=args.seed,
-                     min_lr_ratio=args.min_lr_ratio, balance_rate=args.balance_rate)
+    copied = train(vlm, steps=args.steps, every=args.every, batch=args.batch, seed=args.seed,
+                   min_lr_ratio=args.min_lr_ratio, balance_rate=args.balance_rate)
     if args.save:
         vlm.save_pretrained(args.save)
-    print(f"copy accuracy: {accuracy:.4f}")
+    print(f"copy accuracy: {copied.accuracy:.4f}")
     return 0
 
 

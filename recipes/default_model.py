@@ -37,7 +37,14 @@ A GPU machine without Chromium (README.md, "Training the default model on a GPU 
 
     python -m recipes.default_model --device cuda --samples 0 --ui-samples 4000 --kinds grounding,read \
         --keep-tokenizer --reading-minutes 2 --minutes 5 --eval browserless --eval-n 50 --workers 16 \
-        --max-shard-mb 16 --out runs/gpu/model --work runs/gpu/work --pack "$OUT" --no-progress
+        --max-shard-mb 16 --out runs/gpu/model --work runs/gpu/work --pack "$OUT" --deadline 9 --no-progress
+
+`--deadline 9` (`recipes.deadline`) is for a machine that kills the command after 10 minutes: no
+step of the reading, copying or training stage starts later than minute 9 less
+`--deadline-reserve-s` (120 s), whatever their budgets, so the eval, the reliance check, shipping
+and packing still run; `work/eval.json` and the card say what each stage planned and did. It
+bounds those three stages only: data generation and the step calibration before them and the eval
+after take what they take, and the reserve is an estimate of the latter.
 
 and later, where Chromium is, the rest of the eval on what came back:
 
@@ -63,6 +70,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -71,11 +79,12 @@ from typing import Any
 
 import torch
 
+from recipes.deadline import RESERVE_S, Deadline
 from recipes.model_card import model_card, target_rows
 from recipes.pack import pack, unpack
 from recipes.recipe import Recipe
-from recipes.stages import (EVAL_MODES, EvalMode, evals_not_run, evaluate_model, learn_to_read, machine, make_data,
-                            make_processor, measure_reliance, plan_steps, ship, stage_result, train_model,
+from recipes.stages import (EVAL_MODES, EvalMode, budgets, evals_not_run, evaluate_model, learn_to_read, machine,
+                            make_data, make_processor, measure_reliance, plan_steps, ship, stage_result, train_model,
                             training_stats, write_config, write_json)
 from vlm.config import VLMConfig
 
@@ -84,8 +93,9 @@ log = logging.getLogger(__name__)
 
 def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bool = True,
         eval_mode: EvalMode = "full", max_shard_bytes: int | None = None, pack_to: Path | None = None,
-        progress: bool = True, command: str = "") -> dict[str, Any]:
-    """All stages; returns the eval results (empty when `evaluate` is False)."""
+        progress: bool = True, command: str = "", deadline: Deadline | None = None) -> dict[str, Any]:
+    """All stages; returns the eval results (empty when `evaluate` is False). Under a `deadline`
+    the reading, copying and training stages stop early to leave its reserve to the rest."""
     claim(work, recipe)
     started = time.perf_counter()
     corpus = make_data(recipe, work, workers=workers, progress=progress)
@@ -94,12 +104,14 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
     config = write_config(recipe, init)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # drawing pictures costs more than a CPU step: on CPU one worker draws while the trainer steps
-    read = learn_to_read(recipe, work, config, device=device, workers=workers if device == "cuda" else min(workers, 1))
+    read = learn_to_read(recipe, work, config, device=device, workers=workers if device == "cuda" else min(workers, 1),
+                         deadline=deadline)
     copied = stage_result(work, "copying")
     log.info("reading stage: %s; copying stage: %s", read, copied)
     plan = plan_steps(recipe, work, progress=progress)
     log.info("training plan: %s", plan)
-    run_dir = train_model(recipe, work, steps=plan["steps"], progress=progress)
+    run_dir = train_model(recipe, work, steps=plan["steps"], progress=progress,
+                          stop=None if deadline is None else deadline.stopper())
     precision = "bf16 autocast, float32 weights" if device == "cuda" else "float32"
     train_stats = {**training_stats(run_dir / "metrics.jsonl"), "machine": f"{machine()}, {precision}"}
     results = evaluate_model(recipe, run_dir, work, workers=workers, mode=eval_mode) if evaluate else {}
@@ -109,7 +121,7 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
         kind = json.loads(line)["meta"].get("kind", "?")
         kinds[kind] = kinds.get(kind, 0) + 1
     record = {"recipe": dataclasses.asdict(recipe), "command": command, "plan": plan, "reading": read,
-              "copying": copied, "train_stats": train_stats,
+              "copying": copied, "budgets": budgets(work, plan), "train_stats": train_stats,
               "data_stats": {"samples": sum(kinds.values()), "kinds": kinds},
               "results": results, "reliance": reliance, "not_run": evals_not_run(recipe, results)}
     write_json(work / "eval.json", record)
@@ -155,6 +167,7 @@ def card(record: dict[str, Any], config: VLMConfig) -> str:
     return model_card(Recipe.of_record(record["recipe"]), command=record["command"], config=config, plan=record["plan"],
                       results=record["results"], reliance=record["reliance"], train_stats=record["train_stats"],
                       reading=record["reading"], copying=record.get("copying", {}),  # older packs lack it
+                      budgets=record.get("budgets", {}),  # and this
                       data_stats=record["data_stats"], not_run=record["not_run"])
 
 
@@ -168,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--hours", type=float, default=d.hours, help="training budget (ignored with --steps)")
     budget.add_argument("--minutes", type=float, default=None, help="training budget in minutes, instead of --hours")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (reproducible on any machine)")
+    p.add_argument("--deadline", type=float, default=None, metavar="MINUTES",
+                   help="wall-clock limit from the process start: the reading, copying and training stages each "
+                        "stop early, at a step boundary, when one more step would leave less than "
+                        "--deadline-reserve-s before it, the time kept for the eval, reliance check, ship and "
+                        "pack; what each planned and did is recorded (eval.json, the card). Data generation, "
+                        "the step calibration and the eval are not bounded. Unset: no limit")
+    p.add_argument("--deadline-reserve-s", type=float, default=RESERVE_S, metavar="SECONDS",
+                   help="with --deadline: seconds kept free before it for what follows training")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--size", choices=("small", "tiny"), default=d.size)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -234,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--max-shard-mb {args.max_shard_mb}: expected a positive size")
     if args.minutes is not None and args.minutes <= 0:
         raise SystemExit(f"--minutes {args.minutes}: expected a positive training budget")
+    if args.deadline is not None and not 0 < args.deadline < math.inf:
+        raise SystemExit(f"--deadline {args.deadline:g}: expected a positive number of minutes")
+    if args.deadline is not None and not 0 <= args.deadline_reserve_s < 60 * args.deadline:
+        raise SystemExit(f"--deadline-reserve-s {args.deadline_reserve_s:g}: expected 0 or more seconds, fewer than "
+                         f"the {60 * args.deadline:g} of --deadline {args.deadline:g}")
     if args.eval_only is not None:
         results = evaluate_only(Path(args.eval_only), out=Path(args.out), work=Path(args.work), workers=args.workers,
                                 eval_mode=args.eval_mode)
@@ -250,10 +276,12 @@ def main(argv: list[str] | None = None) -> int:
                     batch_size=args.batch_size, lr=args.lr, eval_n=args.eval_n)
     command = "python -m recipes.default_model " + " ".join(argv if argv is not None else sys.argv[1:])
     max_shard_bytes = None if args.max_shard_mb is None else int(args.max_shard_mb * 2**20)
+    deadline = (None if args.deadline is None
+                else Deadline.from_process_start(args.deadline, reserve_s=args.deadline_reserve_s))
     results = run(recipe, out=Path(args.out), work=Path(args.work), workers=args.workers, evaluate=not args.no_eval,
                   eval_mode=args.eval_mode, max_shard_bytes=max_shard_bytes,
                   pack_to=None if args.pack is None else Path(args.pack), progress=not args.no_progress,
-                  command=command)
+                  command=command, deadline=deadline)
     report(results, f"checkpoint written to {args.out}" + (f", packed into {args.pack}" if args.pack else ""))
     return 0
 

@@ -41,8 +41,9 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, float | None, float,
 def model_card(recipe: Recipe, *, command: str, config: VLMConfig, plan: dict[str, Any], data_stats: dict[str, Any],
                train_stats: dict[str, Any], results: dict[str, Any], reliance: dict[str, Any] | None = None,
                reading: dict[str, Any] | None = None, copying: dict[str, Any] | None = None,
-               not_run: list[str] | None = None) -> str:
-    """`not_run`: the evals left out (a browserless eval's Chromium and video tasks), named on the card."""
+               budgets: dict[str, Any] | None = None, not_run: list[str] | None = None) -> str:
+    """`not_run`: the evals left out (a browserless eval's Chromium and video tasks), named on the card;
+    `budgets`: the step-bounded stages' planned and done steps (`recipes.stages.budgets`)."""
     params = sum(p.numel() for p in VLM.from_config(config).model.parameters())
     rows = "\n".join(f"| {name} | {'not run' if m is None else f'{m:.1%}'} | {t:.0%} | "
                      f"{'n/a' if ok is None else ('yes' if ok else f'no (short by {t - m:.1%})')} |"
@@ -85,7 +86,7 @@ and act on synthetic web pages and shape videos; it knows nothing else.
 
 Trainer `pretrain` preset (Muon on hidden matrices, AdamW elsewhere), lr {recipe.lr}, warmup {recipe.warmup_steps},
 cosine to 10%, batch {recipe.batch_size} x {recipe.grad_accum}, {plan['steps']} steps ({plan['source']}), max length {recipe.max_length}.
-Training took {train_stats.get('hours', float('nan')):.2f} h{where}; final loss {train_stats.get('final_loss', float('nan')):.3f}.
+Training took {train_stats.get('hours', float('nan')):.2f} h{where}; final loss {train_stats.get('final_loss', float('nan')):.3f}.{_deadline_sentence(budgets or {})}
 
 Command:
 
@@ -165,6 +166,18 @@ def _copying_sentence(recipe: Recipe, copying: dict[str, Any]) -> str:
         f"Before it, the language model learns to copy on text alone (`recipes.copying`, {recipe.copying_steps} steps: "
         "random UI words, then the same words again, so only their content finds the next one; the input "
         f"embeddings the encoder aligned to stay frozen; {measured}).", width=95)
+
+
+def _deadline_sentence(budgets: dict[str, Any]) -> str:
+    """The stages the run's deadline (`--deadline`) cut short, with what they planned and did."""
+    cut = [f"{stage} after {b['done_steps']} of {b['planned_steps']} planned steps" if "planned_steps" in b
+           else f"{stage} after {b['done_steps']} steps of a planned {b['planned_minutes']:g} min"
+           for stage, b in budgets.items() if b["cut_by_deadline"]]
+    if not cut:
+        return ""
+    return "\n\n" + textwrap.fill(f"The run's wall-clock deadline (`--deadline`) cut short {'; '.join(cut)}, to leave "
+                                  "time for the eval and shipping: the numbers here are those of the shorter stages.",
+                                  width=95)
 
 
 def _reliance_section(reliance: dict[str, Any]) -> str:

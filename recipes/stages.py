@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from transformers import AutoTokenizer
 
 from recipes import alignment, copying, first_use, mimetic, reading, reliance
 from recipes import tokenizer as bpe
+from recipes.deadline import Deadline, reading_budget, stage_budget
 from recipes.recipe import (EVAL_SEED, EVAL_TASKS, EVERY_LANGUAGE, UI_GROUNDING, VIDEO_MAX_PIXELS, Recipe,
                             model_config)
 from synth import eval as heldout
@@ -128,44 +130,62 @@ def write_config(recipe: Recipe, init: Path) -> VLMConfig:
     return config
 
 
-def learn_to_read(recipe: Recipe, work: Path, config: VLMConfig, *, device: str, workers: int) -> dict[str, Any]:
+def learn_to_read(recipe: Recipe, work: Path, config: VLMConfig, *, device: str, workers: int,
+                  deadline: Deadline | None = None) -> dict[str, Any]:
     """Stages 3b and 3c, the start (`work/start/`) training begins from: the vision encoder alone
     learns to read (`recipes.reading`), the language model around it starts random (its attention
     mimetic with `lm_init`) and then learns to copy on text alone (`recipes.copying`,
     `copying_steps`). Without any of them training starts from `work/init/`'s config alone.
+    Under a `deadline` both stop early when time runs short (`recipes.deadline`).
     Returns the reading stage's result (`stage_result(work, "copying")` is the other's)."""
-    result_file, start = work / "reading" / "result.json", work / "start"
+    start = work / "start"
     if (not recipe.reads and recipe.lm_init == "default" and not recipe.copying_steps) \
             or (start / "config.json").is_file():
         return stage_result(work, "reading")
     weights = work / "reading" / "encoder.safetensors"
-    settings = reading.ReadingConfig(seed=recipe.seed, init=recipe.reading_init, glyph_share=recipe.reading_glyph_share)
     vlm = VLM.from_config(config, seed=recipe.seed)  # the start's language model: its tokens are aligned to
     vlm.processor = Processor.from_pretrained(work / "init")
     if recipe.reads and not weights.is_file():
-        budget = {"steps": recipe.reading_steps} if recipe.reading_steps else {"minutes": recipe.reading_minutes}
-        encoder, result = reading.train(config.vision, settings, **budget, device=device,
-                                        workers=workers, align=alignment.Alignment.of(vlm))
-        reading.save_encoder(encoder, weights, {**dataclasses.asdict(settings), **result})
-        write_json(result_file, {**result, "settings": dataclasses.asdict(settings)})
+        train_reader(recipe, work, vlm, device=device, workers=workers, deadline=deadline)
     if recipe.reads:
         reading.load_encoder(vlm.model.visual, weights)
     if recipe.lm_init == "mimetic":  # attention only: the embeddings the encoder aligned to stay
         mimetic.language(vlm.model.language_model, seed=recipe.seed)
     if recipe.copying_steps:  # text alone, embeddings frozen: the encoder stays aligned to them
-        started = time.perf_counter()
-        vlm.model.to(device)
-        accuracy = copying.train(vlm, steps=recipe.copying_steps, seed=recipe.seed,
-                                 every=max(1, recipe.copying_steps // 10), log_line=log.info)
-        vlm.model.to("cpu")
-        write_json(work / "copying" / "result.json", {"steps": recipe.copying_steps, "copy_accuracy": accuracy,
-                                                      "seconds": round(time.perf_counter() - started, 1)})
+        train_copying(recipe, work, vlm, device=device, deadline=deadline)
     staging = work / ".start.partial"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(work / "init", staging)
     vlm.save_pretrained(staging)
     os.replace(staging, start)
     return stage_result(work, "reading")
+
+
+def train_reader(recipe: Recipe, work: Path, vlm: VLM, *, device: str, workers: int, deadline: Deadline | None) -> None:
+    """Stage 3b: `work/reading/encoder.safetensors` and its `result.json`, aligned to `vlm`'s embeddings."""
+    settings = reading.ReadingConfig(seed=recipe.seed, init=recipe.reading_init, glyph_share=recipe.reading_glyph_share)
+    budget = reading_budget(steps=recipe.reading_steps, minutes=recipe.reading_minutes, deadline=deadline)
+    encoder, result = reading.train(vlm.config.vision, settings, **budget, device=device, workers=workers,
+                                    align=alignment.Alignment.of(vlm))
+    # the deadline cut it if it ended before its steps, or on a clock it shortened
+    cut = result["steps"] < recipe.reading_steps if recipe.reading_steps else budget["minutes"] < recipe.reading_minutes
+    record = stage_budget(planned_steps=recipe.reading_steps, done_steps=result["steps"], cut=cut,
+                          planned_minutes=None if recipe.reading_steps else recipe.reading_minutes)
+    reading.save_encoder(encoder, work / "reading" / "encoder.safetensors", {**dataclasses.asdict(settings), **result})
+    write_json(work / "reading" / "result.json", {**result, "settings": dataclasses.asdict(settings), "budget": record})
+
+
+def train_copying(recipe: Recipe, work: Path, vlm: VLM, *, device: str, deadline: Deadline | None) -> None:
+    """Stage 3c on `vlm`, in place: its `work/copying/result.json`."""
+    started = time.perf_counter()
+    vlm.model.to(device)
+    copied = copying.train(vlm, steps=recipe.copying_steps, seed=recipe.seed, every=max(1, recipe.copying_steps // 10),
+                           stop=None if deadline is None else deadline.stopper(), log_line=log.info)
+    vlm.model.to("cpu")
+    write_json(work / "copying" / "result.json", {
+        "steps": copied.steps, "copy_accuracy": copied.accuracy, "seconds": round(time.perf_counter() - started, 1),
+        "budget": stage_budget(planned_steps=recipe.copying_steps, done_steps=copied.steps,
+                               cut=copied.steps < recipe.copying_steps)})
 
 
 def stage_result(work: Path, stage: str) -> dict[str, Any]:
@@ -219,14 +239,32 @@ def calibrate(recipe: Recipe, work: Path, *, progress: bool, steps: int = 8) -> 
             "seconds_per_step": step_tokens * seconds / tokens, "calibration_steps": steps}
 
 
-def train_model(recipe: Recipe, work: Path, *, steps: int, progress: bool) -> Path:
+def train_model(recipe: Recipe, work: Path, *, steps: int, progress: bool,
+                stop: Callable[[], bool] | None = None) -> Path:
+    """Stage 4 in `work/run/`, resumed from its last checkpoint when there is one; `stop` (checked
+    after each step) may end it early, and then it is finished as if it had run its `steps`."""
     run = work / "run"
     if (run / "model.safetensors").is_file() and (run / "train_config.json").is_file():
         return run  # finished
     resume = checkpoint.latest(run) is not None
-    result = Trainer(train_config(recipe, work, steps=steps, progress=progress, resume=resume)).train()
-    log.info("trained %d steps; %s", steps, result.bad_records.summary())
+    result = Trainer(train_config(recipe, work, steps=steps, progress=progress, resume=resume)).train(stop=stop)
+    log.info("trained %d of %d steps; %s", trained_steps(run), steps, result.bad_records.summary())
     return run
+
+
+def trained_steps(run: Path) -> int:
+    """The steps a finished training run did: its last checkpoint's (one is saved where it ends)."""
+    return checkpoint.TrainerState.load(checkpoint.latest(run) / "trainer_state.json").step
+
+
+def budgets(work: Path, plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each step-bounded stage's plan, done steps and whether the deadline cut it
+    (`recipes.deadline.stage_budget`), training's from its plan and its last checkpoint; a stage
+    that did not run, or ran before budgets were recorded, is left out."""
+    out = {stage: result["budget"] for stage in ("reading", "copying")
+           if "budget" in (result := stage_result(work, stage))}
+    done = trained_steps(work / "run")
+    return {**out, "training": stage_budget(planned_steps=plan["steps"], done_steps=done, cut=done < plan["steps"])}
 
 
 def step_records(metrics_file: Path) -> list[dict[str, Any]]:

@@ -22,13 +22,14 @@ def test_training_moves_the_model_but_not_the_embeddings_the_reader_is_aligned_t
     vlm = VLM.from_pretrained()
     before = {k: v.clone() for k, v in vlm.model.state_dict().items()}
     lines = []
-    accuracy = copying.train(vlm, steps=2, every=1, batch=4, log_line=lines.append)
+    copied = copying.train(vlm, steps=2, every=1, batch=4, log_line=lines.append)
     after = vlm.model.state_dict()
     embeddings = "language_model.embed_tokens.weight"
     assert torch.equal(after[embeddings], before[embeddings])
     assert vlm.model.language_model.embed_tokens.weight.requires_grad  # frozen for the stage only
     assert not torch.equal(after["lm_head.weight"], before["lm_head.weight"])
-    assert len(lines) == 2 and 0.0 <= accuracy <= 1.0 and "held-out copy accuracy" in lines[-1]
+    assert copied.steps == 2 and len(lines) == 2 and 0.0 <= copied.accuracy <= 1.0
+    assert "held-out copy accuracy" in lines[-1]
     biases = [k for k in before if k.endswith("e_score_correction_bias") and "mtp" not in k]  # MTP: no forward
     moved = [(after[k] - before[k]).abs().max().item() for k in biases]
     assert biases and all(0 < m <= 2e-3 + 1e-6 for m in moved), moved  # two steps of 1e-3 toward balance
@@ -41,6 +42,16 @@ def test_without_a_balance_rate_the_routers_biases_stay():
     copying.train(vlm, steps=1, every=1, batch=2, lengths=(3, 3), balance_rate=0.0, log_line=lines.append)
     assert all(torch.equal(vlm.model.state_dict()[k], v) for k, v in before.items())
     assert "expert load max/mean" in lines[0]
+
+
+def test_a_stop_ends_the_run_after_that_step_and_measures_it_there():
+    vlm = VLM.from_pretrained()
+    calls, lines = [], []
+    copied = copying.train(vlm, steps=10, every=4, batch=2, lengths=(3, 3), log_line=lines.append,
+                           stop=lambda: calls.append(1) or len(calls) == 2)
+    assert copied.steps == 2 and len(calls) == 2  # asked after steps 1 and 2, stopped after 2
+    assert len(lines) == 1 and lines[0].startswith("step 2 ") and "stopped before step 10" in lines[0]
+    assert copied.accuracy == pytest.approx(float(lines[0].split("copy accuracy ")[1].split(",")[0]), abs=5e-4)
 
 
 def test_the_cli_names_bad_arguments(capsys):

@@ -264,7 +264,12 @@ def test_the_gpu_command_runs_without_a_browser_and_packs_a_loadable_checkpoint(
     assert record["not_run"] == ["grounding", "action", "video", "episodes", "qa"]
     assert "ui_read" in record["reliance"]  # does it look at the screen it reads?
     assert record["copying"]["steps"] == 3 and 0.0 <= record["copying"]["copy_accuracy"] <= 1.0
+    assert record["budgets"] == {  # no --deadline: every stage ran what it planned
+        "reading": {"planned_minutes": 0.03, "done_steps": record["reading"]["steps"], "cut_by_deadline": False},
+        "copying": {"planned_steps": 3, "done_steps": 3, "cut_by_deadline": False},
+        "training": {"planned_steps": plan["steps"], "done_steps": plan["steps"], "cut_by_deadline": False}}
     card = " ".join((out / "README.md").read_text().split())
+    assert "deadline" not in card
     assert "Not run: grounding, action, video, episodes, qa" in card
     assert "learns to copy on text alone (`recipes.copying`, 3 steps" in card
 

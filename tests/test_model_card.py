@@ -105,3 +105,18 @@ def test_the_card_counts_the_first_use_and_says_when_it_was_not_run():
     assert "0/15 buttons boxed, red square hit" in card({**RESULTS, "first_use": _first_use(0, square=True)})
     assert "- first use (`python -m recipes.first_use`): not run (it needs Chromium)" in card(RESULTS)
     assert "first use" not in card({})  # nothing evaluated: the table says so already
+
+
+def test_the_card_names_the_stages_the_deadline_cut_with_what_they_planned():
+    budgets = {"reading": {"planned_minutes": 2.0, "done_steps": 812, "cut_by_deadline": True},
+               "copying": {"planned_steps": 3000, "done_steps": 3000, "cut_by_deadline": False},
+               "training": {"planned_steps": 1500, "done_steps": 412, "cut_by_deadline": True}}
+
+    def card(budgets):
+        return " ".join(model_card(Recipe(), command="c", config=model_config("tiny"),
+                                   plan={"steps": 1500, "source": "--minutes 5"}, data_stats={}, train_stats={},
+                                   results={}, budgets=budgets).split())
+
+    assert ("deadline (`--deadline`) cut short reading after 812 steps of a planned 2 min; training after 412 of "
+            "1500 planned steps, to leave time for the eval and shipping") in card(budgets)
+    assert "deadline" not in card({stage: {**b, "cut_by_deadline": False} for stage, b in budgets.items()})

@@ -134,6 +134,28 @@ def test_a_fresh_run_refuses_an_output_that_holds_checkpoints(tmp_path):
         Trainer(cfg).train()
 
 
+def test_a_stop_ends_the_run_with_the_checkpoint_and_final_save_of_a_finished_one(tmp_path):
+    from safetensors.torch import load_file
+
+    from train import checkpoint
+    from vlm import VLM
+
+    data = write_dataset(tmp_path, 4)
+    cfg = _config(tmp_path, data, max_steps=6, batch_size=4, grad_accum=1, save_every=4)
+    asked = []
+    result = Trainer(cfg).train(stop=lambda: asked.append(1) or len(asked) == 2)
+    assert sorted(result.losses) == [1, 2] and len(asked) == 2  # asked after each step, ended after the second
+    out = Path(cfg.output)
+    latest = checkpoint.latest(out)
+    assert latest.name == "step-000002" and checkpoint.TrainerState.load(latest / "trainer_state.json").step == 2
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    assert TrainConfig.load(out / "train_config.json").max_steps == 6  # the schedule is still the planned one
+    final = VLM.from_pretrained(out).model.state_dict()  # the final save, as at max_steps
+    assert all(torch.equal(final[name], tensor) for name, tensor in load_file(latest / "trainable.safetensors").items())
+    resumed = Trainer(dataclasses.replace(cfg, resume=True)).train()
+    assert sorted(resumed.losses) == [3, 4, 5, 6]
+
+
 def test_sequence_balance_loss_reaches_the_router_under_gradient_checkpointing(tmp_path):
     data = write_dataset(tmp_path, 4)
 

@@ -161,9 +161,13 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------
 
-    def train(self, *, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    def train(self, *, on_step: Callable[[int, float], None] | None = None,
+              stop: Callable[[], bool] | None = None) -> TrainResult:
         """Run to `max_steps` (resuming first when `cfg.resume`). `on_step(step, loss)` is
-        called after each optimiser step on every process."""
+        called after each optimiser step on every process. `stop()` is asked after each step
+        too (on every process): when it says True on any, the run ends there as it would at
+        `max_steps` (a checkpoint, the final save), its schedule still the one of `max_steps`,
+        so a resume continues it."""
         cfg, acc = self.cfg, self.accelerator
         if cfg.resume:
             self._resume()
@@ -201,19 +205,31 @@ class Trainer:
                 metrics.write(record)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / elapsed:.0f}")
             bar.update(1)
-            if self.eval_data is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
+            last = step == cfg.max_steps or self._stopping(stop)
+            if self.eval_data is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
                 eval_losses[step] = self.evaluate()
                 metrics.write({"step": step, "eval_loss": eval_losses[step]})
-            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
+            if (cfg.save_every and step % cfg.save_every == 0) or last:
                 self.save_checkpoint()
             if on_step is not None:
                 on_step(step, loss)
+            if last:
+                break
         bar.close()
         metrics.close()
         self.save_final()
         if len(self.bad):
             self._main_log(self.bad.summary(), level=logging.WARNING)
         return TrainResult(losses, eval_losses, self.bad, self.output)
+
+    def _stopping(self, stop: Callable[[], bool] | None) -> bool:
+        """Does `stop` end the run here? Asked on every process, decided for all at once (each
+        reads its own clock; a process that stopped alone would leave the others waiting)."""
+        if stop is None:
+            return False
+        if stop():
+            self.accelerator.set_trigger()
+        return self.accelerator.check_trigger()
 
     def _next_batches(self) -> list[list[Sample]]:
         """This process's micro-batches (lists of samples) for the next optimiser step."""
