@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from transformers.models.glm4v.image_processing_glm4v import smart_resize as reference_smart_resize
 from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
 
-from vlm.images import ImageConfig, load_image, preprocess_image, smart_resize
+from vlm.images import ImageConfig, load_image, preprocess_image, resize_to_budget, smart_resize
 
 BUDGET = ImageConfig()
 
@@ -60,6 +60,13 @@ def test_every_input_kind_gives_the_same_patches(tmp_path):
     expected = preprocess_image(image).pixel_values
     for value in inputs:
         assert torch.equal(preprocess_image(value).pixel_values, expected), type(value)
+
+
+def test_resize_to_budget_gives_the_picture_the_patches_are_cut_from():
+    image, config = random_image(1280, 720, seed=2), ImageConfig(max_pixels=640_000)
+    picture = resize_to_budget(image, config)
+    assert (picture.height, picture.width) == smart_resize(720, 1280, max_pixels=640_000) == (420, 728)
+    assert torch.equal(preprocess_image(picture, config).pixel_values, preprocess_image(image, config).pixel_values)
 
 
 def test_exif_orientation_is_applied(tmp_path):

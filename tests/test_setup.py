@@ -8,7 +8,8 @@ import pytest
 
 
 @pytest.mark.parametrize("name", ["vlm", "agent", "synth", "train", "recipes", "demo", "timm", "torchvision", "decord",
-                                  "playwright", "gradio", "peft", "accelerate", "transformers"])
+                                  "playwright", "gradio", "peft", "accelerate", "transformers",
+                                  "rapidocr", "onnxruntime"])
 def test_imports(name):
     importlib.import_module(name)
 

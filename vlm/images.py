@@ -295,20 +295,26 @@ def patchify(
     return VisionPatches(pixel_values=patches.view(t * h * w, C * tp * p * p), grid_thw=(t, h, w))
 
 
-def preprocess_image(image: ImageInput, config: ImageConfig = ImageConfig()) -> VisionPatches:
-    """One image of any supported kind -> its patches, as the released model was trained."""
-    pil = load_image(image, max_image_pixels=config.max_image_pixels)
+def resize_to_budget(image: PIL.Image.Image, config: ImageConfig = ImageConfig()) -> PIL.Image.Image:
+    """The picture the patches are cut from: `image` (RGB, as `load_image` gives it) resized,
+    bicubic, to `smart_resize`'s size for `config`'s budget. What the model sees, for studies."""
     height, width = smart_resize(
-        pil.height,
-        pil.width,
+        image.height,
+        image.width,
         num_frames=config.temporal_patch_size,
         factor=config.factor,
         temporal_factor=config.temporal_patch_size,
         min_pixels=config.min_pixels,
         max_pixels=config.max_pixels,
     )
-    if (height, width) != (pil.height, pil.width):
-        pil = pil.resize((width, height), resample=PIL.Image.Resampling.BICUBIC)
+    if (height, width) != (image.height, image.width):
+        image = image.resize((width, height), resample=PIL.Image.Resampling.BICUBIC)
+    return image
+
+
+def preprocess_image(image: ImageInput, config: ImageConfig = ImageConfig()) -> VisionPatches:
+    """One image of any supported kind -> its patches, as the released model was trained."""
+    pil = resize_to_budget(load_image(image, max_image_pixels=config.max_image_pixels), config)
     frame = torch.from_numpy(np.array(pil)).permute(2, 0, 1)  # (3, H, W) uint8
     return patchify(
         frame.unsqueeze(0),
