@@ -92,9 +92,6 @@ class TrainConfig:
     # is told to look at the image tokens inside the answered box; 0 turns it off.
     box_attention_weight: float = 0.0
     box_attention_layer: int = -2  # counted from the end when negative
-    # ... and its place label: a readout (outside the model, not saved with it) regresses the
-    # answered box from that head's output; weight relative to the box attention's, 0: off
-    box_place_weight: float = 0.0
 
     # MoE balance (GLM-4.5 / DeepSeek-V3 loss-free balancing).
     bias_update_rate: float = 1e-3  # bias += rate * sign(mean_load - load) after each step
@@ -135,11 +132,6 @@ class TrainConfig:
                              f"{self.mode!r}, from_scratch={self.from_scratch}, mtp_loss_weight={self.mtp_loss_weight}")
         if not (self.box_attention_weight >= 0 and math.isfinite(self.box_attention_weight)):
             raise ValueError(f"box_attention_weight={self.box_attention_weight}: expected a finite number >= 0")
-        if not (self.box_place_weight >= 0 and math.isfinite(self.box_place_weight)):
-            raise ValueError(f"box_place_weight={self.box_place_weight}: expected a finite number >= 0")
-        if self.box_place_weight and not self.box_attention_weight:
-            raise ValueError(f"box_place_weight={self.box_place_weight} reads the box from the box-attention "
-                             "label's head: set box_attention_weight > 0 too")
         if self.box_attention_weight and (self.mode == "lora" or self.gradient_checkpointing):
             raise ValueError("box_attention_weight scores the head from the layer's kept input with the base "
                              "weights: not with mode 'lora' (adapted weights) or gradient_checkpointing (the input "

@@ -131,12 +131,8 @@ class Trainer:
             model = prepare_mtp_only(self.vlm)
         self.mtp_weight = cfg.mtp_loss_weight if has_mtp(model) else 0.0
         layers = len(model.language_model.layers)
-        self.box_attention = (BoxAttention(model, self.processor.tokenizer, layer=cfg.box_attention_layer % layers,
-                                           place_weight=cfg.box_place_weight)
+        self.box_attention = (BoxAttention(model, self.processor.tokenizer, layer=cfg.box_attention_layer % layers)
                               if cfg.box_attention_weight else None)
-        if cfg.box_place_weight and self.accelerator.num_processes > 1:
-            raise ValueError(f"box_place_weight={cfg.box_place_weight}: its readout lives outside the model, where "
-                             "data parallelism would not average its gradients; train it on one process")
         set_gradient_checkpointing(model, cfg.gradient_checkpointing)
         set_record_routing(model, cfg.seq_aux_loss_coef > 0)
         self.moe_layers = balance_layers(balance.find_moe_layers(model), mtp_only=cfg.mtp_only)
@@ -144,9 +140,7 @@ class Trainer:
             model = lora.wrap(model, cfg.lora, base_path=cfg.model)
             self._main_log(lora.describe(model))
         model.train()
-        for readout in self._readouts().values():
-            readout.data = readout.data.to(self.accelerator.device)
-        optimizer = build_optimizer([*model.named_parameters(), *self._readouts().items()], name=cfg.optimizer, lr=cfg.lr,
+        optimizer = build_optimizer(model.named_parameters(), name=cfg.optimizer, lr=cfg.lr,
                                     weight_decay=cfg.weight_decay)
         self.scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                                          min_lr_ratio=cfg.min_lr_ratio)
@@ -208,8 +202,6 @@ class Trainer:
                     record["mtp_loss"] = mtp_loss
                 if self.box_attention is not None and self.box_attention.masses:
                     record["box_attention_mass"] = self.box_attention.masses[-1]
-                if self.box_attention is not None and self.box_attention.place_errors:
-                    record["box_place_error"] = self.box_attention.place_errors[-1]
                 metrics.write(record)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / elapsed:.0f}")
             bar.update(1)
@@ -372,13 +364,7 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)
         tensors = {n: p for n, p in model.named_parameters() if p.requires_grad}
         tensors.update({n: b for n, b in model.named_buffers() if n.endswith("e_score_correction_bias")})
-        tensors.update(self._readouts())
         return {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()}
-
-    def _readouts(self) -> dict[str, torch.nn.Parameter]:
-        """The box place label's readout parameters (trained and checkpointed, never shipped), by name."""
-        readout = self.box_attention.readout if self.box_attention is not None else None
-        return {f"box_attention.readout.{n}": p for n, p in readout.named_parameters()} if readout is not None else {}
 
     def _resume(self) -> None:
         directory = checkpoint.latest(self.output)
@@ -395,7 +381,7 @@ class Trainer:
                              f"(now {self.accelerator.num_processes})")
         model = self.accelerator.unwrap_model(self.model)
         tensors = load_file(str(directory / "trainable.safetensors"))
-        current = {**dict(model.named_parameters()), **dict(model.named_buffers()), **self._readouts()}
+        current = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         missing = set(self._resume_tensors()) - set(tensors)
         if missing or set(tensors) - set(current):
             raise ValueError(f"{directory}: checkpoint tensors do not match the model "
