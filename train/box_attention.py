@@ -114,9 +114,8 @@ class BoxAttention:
         if not (place_weight >= 0 and math.isfinite(place_weight)):
             raise ValueError(f"place_weight={place_weight}: expected a finite number >= 0")
         self.place_weight = place_weight
-        self.readout = torch.nn.Linear(self.attn.head_dim, 4) if place_weight else None
-        if self.readout is not None:
-            self.readout.to(self.attn.q_proj.weight.device)
+        self.readout = torch.nn.Linear(self.attn.head_dim, 4, device=self.attn.q_proj.weight.device) \
+            if place_weight else None
         self.seen = None
         self.masses: list[float] = []
         self.place_errors: list[float] = []
@@ -125,6 +124,10 @@ class BoxAttention:
     def parameters(self) -> list[torch.nn.Parameter]:
         """The readout's parameters (none without `place_weight`): train them with the model."""
         return list(self.readout.parameters()) if self.readout is not None else []
+
+    def _group(self, head: int) -> int:
+        """The key-value group `head` reads (grouped-query attention)."""
+        return head // (self.attn.num_attention_heads // self.attn.num_key_value_heads)
 
     def _keep(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
         x, cos, sin = args[:3]
@@ -136,11 +139,8 @@ class BoxAttention:
         x, cos, sin = self.seen
         a, hd = self.attn, self.attn.head_dim
         head = self.heads[0] if head is None else head
-        kv = head // (a.num_attention_heads // a.num_key_value_heads)
-        q_w = a.q_proj.weight[head * hd:(head + 1) * hd]
-        q_b = a.q_proj.bias[head * hd:(head + 1) * hd] if a.q_proj.bias is not None else None
-        k_w = a.k_proj.weight[kv * hd:(kv + 1) * hd]
-        k_b = a.k_proj.bias[kv * hd:(kv + 1) * hd] if a.k_proj.bias is not None else None
+        q_w, q_b = _rows(a.q_proj, head, hd)
+        k_w, k_b = _rows(a.k_proj, self._group(head), hd)
         rows = targets.rows.to(x.device)
         q = torch.nn.functional.linear(x[rows, targets.queries.to(x.device)], q_w, q_b)  # (N, hd)
         q = apply_rotary(q, cos[rows, targets.queries.to(x.device)].to(q.dtype),
@@ -160,10 +160,8 @@ class BoxAttention:
     def output(self, targets: Targets, log_attention: torch.Tensor, head: int) -> torch.Tensor:
         """(N, head_dim) what `head` passes on at each supervised query: its attention over the
         values of its key-value group (before the output projection)."""
-        x, a, hd = self.seen[0], self.attn, self.attn.head_dim
-        kv = head // (a.num_attention_heads // a.num_key_value_heads)
-        v_w = a.v_proj.weight[kv * hd:(kv + 1) * hd]
-        v_b = a.v_proj.bias[kv * hd:(kv + 1) * hd] if a.v_proj.bias is not None else None
+        x, hd = self.seen[0], self.attn.head_dim
+        v_w, v_b = _rows(self.attn.v_proj, self._group(head), hd)
         rows = targets.rows.to(x.device)
         weights = log_attention.exp().to(x.dtype)
         out = x.new_zeros(len(rows), hd)
@@ -181,7 +179,7 @@ class BoxAttention:
             raise RuntimeError("no forward seen yet: run the model on the batch first")
         targets = box_targets(batch, self.tokenizer, self.config)
         if not len(targets):
-            return self.seen[0].new_zeros(()) + sum(p.sum() * 0.0 for p in self.parameters())
+            return self.seen[0].new_zeros(())
         keys = targets.keys.to(self.seen[0].device)
         attention = [self.attention(targets, batch.segment_ids, head) for head in self.heads]
         inside = torch.stack([a.masked_fill(~keys, float("-inf")).logsumexp(-1) for a in attention])  # (heads, N)
@@ -194,3 +192,9 @@ class BoxAttention:
                                  for a, head in zip(attention, self.heads)])  # (heads, N, 4)
         self.place_errors.append(1000 * (predicted.detach() - boxes).abs().mean().item())
         return loss + self.place_weight * (predicted - boxes).pow(2).mean()
+
+
+def _rows(proj: torch.nn.Linear, i: int, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weight and bias rows of `proj` that make its `i`-th output slice of `size` (one head)."""
+    rows = slice(i * size, (i + 1) * size)
+    return proj.weight[rows], proj.bias[rows] if proj.bias is not None else None
