@@ -95,6 +95,7 @@ on is not what holds the answer back.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import sys
 import time
@@ -106,7 +107,7 @@ from PIL import Image, ImageDraw
 
 from recipes import mimetic
 from recipes.reading import PLACE_SCALE, WORD_CODE, load_encoder, token_positions
-from synth import text
+from synth import tasks, text, ui
 from train.box_attention import BoxAttention
 from train.collate import IGNORE, Encoder, pack
 from train.optim import lr_multiplier
@@ -114,10 +115,13 @@ from vlm import VLM
 from vlm.outputs import parse_boxes
 from vlm.processor import Processor
 
-Task = Literal["colour", "side", "read", "locate", "ground", "third"]
-TASKS: tuple[Task, ...] = ("colour", "side", "read", "locate", "ground", "third")
+Task = Literal["colour", "side", "read", "locate", "ground", "third", "screen"]
+TASKS: tuple[Task, ...] = ("colour", "side", "read", "locate", "ground", "third", "screen")
 THIRDS = ("left", "middle", "right")
 SIZE = (224, 112)
+# the screen task's drawn UIs (`synth.ui`): 160x210 task areas and 320x240 screens, ~50-100 image
+# tokens at native size, the step between the word pictures' 32 tokens and whole screens' ~400
+SCREEN_VIEWPORTS = ("task", "small")
 WORDS = tuple(w for w in text._ui_words() if w.isascii() and w.isalpha() and 3 <= len(w) <= 10)
 RED, GREY = (220, 40, 40), (240, 240, 240)
 
@@ -183,6 +187,8 @@ def example(task: Task, rng: random.Random, questions: int = 3, shown: int = 3, 
         ImageDraw.Draw(image).rectangle([x, y, x + side, y + side], fill=RED)
         answer = "left" if x + side / 2 < SIZE[0] / 2 else "right"
         return Example(image, (("Is the square on the left or the right?", answer),), ((x, y, x + side, y + side),))
+    if task == "screen":
+        return _screen(rng, questions)
     image = Image.new("RGB", SIZE, text._colours(rng)[0])
     placed = _words(rng, image, shown if task in ("ground", "third") else 1)
     if task == "read":
@@ -200,6 +206,25 @@ def example(task: Task, rng: random.Random, questions: int = 3, shown: int = 3, 
     turns = tuple((f'Where is the text "{w}"? Answer with its bounding box.', named(w) + box_answer(b))
                   for w, b in asked)
     return Example(image, turns, tuple(b for _, b in asked), tuple(placed))
+
+
+def _screen(rng: random.Random, questions: int) -> Example:
+    """A drawn UI and `questions` of the data engine's grounding turns about different elements
+    (its prompts, its element descriptions, its answers)."""
+    while True:
+        drawn = ui.draw_screen(rng.randrange(1 << 31), viewport=rng.choice(SCREEN_VIEWPORTS))
+        targets = tasks.unique_targets(drawn)
+        if len(targets) >= questions:
+            break
+    asked = rng.sample(targets, questions)
+    turns = tuple((rng.choice(tasks.GROUNDING_PROMPTS).format(description=p.element.description), tasks.format_box(p.box))
+                  for p in asked)
+    return Example(drawn.image, turns, tuple(_pixels(p.box_px) for p in asked),
+                   tuple((p.element.text, _pixels(p.box_px)) for p in drawn.placed))
+
+
+def _pixels(box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    return (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3]))
 
 
 def oracle_tokens(model: torch.nn.Module) -> None:
@@ -296,13 +321,13 @@ def answer_loss(model: torch.nn.Module, encoder: Encoder, conversations: list[li
 
 
 def correct(task: Task, ex: Example, reply: str) -> bool:
-    if task not in ("locate", "ground"):
+    if task not in ("locate", "ground", "screen"):
         return reply.strip() == ex.turns[0][1]
     found = parse_boxes(reply, anywhere=True)
     if not found or not hasattr(found[0], "x2"):
         return False
-    b, (x1, y1, x2, y2) = found[0], ex.boxes[0]
-    cx, cy = (b.x1 + b.x2) / 2000 * SIZE[0], (b.y1 + b.y2) / 2000 * SIZE[1]
+    b, (x1, y1, x2, y2), (width, height) = found[0], ex.boxes[0], ex.image.size
+    cx, cy = (b.x1 + b.x2) / 2000 * width, (b.y1 + b.y2) / 2000 * height
     return x1 <= cx <= x2 and y1 <= cy <= y2
 
 
@@ -351,9 +376,10 @@ def _mean(values: list[float]) -> float:
 def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_size: int = 16, lr: float = 1e-3,
           n_test: int = 48, oracle: WordOracle | None = None, attend: tuple[BoxAttention, float] | None = None,
           questions: int = 3, shown: int = 3, name_first: bool = False, min_lr_ratio: float = 1.0,
-          log_line: Callable[[str], object] = print) -> Measure:
+          measure_start: bool = False, log_line: Callable[[str], object] = print) -> Measure:
     """`steps` AdamW steps on fresh examples (20 warm-up steps, then constant `lr`, or a cosine down to
-    `min_lr_ratio * lr`); held-out measures every `every` steps and at the end."""
+    `min_lr_ratio * lr`); held-out measures every `every` steps and at the end (and before the
+    first with `measure_start`)."""
     encoder = Encoder(vlm.processor, max_length=1 << 16)
     model = vlm.model.train()
     params = [p for p in model.parameters() if p.requires_grad] + (attend[0].parameters() if attend else [])
@@ -361,6 +387,10 @@ def train(vlm: VLM, task: Task, *, steps: int, every: int, seed: int = 0, batch_
     rng, test_rng = random.Random(f"looking/{task}/{seed}"), random.Random(f"looking/{task}/{seed}/test")
     test = [example(task, test_rng, questions, shown, name_first) for _ in range(n_test)]
     start = time.monotonic()
+    if measure_start:
+        result = measure(vlm, encoder, task, test, oracle=oracle)
+        log_line(f"step 0: held-out own {result.own:.3f} swapped {result.swapped:.3f} gap {result.gap:+.3f} "
+                 f"accuracy {result.accuracy:.3f}")
     for step in range(1, steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = lr * lr_factor(step, steps, min_lr_ratio)
@@ -397,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", default=None, help="reading-stage encoder weights to put into it first")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--every", type=int, default=25)
+    p.add_argument("--measure-start", action="store_true", help="also measure before the first step (what carries over)")
     p.add_argument("--min-lr-ratio", type=float, default=1.0,
                    help="after 20 warm-up steps a cosine decays the lr (1e-3) to this fraction of it (1: constant)")
     p.add_argument("--seed", type=int, default=0)
@@ -413,8 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--place-weight", type=float, default=0.0,
                    help="with --attend-weight: weight of the place label (a readout of the box from the labelled "
                         "head's output, train.box_attention; 0: off)")
-    p.add_argument("--questions", type=int, default=3, choices=(1, 2, 3),
-                   help="ground, third: how many of the picture's words are asked about (one turn each)")
+    p.add_argument("--questions", type=int, default=3, choices=range(1, 9), metavar="{1..8}",
+                   help="ground, third, screen: how many of the picture's words (elements) are asked about, one turn each")
     p.add_argument("--shown", type=int, default=3, choices=(1, 2, 3),
                    help="ground, third: how many words the picture shows (1: no need to find which)")
     p.add_argument("--name-first", action="store_true",
@@ -431,13 +462,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--min-lr-ratio {args.min_lr_ratio}: expected 0..1")
     if args.oracle_tokens and args.task != "side":
         p.error(f"--oracle-tokens is a control for the side task, not {args.task!r}")
-    if args.attend_weight and args.task not in ("locate", "ground"):
-        p.error(f"--attend-weight labels box answers: the locate and ground tasks, not {args.task!r}")
+    if args.attend_weight and args.task not in ("locate", "ground", "screen"):
+        p.error(f"--attend-weight labels box answers: the locate, ground and screen tasks, not {args.task!r}")
     if args.place_weight and not args.attend_weight:
         p.error(f"--place-weight {args.place_weight} reads the box from the labelled head: give --attend-weight too")
     if args.name_first and args.task not in ("ground", "third"):
         p.error(f"--name-first names the asked word among several: the ground and third tasks, not {args.task!r}")
-    if args.questions > args.shown:
+    if args.task in ("ground", "third") and args.questions > args.shown:
         p.error(f"--questions {args.questions} > --shown {args.shown}: only shown words can be asked about")
     if args.oracle_words and args.task not in ("locate", "ground", "third"):
         p.error(f"--oracle-words is a control for the locate, ground and third tasks, not {args.task!r}")
@@ -457,8 +488,8 @@ def main(argv: list[str] | None = None) -> int:
                            place_weight=args.place_weight), args.attend_weight) \
         if args.attend_weight else None
     result = train(vlm, args.task, steps=args.steps, every=args.every, seed=args.seed, oracle=oracle, attend=attend,
-                   questions=args.questions, shown=args.shown,
-                   name_first=args.name_first, min_lr_ratio=args.min_lr_ratio)
+                   questions=args.questions, shown=args.shown, name_first=args.name_first,
+                   min_lr_ratio=args.min_lr_ratio, measure_start=args.measure_start)
     if args.save:
         vlm.save_pretrained(args.save)
     print(f"gap: {result.gap:.4f} accuracy: {result.accuracy:.4f}")

@@ -181,6 +181,30 @@ def test_third_asks_which_third_the_asked_word_is_in_among_the_words_shown(capsy
     assert exit_.value.code == 2 and "--questions 3 > --shown 1" in capsys.readouterr().err
 
 
+def test_screen_asks_the_data_engines_grounding_questions_about_different_elements_of_a_drawn_ui(capsys):
+    """screen is the step from word pictures to whole screens: small drawn UIs (synth.ui), the
+    released prompts, each answer the box of its own element, scored by the image's own size."""
+    rng = random.Random(3)
+    sizes = set()
+    for _ in range(12):
+        ex = looking.example("screen", rng, questions=4)
+        width, height = ex.image.size
+        sizes.add(ex.image.size)
+        assert len(ex.turns) == len(ex.boxes) == 4 and len(set(ex.boxes)) == 4 and width <= 400 and height <= 300
+        for (question, answer), (x1, y1, x2, y2) in zip(ex.turns, ex.boxes):
+            assert "bounding box" in question
+            assert (x1, y1, x2, y2) in [box for _, box in ex.words]
+            asked = looking.Example(ex.image, ((question, answer),), ((x1, y1, x2, y2),))
+            assert looking.correct("screen", asked, answer)
+            far_x, far_y = round((x1 + x2) / 2 / width * 1000 + 500) % 1000, round((y1 + y2) / 2 / height * 1000 + 500) % 1000
+            assert not looking.correct("screen", asked, f"<|begin_of_box|>[{far_x},{far_y},{far_x},{far_y}]<|end_of_box|>")
+            assert _ink(ex.image, (x1, y1, x2, y2)) > 30
+    assert {(160, 210), (320, 240)} <= sizes and len(sizes) > 2  # task areas and small screens, some resized
+    with pytest.raises(SystemExit) as exit_:
+        looking.main(["screen", "--model", "assets/model", "--oracle-words", "embeddings"])
+    assert exit_.value.code == 2 and "not 'screen'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_with_clean_tokens_the_shipped_language_model_learns_where_the_square_is():
     """The control the diagnosis rests on: the language model itself learns a spatial answer fast
