@@ -20,6 +20,9 @@ decide the model are a `recipes.recipe.Recipe`:
    `synth.text` pictures, `--reading-minutes`); the model starts from random weights around it;
 3c. copying: that random language model learns to copy on text alone (`recipes.copying`,
    `--copying-steps`), its embeddings frozen so the reading encoder stays aligned to them;
+3d. grounding words: over the frozen reader, the language model learns which word and where on
+   small pictures of three UI words, every word asked, one head told to look inside the box it
+   writes (`recipes.looking ground`, `--ground-steps`);
 4. train: the project trainer (`pretrain` preset, Muon), from that start (or from scratch
    with `--reading-minutes 0`), the reader's vision tower and projector frozen
    (`--no-freeze-reader` trains them too), resumed from its last checkpoint when there is one;
@@ -40,10 +43,10 @@ A GPU machine without Chromium (README.md, "Training the default model on a GPU 
         --max-shard-mb 16 --out runs/gpu/model --work runs/gpu/work --pack "$OUT" --deadline 9 --no-progress
 
 `--deadline 9` (`recipes.deadline`) is for a machine that kills the command after 10 minutes: no
-step of the reading, copying or training stage starts later than minute 9 less
+step of the reading, copying, grounding or training stage starts later than minute 9 less
 `--deadline-reserve-s` (120 s), whatever their budgets, so the eval, the reliance check, shipping
 and packing still run; `work/eval.json` and the card say what each stage planned and did. It
-bounds those three stages only: data generation and the step calibration before them and the eval
+bounds those four stages only: data generation and the step calibration before them and the eval
 after take what they take, and the reserve is an estimate of the latter.
 
 and later, where Chromium is, the rest of the eval on what came back:
@@ -95,7 +98,7 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
         eval_mode: EvalMode = "full", max_shard_bytes: int | None = None, pack_to: Path | None = None,
         progress: bool = True, command: str = "", deadline: Deadline | None = None) -> dict[str, Any]:
     """All stages; returns the eval results (empty when `evaluate` is False). Under a `deadline`
-    the reading, copying and training stages stop early to leave its reserve to the rest."""
+    the reading, copying, grounding and training stages stop early to leave its reserve to the rest."""
     claim(work, recipe)
     started = time.perf_counter()
     corpus = make_data(recipe, work, workers=workers, progress=progress)
@@ -106,8 +109,8 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
     # drawing pictures costs more than a CPU step: on CPU one worker draws while the trainer steps
     read = learn_to_read(recipe, work, config, device=device, workers=workers if device == "cuda" else min(workers, 1),
                          deadline=deadline)
-    copied = stage_result(work, "copying")
-    log.info("reading stage: %s; copying stage: %s", read, copied)
+    copied, grounded = stage_result(work, "copying"), stage_result(work, "grounding")
+    log.info("reading stage: %s; copying stage: %s; grounding stage: %s", read, copied, grounded)
     plan = plan_steps(recipe, work, progress=progress)
     log.info("training plan: %s", plan)
     run_dir = train_model(recipe, work, steps=plan["steps"], progress=progress,
@@ -121,7 +124,7 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
         kind = json.loads(line)["meta"].get("kind", "?")
         kinds[kind] = kinds.get(kind, 0) + 1
     record = {"recipe": dataclasses.asdict(recipe), "command": command, "plan": plan, "reading": read,
-              "copying": copied, "budgets": budgets(work, plan), "train_stats": train_stats,
+              "copying": copied, "grounding": grounded, "budgets": budgets(work, plan), "train_stats": train_stats,
               "data_stats": {"samples": sum(kinds.values()), "kinds": kinds},
               "results": results, "reliance": reliance, "not_run": evals_not_run(recipe, results)}
     write_json(work / "eval.json", record)
@@ -167,6 +170,7 @@ def card(record: dict[str, Any], config: VLMConfig) -> str:
     return model_card(Recipe.of_record(record["recipe"]), command=record["command"], config=config, plan=record["plan"],
                       results=record["results"], reliance=record["reliance"], train_stats=record["train_stats"],
                       reading=record["reading"], copying=record.get("copying", {}),  # older packs lack it
+                      grounding=record.get("grounding", {}),  # and this
                       budgets=record.get("budgets", {}),  # and this
                       data_stats=record["data_stats"], not_run=record["not_run"])
 
@@ -182,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--minutes", type=float, default=None, help="training budget in minutes, instead of --hours")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (reproducible on any machine)")
     p.add_argument("--deadline", type=float, default=None, metavar="MINUTES",
-                   help="wall-clock limit from the process start: the reading, copying and training stages each "
+                   help="wall-clock limit from the process start: the reading, copying, grounding and training stages each "
                         "stop early, at a step boundary, when one more step would leave less than "
                         "--deadline-reserve-s before it, the time kept for the eval, reliance check, ship and "
                         "pack; what each planned and did is recorded (eval.json, the card). Data generation, "
@@ -214,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the share of the reading stage that trains the character heads alone first")
     p.add_argument("--copying-steps", type=int, default=d.copying_steps,
                    help="stage 3c: steps of the language model learning to copy on text alone (0: skip)")
+    p.add_argument("--ground-steps", type=int, default=d.ground_steps,
+                   help="stage 3d: steps of the language model boxing words on small pictures over the frozen reader "
+                        "(0: skip; needs a reading stage)")
     p.add_argument("--freeze-reader", action=argparse.BooleanOptionalAction, default=d.freeze_reader,
                    help="stage 4 keeps the reading stage's vision tower and projector as they are")
     p.add_argument("--box-attention", type=float, default=d.box_attention,
@@ -271,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                     retrain_tokenizer=not args.keep_tokenizer, image_max_pixels=args.image_max_pixels, max_length=args.max_length,
                     reading_minutes=args.reading_minutes, reading_steps=args.reading_steps,
                     reading_init=args.reading_init, reading_glyph_share=args.reading_glyph_share,
-                    lm_init=args.lm_init, copying_steps=args.copying_steps,
+                    lm_init=args.lm_init, copying_steps=args.copying_steps, ground_steps=args.ground_steps,
                     freeze_reader=args.freeze_reader, box_attention=args.box_attention, steps=args.steps, hours=hours,
                     batch_size=args.batch_size, lr=args.lr, eval_n=args.eval_n)
     command = "python -m recipes.default_model " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -41,7 +41,8 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, float | None, float,
 def model_card(recipe: Recipe, *, command: str, config: VLMConfig, plan: dict[str, Any], data_stats: dict[str, Any],
                train_stats: dict[str, Any], results: dict[str, Any], reliance: dict[str, Any] | None = None,
                reading: dict[str, Any] | None = None, copying: dict[str, Any] | None = None,
-               budgets: dict[str, Any] | None = None, not_run: list[str] | None = None) -> str:
+               grounding: dict[str, Any] | None = None, budgets: dict[str, Any] | None = None,
+               not_run: list[str] | None = None) -> str:
     """`not_run`: the evals left out (a browserless eval's Chromium and video tasks), named on the card;
     `budgets`: the step-bounded stages' planned and done steps (`recipes.stages.budgets`)."""
     params = sum(p.numel() for p in VLM.from_config(config).model.parameters())
@@ -82,7 +83,7 @@ and act on synthetic web pages and shape videos; it knows nothing else.
 
 ## Recipe
 
-{_reading_sentence(recipe, reading or {})}{_copying_sentence(recipe, copying or {})}
+{_reading_sentence(recipe, reading or {})}{_copying_sentence(recipe, copying or {})}{_grounding_sentence(recipe, grounding or {})}
 
 Trainer `pretrain` preset (Muon on hidden matrices, AdamW elsewhere), lr {recipe.lr}, warmup {recipe.warmup_steps},
 cosine to 10%, batch {recipe.batch_size} x {recipe.grad_accum}, {plan['steps']} steps ({plan['source']}), max length {recipe.max_length}.
@@ -166,6 +167,17 @@ def _copying_sentence(recipe: Recipe, copying: dict[str, Any]) -> str:
         f"Before it, the language model learns to copy on text alone (`recipes.copying`, {recipe.copying_steps} steps: "
         "random UI words, then the same words again, so only their content finds the next one; the input "
         f"embeddings the encoder aligned to stay frozen; {measured}).", width=95)
+
+
+def _grounding_sentence(recipe: Recipe, grounding: dict[str, Any]) -> str:
+    if not recipe.grounds:
+        return ""
+    measured = (f"held-out gap {grounding['gap']:.3f} nats between each picture and another, {grounding['boxes']:.0%} "
+                f"of first answers boxed on the word, after {grounding['steps']} steps" if grounding else "not recorded")
+    return "\n\n" + textwrap.fill(
+        "Then, over the frozen reader, it learns which word and where: 224x112 pictures of three UI words, a "
+        "question about each, one attention head told to look inside the box it writes (`recipes.looking ground`, "
+        f"{recipe.ground_steps} steps; {measured}).", width=95)
 
 
 def _deadline_sentence(budgets: dict[str, Any]) -> str:

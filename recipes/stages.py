@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoTokenizer
 
-from recipes import alignment, copying, first_use, mimetic, reading, reliance
+from recipes import alignment, copying, first_use, looking, mimetic, reading, reliance
 from recipes import tokenizer as bpe
 from recipes.deadline import Deadline, reading_budget, stage_budget
 from recipes.recipe import (EVAL_SEED, EVAL_TASKS, EVERY_LANGUAGE, UI_GROUNDING, VIDEO_MAX_PIXELS, Recipe,
@@ -33,6 +33,7 @@ from synth import ui
 from synth.dataset import parse_languages, synthesize
 from synth.vocab import LANGUAGES, Language
 from train import checkpoint
+from train.box_attention import BoxAttention
 from train.config import TrainConfig, pretrain
 from train.model import fit_to_tokenizer
 from train.trainer import Trainer
@@ -132,12 +133,13 @@ def write_config(recipe: Recipe, init: Path) -> VLMConfig:
 
 def learn_to_read(recipe: Recipe, work: Path, config: VLMConfig, *, device: str, workers: int,
                   deadline: Deadline | None = None) -> dict[str, Any]:
-    """Stages 3b and 3c, the start (`work/start/`) training begins from: the vision encoder alone
+    """Stages 3b-3d, the start (`work/start/`) training begins from: the vision encoder alone
     learns to read (`recipes.reading`), the language model around it starts random (its attention
-    mimetic with `lm_init`) and then learns to copy on text alone (`recipes.copying`,
-    `copying_steps`). Without any of them training starts from `work/init/`'s config alone.
-    Under a `deadline` both stop early when time runs short (`recipes.deadline`).
-    Returns the reading stage's result (`stage_result(work, "copying")` is the other's)."""
+    mimetic with `lm_init`), learns to copy on text alone (`recipes.copying`, `copying_steps`),
+    then which word and where on small pictures over the frozen reader (`ground_steps`). Without
+    any of them training starts from `work/init/`'s config alone. Under a `deadline` each stops
+    early when time runs short (`recipes.deadline`). Returns the reading stage's result
+    (`stage_result(work, "copying")` and `"grounding"` are the others')."""
     start = work / "start"
     if (not recipe.reads and recipe.lm_init == "default" and not recipe.copying_steps) \
             or (start / "config.json").is_file():
@@ -153,6 +155,8 @@ def learn_to_read(recipe: Recipe, work: Path, config: VLMConfig, *, device: str,
         mimetic.language(vlm.model.language_model, seed=recipe.seed)
     if recipe.copying_steps:  # text alone, embeddings frozen: the encoder stays aligned to them
         train_copying(recipe, work, vlm, device=device, deadline=deadline)
+    if recipe.grounds:
+        train_grounding(recipe, work, vlm, device=device, deadline=deadline)
     staging = work / ".start.partial"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(work / "init", staging)
@@ -186,6 +190,31 @@ def train_copying(recipe: Recipe, work: Path, vlm: VLM, *, device: str, deadline
         "steps": copied.steps, "copy_accuracy": copied.accuracy, "seconds": round(time.perf_counter() - started, 1),
         "budget": stage_budget(planned_steps=recipe.copying_steps, done_steps=copied.steps,
                                cut=copied.steps < recipe.copying_steps)})
+
+
+def train_grounding(recipe: Recipe, work: Path, vlm: VLM, *, device: str, deadline: Deadline | None) -> None:
+    """Stage 3d on `vlm`, in place: with the reader frozen, the language model answers where each of
+    three UI words is on 224x112 pictures (`recipes.looking ground`, every word asked, one head told
+    to look inside the box it writes); its `work/grounding/result.json` (held-out gap and boxes)."""
+    started = time.perf_counter()
+    vlm.model.to(device)
+    vlm.model.visual.requires_grad_(False)
+    layer = TrainConfig.box_attention_layer % vlm.config.text.num_hidden_layers  # the head stage 4 labels
+    label = BoxAttention(vlm.model, vlm.processor.tokenizer, layer=layer)
+    try:
+        measured = looking.train(vlm, "ground", steps=recipe.ground_steps, every=max(1, recipe.ground_steps // 4),
+                                 seed=recipe.seed, attend=(label, 1.0),
+                                 stop=None if deadline is None else deadline.stopper(), log_line=log.info)
+    finally:
+        label.close()
+        vlm.model.visual.requires_grad_(True)
+        vlm.model.to("cpu")
+    write_json(work / "grounding" / "result.json", {
+        "steps": measured.steps, "gap": round(measured.gap, 4), "boxes": measured.accuracy,
+        "box_attention": round(sum(label.masses[-25:]) / max(1, len(label.masses[-25:])), 3),
+        "seconds": round(time.perf_counter() - started, 1),
+        "budget": stage_budget(planned_steps=recipe.ground_steps, done_steps=measured.steps,
+                               cut=measured.steps < recipe.ground_steps)})
 
 
 def stage_result(work: Path, stage: str) -> dict[str, Any]:
@@ -261,7 +290,7 @@ def budgets(work: Path, plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each step-bounded stage's plan, done steps and whether the deadline cut it
     (`recipes.deadline.stage_budget`), training's from its plan and its last checkpoint; a stage
     that did not run, or ran before budgets were recorded, is left out."""
-    out = {stage: result["budget"] for stage in ("reading", "copying")
+    out = {stage: result["budget"] for stage in ("reading", "copying", "grounding")
            if "budget" in (result := stage_result(work, stage))}
     done = trained_steps(work / "run")
     return {**out, "training": stage_budget(planned_steps=plan["steps"], done_steps=done, cut=done < plan["steps"])}

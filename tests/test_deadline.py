@@ -85,7 +85,7 @@ def test_the_copying_stage_stops_at_a_passed_deadline_and_a_far_one_changes_none
 
 @pytest.mark.slow
 def test_a_deadline_too_short_for_the_plan_still_ships_and_packs_a_checkpoint_that_loads(tmp_path):
-    """Reached before the first stage: reading, copying and training each do one step of their
+    """Reached before the first stage: reading, copying, grounding and training each do one step of their
     plan, the record and the card say the deadline cut them, and the pack loads. The same command
     again reuses the cut stages: nothing retrains and the record says the same."""
     from recipes.pack import unpack
@@ -94,7 +94,7 @@ def test_a_deadline_too_short_for_the_plan_still_ships_and_packs_a_checkpoint_th
     out, work, packed = tmp_path / "model", tmp_path / "work", tmp_path / "OUT"
     command = [sys.executable, "-m", "recipes.default_model", "--device", "cpu", "--size", "tiny", "--samples", "0",
                "--ui-samples", "8", "--kinds", "grounding,read", "--keep-tokenizer", "--reading-steps", "5",
-               "--copying-steps", "5", "--steps", "20", "--batch-size", "4", "--eval", "browserless", "--eval-n", "2",
+               "--copying-steps", "5", "--ground-steps", "5", "--steps", "20", "--batch-size", "4", "--eval", "browserless", "--eval-n", "2",
                "--workers", "1", "--out", str(out), "--work", str(work), "--pack", str(packed), "--no-progress",
                "--deadline", "0.01", "--deadline-reserve-s", "0"]  # 0.6 s: gone before the imports are
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
@@ -103,12 +103,13 @@ def test_a_deadline_too_short_for_the_plan_still_ships_and_packs_a_checkpoint_th
     record = json.loads((packed / "eval.json").read_text())
     assert record["budgets"] == {"reading": {"planned_steps": 5, "done_steps": 1, "cut_by_deadline": True},
                                  "copying": {"planned_steps": 5, "done_steps": 1, "cut_by_deadline": True},
+                                 "grounding": {"planned_steps": 5, "done_steps": 1, "cut_by_deadline": True},
                                  "training": {"planned_steps": 20, "done_steps": 1, "cut_by_deadline": True}}
     assert json.loads((work / "plan.json").read_text())["steps"] == 20  # the plan stays the plan
     assert record["results"]["ui_grounding"]["n"] == 2 and "ui_read" in record["reliance"]  # the eval ran
     card = " ".join((out / "README.md").read_text().split())
     assert ("deadline (`--deadline`) cut short reading after 1 of 5 planned steps; copying after 1 of 5 planned "
-            "steps; training after 1 of 20 planned steps") in card
+            "steps; grounding after 1 of 5 planned steps; training after 1 of 20 planned steps") in card
     unpack(packed, tmp_path / "back")
     trained = VLM.from_pretrained(work / "run").model.state_dict()
     loaded = VLM.from_pretrained(tmp_path / "back").model.state_dict()

@@ -131,7 +131,7 @@ def test_the_browserless_recipe_reads_then_trains_from_the_reading_encoder(tmp_p
     from vlm.processor import Processor
 
     recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
-                    warmup_steps=0, retrain_tokenizer=False, reading_steps=3, copying_steps=0)
+                    warmup_steps=0, retrain_tokenizer=False, reading_steps=3, copying_steps=0, ground_steps=0)
     work = tmp_path / "work"
     corpus = make_data(recipe, work, workers=1, progress=False)
     init = make_processor(recipe, work, corpus)
@@ -188,6 +188,37 @@ def test_the_copying_stage_trains_the_start_language_model_but_keeps_its_embeddi
     assert not any(name.startswith("visual.") for name in changed)  # text alone
 
 
+@pytest.mark.slow
+def test_the_grounding_stage_trains_the_language_model_over_the_frozen_reader_and_unhooks_its_label(tmp_path, monkeypatch):
+    """Stage 3d: `recipes.looking ground` with the box-attention label, the reader untouched; the
+    model it trained is left with no hook of the label's."""
+    from safetensors.torch import load_file
+
+    from recipes import looking
+    from recipes.stages import learn_to_read, make_processor, stage_result, write_config
+    from vlm import VLM
+
+    recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
+                    retrain_tokenizer=False, reading_steps=2, copying_steps=0, ground_steps=2)
+    work = tmp_path / "work"
+    config = write_config(recipe, make_processor(recipe, work, corpus=work / "unused"))
+    trained, train = [], looking.train
+    monkeypatch.setattr(looking, "train", lambda vlm, *args, **kwargs: trained.append(vlm) or train(vlm, *args, **kwargs))
+    learn_to_read(recipe, work, config, device="cpu", workers=0)
+    grounded = stage_result(work, "grounding")
+    assert grounded["steps"] == 2 and grounded["budget"] == {"planned_steps": 2, "done_steps": 2, "cut_by_deadline": False}
+    assert 0.0 <= grounded["boxes"] <= 1.0 and 0.0 <= grounded["box_attention"] <= 1.0 and grounded["seconds"] > 0
+    assert not any(layer.self_attn._forward_pre_hooks for layer in trained[0].model.language_model.layers)
+    encoder = load_file(str(work / "reading" / "encoder.safetensors"))
+    start = VLM.from_pretrained(work / "start").model.state_dict()
+    for name, tensor in encoder.items():  # the reader stays as the reading stage left it
+        assert torch.equal(start[f"visual.{name}"], tensor), name
+    random_start = VLM.from_config(config, seed=recipe.seed).model.state_dict()
+    changed = [name for name in random_start if not torch.equal(start[name], random_start[name])]
+    assert "lm_head.weight" in changed and any(".self_attn." in name for name in changed)
+    assert not Recipe(reading_minutes=0).grounds and Recipe().grounds  # no reader, nothing to ground with
+
+
 def test_freeze_reader_keeps_the_vision_tower_and_projector_in_training(tmp_path):
     from recipes.stages import train_config
     from train.model import apply_freeze
@@ -204,6 +235,8 @@ def test_freeze_reader_keeps_the_vision_tower_and_projector_in_training(tmp_path
 def test_bad_stage_budgets_are_refused_and_a_step_budget_is_a_reading_stage():
     with pytest.raises(ValueError, match="copying_steps=-1: expected 0"):
         Recipe(copying_steps=-1)
+    with pytest.raises(ValueError, match="ground_steps=-1: expected 0"):
+        Recipe(ground_steps=-1)
     with pytest.raises(ValueError, match="reading_steps=0: expected a positive number of steps"):
         Recipe(reading_steps=0)
     assert Recipe(reading_minutes=0, reading_steps=500).frozen_reader and not Recipe(reading_minutes=0).reads
@@ -245,7 +278,8 @@ def test_the_gpu_command_runs_without_a_browser_and_packs_a_loadable_checkpoint(
     out, work, packed = tmp_path / "model", tmp_path / "work", tmp_path / "OUT"
     command = [sys.executable, "-m", "recipes.default_model", "--device", "cpu", "--size", "tiny", "--samples", "0",
                "--ui-samples", "12", "--kinds", "grounding,read", "--keep-tokenizer", "--reading-minutes", "0.03",
-               "--copying-steps", "3", "--minutes", "0.05", "--batch-size", "4", "--eval", "browserless", "--eval-n", "4", "--workers", "2",
+               "--copying-steps", "3", "--ground-steps", "2", "--minutes", "0.05", "--batch-size", "4", "--eval", "browserless",
+               "--eval-n", "4", "--workers", "2",
                "--max-shard-mb", "2.5", "--out", str(out), "--work", str(work), "--pack", str(packed), "--no-progress"]
     done = subprocess.run(command, cwd=ROOT, env=_without_browser(tmp_path), capture_output=True, text=True,
                           timeout=3600)  # minutes unloaded; the slack is for a busy machine
@@ -267,11 +301,14 @@ def test_the_gpu_command_runs_without_a_browser_and_packs_a_loadable_checkpoint(
     assert record["budgets"] == {  # no --deadline: every stage ran what it planned
         "reading": {"planned_minutes": 0.03, "done_steps": record["reading"]["steps"], "cut_by_deadline": False},
         "copying": {"planned_steps": 3, "done_steps": 3, "cut_by_deadline": False},
+        "grounding": {"planned_steps": 2, "done_steps": 2, "cut_by_deadline": False},
         "training": {"planned_steps": plan["steps"], "done_steps": plan["steps"], "cut_by_deadline": False}}
+    assert record["grounding"]["steps"] == 2 and 0.0 <= record["grounding"]["boxes"] <= 1.0
     card = " ".join((out / "README.md").read_text().split())
     assert "deadline" not in card
     assert "Not run: grounding, action, video, episodes, qa" in card
     assert "learns to copy on text alone (`recipes.copying`, 3 steps" in card
+    assert "learns which word and where" in card and "(`recipes.looking ground`, 2 steps;" in card
 
     back = unpack(packed, tmp_path / "back")
     assert back == record
@@ -304,5 +341,5 @@ def test_a_record_from_before_the_copying_and_frozen_reader_options_is_read_as_t
 
     options = {k: v for k, v in dataclasses.asdict(Recipe()).items() if k not in BEFORE_OPTIONS}
     old = Recipe.of_record(options)
-    assert old.copying_steps == 0 and not old.freeze_reader and old.reading_steps is None
+    assert old.copying_steps == 0 and not old.freeze_reader and old.reading_steps is None and old.ground_steps == 0
     assert Recipe.of_record(dataclasses.asdict(Recipe())) == Recipe()  # a complete record is itself

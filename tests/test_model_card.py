@@ -72,6 +72,19 @@ def test_the_card_reports_the_copying_stage_and_the_frozen_reader():
     assert "held-out copy accuracy 95.0%)" in " ".join(untimed.split())  # a stage assembled by hand has no time
 
 
+def test_the_card_reports_the_word_grounding_stage_only_where_the_recipe_has_one():
+    recipe = Recipe(samples=0, ui_samples=64, kinds="grounding", ground_steps=1000)
+    card = " ".join(model_card(recipe, command="c", config=model_config("tiny"), plan={"steps": 1, "source": "--steps"},
+                               data_stats={}, train_stats={}, results={},
+                               grounding={"steps": 1000, "gap": 0.2267, "boxes": 0.21875}).split())
+    assert "learns which word and where" in card and "(`recipes.looking ground`, 1000 steps; held-out gap 0.227" in card
+    assert "22% of first answers boxed on the word, after 1000 steps" in card
+    for without in (Recipe(ground_steps=0), Recipe(reading_minutes=0)):  # none asked for; no reader to ground with
+        card = model_card(without, command="c", config=model_config("tiny"), plan={"steps": 1, "source": "--steps"},
+                          data_stats={}, train_stats={}, results={})
+        assert "recipes.looking" not in card
+
+
 def test_a_browserless_eval_says_what_was_measured_where_and_what_was_not_run():
     recipe = Recipe(samples=0, ui_samples=64, kinds="grounding")
     ui = {**_result({"desktop": (3, 10), "phone": (1, 10)}), "measured": "browserless eval on the NVIDIA H200 machine"}

@@ -119,7 +119,12 @@ class BoxAttention:
         self.seen = None
         self.masses: list[float] = []
         self.place_errors: list[float] = []
-        self.attn.register_forward_pre_hook(self._keep)
+        self._hook = self.attn.register_forward_pre_hook(self._keep)
+
+    def close(self) -> None:
+        """Unhook the layer and drop what it kept: the model runs as if the label never was."""
+        self._hook.remove()
+        self.seen = None
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """The readout's parameters (none without `place_weight`): train them with the model."""
