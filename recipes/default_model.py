@@ -86,9 +86,10 @@ from recipes.deadline import RESERVE_S, Deadline
 from recipes.model_card import model_card, target_rows
 from recipes.pack import pack, unpack
 from recipes.recipe import Recipe
-from recipes.stages import (EVAL_MODES, EvalMode, budgets, evals_not_run, evaluate_model, learn_to_read, machine,
-                            make_data, make_processor, measure_reliance, plan_steps, ship, stage_result, train_model,
-                            training_stats, write_config, write_json)
+from recipes.stages import (EVAL_MODES, EvalMode, budgets, evals_not_run, evaluate_model, machine, make_data,
+                            make_processor, measure_reliance, plan_steps, ship, stage_result, train_model, training_stats,
+                            write_config, write_json)
+from recipes.start import learn_to_read
 from vlm.config import VLMConfig
 
 log = logging.getLogger(__name__)

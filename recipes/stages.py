@@ -1,6 +1,7 @@
 """The default model's stages, each cached in the work directory so a rerun resumes: data,
 processor (tokenizer and pixel budgets), config, step plan, training, held-out eval, the
-image-reliance check, and shipping the checkpoint. `recipes.default_model` runs them in order.
+image-reliance check, and shipping the checkpoint (the start training begins from, stages
+3b-3d, is `recipes.start`). `recipes.default_model` runs them in order.
 
 The eval has two modes: "full" needs Chromium (pages, episodes) and ffmpeg and decord (videos);
 "browserless" runs what Pillow alone can make data for (grounding on drawn UIs), so a GPU
@@ -23,9 +24,9 @@ from typing import Any, Literal
 import torch
 from transformers import AutoTokenizer
 
-from recipes import alignment, copying, first_use, looking, mimetic, reading, reliance
+from recipes import first_use, reliance
 from recipes import tokenizer as bpe
-from recipes.deadline import Deadline, reading_budget, stage_budget
+from recipes.deadline import stage_budget
 from recipes.recipe import (EVAL_SEED, EVAL_TASKS, EVERY_LANGUAGE, UI_GROUNDING, VIDEO_MAX_PIXELS, Recipe,
                             model_config)
 from synth import eval as heldout
@@ -33,7 +34,6 @@ from synth import ui
 from synth.dataset import parse_languages, synthesize
 from synth.vocab import LANGUAGES, Language
 from train import checkpoint
-from train.box_attention import BoxAttention
 from train.config import TrainConfig, pretrain
 from train.model import fit_to_tokenizer
 from train.trainer import Trainer
@@ -129,92 +129,6 @@ def write_config(recipe: Recipe, init: Path) -> VLMConfig:
         return config
     config.save(init)
     return config
-
-
-def learn_to_read(recipe: Recipe, work: Path, config: VLMConfig, *, device: str, workers: int,
-                  deadline: Deadline | None = None) -> dict[str, Any]:
-    """Stages 3b-3d, the start (`work/start/`) training begins from: the vision encoder alone
-    learns to read (`recipes.reading`), the language model around it starts random (its attention
-    mimetic with `lm_init`), learns to copy on text alone (`recipes.copying`, `copying_steps`),
-    then which word and where on small pictures over the frozen reader (`ground_steps`). Without
-    any of them training starts from `work/init/`'s config alone. Under a `deadline` each stops
-    early when time runs short (`recipes.deadline`). Returns the reading stage's result
-    (`stage_result(work, "copying")` and `"grounding"` are the others')."""
-    start = work / "start"
-    if (not recipe.reads and recipe.lm_init == "default" and not recipe.copying_steps) \
-            or (start / "config.json").is_file():
-        return stage_result(work, "reading")
-    weights = work / "reading" / "encoder.safetensors"
-    vlm = VLM.from_config(config, seed=recipe.seed)  # the start's language model: its tokens are aligned to
-    vlm.processor = Processor.from_pretrained(work / "init")
-    if recipe.reads and not weights.is_file():
-        train_reader(recipe, work, vlm, device=device, workers=workers, deadline=deadline)
-    if recipe.reads:
-        reading.load_encoder(vlm.model.visual, weights)
-    if recipe.lm_init == "mimetic":  # attention only: the embeddings the encoder aligned to stay
-        mimetic.language(vlm.model.language_model, seed=recipe.seed)
-    if recipe.copying_steps:  # text alone, embeddings frozen: the encoder stays aligned to them
-        train_copying(recipe, work, vlm, device=device, deadline=deadline)
-    if recipe.grounds:
-        train_grounding(recipe, work, vlm, device=device, deadline=deadline)
-    staging = work / ".start.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(work / "init", staging)
-    vlm.save_pretrained(staging)
-    os.replace(staging, start)
-    return stage_result(work, "reading")
-
-
-def train_reader(recipe: Recipe, work: Path, vlm: VLM, *, device: str, workers: int, deadline: Deadline | None) -> None:
-    """Stage 3b: `work/reading/encoder.safetensors` and its `result.json`, aligned to `vlm`'s embeddings."""
-    settings = reading.ReadingConfig(seed=recipe.seed, init=recipe.reading_init, glyph_share=recipe.reading_glyph_share)
-    budget = reading_budget(steps=recipe.reading_steps, minutes=recipe.reading_minutes, deadline=deadline)
-    encoder, result = reading.train(vlm.config.vision, settings, **budget, device=device, workers=workers,
-                                    align=alignment.Alignment.of(vlm))
-    # the deadline cut it if it ended before its steps, or on a clock it shortened
-    cut = result["steps"] < recipe.reading_steps if recipe.reading_steps else budget["minutes"] < recipe.reading_minutes
-    record = stage_budget(planned_steps=recipe.reading_steps, done_steps=result["steps"], cut=cut,
-                          planned_minutes=None if recipe.reading_steps else recipe.reading_minutes)
-    reading.save_encoder(encoder, work / "reading" / "encoder.safetensors", {**dataclasses.asdict(settings), **result})
-    write_json(work / "reading" / "result.json", {**result, "settings": dataclasses.asdict(settings), "budget": record})
-
-
-def train_copying(recipe: Recipe, work: Path, vlm: VLM, *, device: str, deadline: Deadline | None) -> None:
-    """Stage 3c on `vlm`, in place: its `work/copying/result.json`."""
-    started = time.perf_counter()
-    vlm.model.to(device)
-    copied = copying.train(vlm, steps=recipe.copying_steps, seed=recipe.seed, every=max(1, recipe.copying_steps // 10),
-                           stop=None if deadline is None else deadline.stopper(), log_line=log.info)
-    vlm.model.to("cpu")
-    write_json(work / "copying" / "result.json", {
-        "steps": copied.steps, "copy_accuracy": copied.accuracy, "seconds": round(time.perf_counter() - started, 1),
-        "budget": stage_budget(planned_steps=recipe.copying_steps, done_steps=copied.steps,
-                               cut=copied.steps < recipe.copying_steps)})
-
-
-def train_grounding(recipe: Recipe, work: Path, vlm: VLM, *, device: str, deadline: Deadline | None) -> None:
-    """Stage 3d on `vlm`, in place: with the reader frozen, the language model answers where each of
-    three UI words is on 224x112 pictures (`recipes.looking ground`, every word asked, one head told
-    to look inside the box it writes); its `work/grounding/result.json` (held-out gap and boxes)."""
-    started = time.perf_counter()
-    vlm.model.to(device)
-    vlm.model.visual.requires_grad_(False)
-    layer = TrainConfig.box_attention_layer % vlm.config.text.num_hidden_layers  # the head stage 4 labels
-    label = BoxAttention(vlm.model, vlm.processor.tokenizer, layer=layer)
-    try:
-        measured = looking.train(vlm, "ground", steps=recipe.ground_steps, every=max(1, recipe.ground_steps // 4),
-                                 seed=recipe.seed, attend=(label, 1.0),
-                                 stop=None if deadline is None else deadline.stopper(), log_line=log.info)
-    finally:
-        label.close()
-        vlm.model.visual.requires_grad_(True)
-        vlm.model.to("cpu")
-    write_json(work / "grounding" / "result.json", {
-        "steps": measured.steps, "gap": round(measured.gap, 4), "boxes": measured.accuracy,
-        "box_attention": round(sum(label.masses[-25:]) / max(1, len(label.masses[-25:])), 3),
-        "seconds": round(time.perf_counter() - started, 1),
-        "budget": stage_budget(planned_steps=recipe.ground_steps, done_steps=measured.steps,
-                               cut=measured.steps < recipe.ground_steps)})
 
 
 def stage_result(work: Path, stage: str) -> dict[str, Any]:

@@ -64,7 +64,8 @@ def test_bad_deadlines_are_refused_naming_the_value(tmp_path, flags, message):
 
 
 def test_the_copying_stage_stops_at_a_passed_deadline_and_a_far_one_changes_none_of_its_steps(tmp_path):
-    from recipes.stages import learn_to_read, make_processor, stage_result, write_config
+    from recipes.stages import make_processor, stage_result, write_config
+    from recipes.start import learn_to_read
     from vlm import VLM
 
     recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,

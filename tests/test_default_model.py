@@ -126,7 +126,8 @@ def test_the_browserless_recipe_reads_then_trains_from_the_reading_encoder(tmp_p
     starts from the reading encoder rather than from random vision weights."""
     from safetensors.torch import load_file
 
-    from recipes.stages import learn_to_read, make_data, make_processor, train_config, write_config
+    from recipes.stages import make_data, make_processor, train_config, write_config
+    from recipes.start import learn_to_read
     from train.model import load_model
     from vlm.processor import Processor
 
@@ -151,7 +152,8 @@ def test_the_browserless_recipe_reads_then_trains_from_the_reading_encoder(tmp_p
 
 def test_a_mimetic_language_model_start_is_made_even_without_a_reading_stage(tmp_path):
     from recipes import mimetic
-    from recipes.stages import learn_to_read, make_processor, train_config, write_config
+    from recipes.stages import make_processor, train_config, write_config
+    from recipes.start import learn_to_read
     from vlm import VLM
 
     recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
@@ -168,7 +170,8 @@ def test_a_mimetic_language_model_start_is_made_even_without_a_reading_stage(tmp
 
 
 def test_the_copying_stage_trains_the_start_language_model_but_keeps_its_embeddings(tmp_path):
-    from recipes.stages import learn_to_read, make_processor, stage_result, train_config, write_config
+    from recipes.stages import make_processor, stage_result, train_config, write_config
+    from recipes.start import learn_to_read
     from vlm import VLM
 
     recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
@@ -195,7 +198,8 @@ def test_the_grounding_stage_trains_the_language_model_over_the_frozen_reader_an
     from safetensors.torch import load_file
 
     from recipes import looking
-    from recipes.stages import learn_to_read, make_processor, stage_result, write_config
+    from recipes.stages import make_processor, stage_result, write_config
+    from recipes.start import learn_to_read
     from vlm import VLM
 
     recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
