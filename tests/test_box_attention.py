@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 
-from recipes import looking
+from recipes import looking_data
 from train.box_attention import BoxAttention, box_targets
 from train.collate import Encoder, pack
 from vlm import VLM
@@ -26,14 +26,14 @@ def _batch(vlm, examples):
 def _expected_tokens(box, side=28):
     """Merged tokens (row, col) of a SIZE picture (its own input size) whose square overlaps `box`."""
     x1, y1, x2, y2 = box
-    cols, rows = looking.SIZE[0] // side, looking.SIZE[1] // side
+    cols, rows = looking_data.SIZE[0] // side, looking_data.SIZE[1] // side
     return {(r, c) for r in range(rows) for c in range(cols)
             if c * side < x2 and (c + 1) * side > x1 and r * side < y2 and (r + 1) * side > y1}
 
 
 def test_each_box_answer_looks_at_the_image_tokens_inside_its_box(vlm):
     rng = random.Random(5)
-    examples = [looking.example("ground", rng) for _ in range(2)] + [looking.example("locate", rng)]
+    examples = [looking_data.example("ground", rng) for _ in range(2)] + [looking_data.example("locate", rng)]
     batch = _batch(vlm, examples)
     targets = box_targets(batch, vlm.processor.tokenizer, vlm.model.cfg)
     image_id = vlm.model.cfg.image_token_id
@@ -41,7 +41,7 @@ def test_each_box_answer_looks_at_the_image_tokens_inside_its_box(vlm):
     begin = vlm.processor.tokenizer.convert_tokens_to_ids("<|begin_of_box|>")
     starts = (batch.input_ids == begin).nonzero().tolist()
     assert len(starts) == len(answers)
-    cols = looking.SIZE[0] // 28
+    cols = looking_data.SIZE[0] // 28
     for (b, t), (ex_i, box) in zip(starts, answers):
         mine = (targets.rows == b) & (targets.queries >= t)
         first = int(mine.nonzero()[0])
@@ -62,14 +62,14 @@ def test_a_videos_frames_in_the_batch_are_not_taken_for_pictures(vlm, tmp_path):
                     "-pix_fmt", "yuv420p", str(video)], check=True)
     watch = [{"role": "user", "content": [{"type": "video", "video": str(video)}, {"type": "text", "text": "What happens?"}]},
              {"role": "assistant", "content": [{"type": "text", "text": "A test pattern."}]}]
-    ex = looking.example("locate", random.Random(3))
+    ex = looking_data.example("locate", random.Random(3))
     encoder = Encoder(vlm.processor, max_length=1 << 16)
     batch = pack([encoder.encode(watch), encoder.encode(ex.messages())], row_length=1 << 16)
     assert batch.video_grid_thw is not None
     targets = box_targets(batch, vlm.processor.tokenizer, vlm.model.cfg)
     assert len(targets) > 0
     b = int(targets.rows[0])
-    image_id, cols = vlm.model.cfg.image_token_id, looking.SIZE[0] // 28
+    image_id, cols = vlm.model.cfg.image_token_id, looking_data.SIZE[0] // 28
     picture = (batch.input_ids[b] == image_id) & (batch.segment_ids[b] == batch.segment_ids[b, targets.queries[0]])
     start = int(picture.nonzero()[0])
     keys = targets.keys[0].nonzero().squeeze(1).tolist()
@@ -80,7 +80,7 @@ def test_the_scored_attention_is_the_heads_own(vlm):
     """exp(log attention) times the head's values equals what the head hands to o_proj."""
     model = vlm.model.eval()
     looking_ = BoxAttention(model, vlm.processor.tokenizer, layer=2, head=3)
-    batch = _batch(vlm, [looking.example("ground", random.Random(6)), looking.example("locate", random.Random(7))])
+    batch = _batch(vlm, [looking_data.example("ground", random.Random(6)), looking_data.example("locate", random.Random(7))])
     handed = {}
     attn = model.language_model.layers[2].self_attn
     hook = attn.o_proj.register_forward_pre_hook(lambda m, args: handed.setdefault("x", args[0]))
@@ -102,7 +102,7 @@ def test_the_scored_attention_is_the_heads_own(vlm):
 def test_the_label_moves_the_heads_attention_into_the_box(vlm):
     model = VLM.from_pretrained().model.train()
     looking_ = BoxAttention(model, vlm.processor.tokenizer, layer=1)
-    batch = _batch(vlm, [looking.example("ground", random.Random(8)) for _ in range(2)])
+    batch = _batch(vlm, [looking_data.example("ground", random.Random(8)) for _ in range(2)])
     optimizer = torch.optim.Adam(model.language_model.parameters(), lr=3e-3)
     for _ in range(8):
         model(**batch.model_inputs("cpu"))
@@ -123,7 +123,7 @@ def test_a_bad_layer_or_head_is_named(vlm):
 def test_several_heads_are_labelled_alike(vlm):
     """With heads (0, 2) the loss is the mean of what each head alone would score."""
     model = vlm.model.eval()
-    batch = _batch(vlm, [looking.example("ground", random.Random(9))])
+    batch = _batch(vlm, [looking_data.example("ground", random.Random(9))])
     alone = []
     for head in (0, 2):
         labelled = BoxAttention(model, vlm.processor.tokenizer, layer=3, head=head)
@@ -140,9 +140,9 @@ def test_several_heads_are_labelled_alike(vlm):
 
 
 def test_the_targets_carry_each_answered_box_as_fractions_of_the_picture(vlm):
-    examples = [looking.example("ground", random.Random(10)), looking.example("locate", random.Random(11))]
+    examples = [looking_data.example("ground", random.Random(10)), looking_data.example("locate", random.Random(11))]
     targets = box_targets(_batch(vlm, examples), vlm.processor.tokenizer, vlm.model.cfg)
-    width, height = looking.SIZE
+    width, height = looking_data.SIZE
     # the answer's box is the word's, rounded to the 0-1000 grid the answer is written in
     expected = {tuple(round(v / s, 3) for v, s in zip(box, (width, height, width, height)))
                 for ex in examples for box in ex.boxes}
@@ -155,7 +155,7 @@ def test_the_place_readout_reads_the_heads_own_output(vlm):
     """What `output` hands the readout is what the head hands to o_proj at each supervised query."""
     model = vlm.model.eval()
     labelled = BoxAttention(model, vlm.processor.tokenizer, layer=2, head=(1, 3), place_weight=1.0)
-    batch = _batch(vlm, [looking.example("ground", random.Random(12))])
+    batch = _batch(vlm, [looking_data.example("ground", random.Random(12))])
     attn, handed = model.language_model.layers[2].self_attn, {}
     hook = attn.o_proj.register_forward_pre_hook(lambda m, args: handed.setdefault("x", args[0]))
     with torch.no_grad():
@@ -171,7 +171,7 @@ def test_the_place_readout_reads_the_heads_own_output(vlm):
 def test_the_place_label_trains_the_heads_values_and_nothing_else_of_the_layer(vlm):
     """The place label reaches the labelled head's values (its key-value group's rows of v_proj)
     and the readout; without it the box-attention loss leaves every value weight alone."""
-    batch = _batch(vlm, [looking.example("ground", random.Random(13))])
+    batch = _batch(vlm, [looking_data.example("ground", random.Random(13))])
     grads = {}
     for weight in (0.0, 1.0):
         model = VLM.from_pretrained().model.train()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from recipes import looking
+from recipes import looking, looking_data
 from vlm import VLM
 
 
@@ -19,29 +19,29 @@ def _ink(image, box):
 def test_every_answer_is_about_what_the_picture_shows():
     rng = random.Random(0)
     for _ in range(20):
-        side = looking.example("side", rng)
+        side = looking_data.example("side", rng)
         (x1, _, x2, _), = side.boxes
-        assert side.turns[0][1] == ("left" if (x1 + x2) / 2 < looking.SIZE[0] / 2 else "right")
-        assert side.image.getpixel(((x1 + x2) // 2, (side.boxes[0][1] + side.boxes[0][3]) // 2)) == looking.RED
-        read = looking.example("read", rng)
-        assert read.turns[0][1] in looking.WORDS and _ink(read.image, read.boxes[0]) > 100
-        ground = looking.example("ground", rng)
+        assert side.turns[0][1] == ("left" if (x1 + x2) / 2 < looking_data.SIZE[0] / 2 else "right")
+        assert side.image.getpixel(((x1 + x2) // 2, (side.boxes[0][1] + side.boxes[0][3]) // 2)) == looking_data.RED
+        read = looking_data.example("read", rng)
+        assert read.turns[0][1] in looking_data.WORDS and _ink(read.image, read.boxes[0]) > 100
+        ground = looking_data.example("ground", rng)
         assert len(ground.turns) >= 2 and all(_ink(ground.image, b) > 100 for b in ground.boxes)
         for (question, answer), box in zip(ground.turns, ground.boxes):
-            assert answer == looking.box_answer(box) and question.startswith('Where is the text "')
-            assert looking.correct("ground", looking.Example(ground.image, ((question, answer),), (box,)), answer)
-        locate = looking.example("locate", rng)
+            assert answer == looking_data.box_answer(box) and question.startswith('Where is the text "')
+            assert looking_data.correct("ground", looking_data.Example(ground.image, ((question, answer),), (box,)), answer)
+        locate = looking_data.example("locate", rng)
         (question, answer), = locate.turns
-        assert answer == looking.box_answer(locate.boxes[0]) and _ink(locate.image, locate.boxes[0]) > 100
-        assert looking.correct("locate", locate, answer) and not looking.correct("locate", locate, "left")
-        colour = looking.example("colour", rng)
+        assert answer == looking_data.box_answer(locate.boxes[0]) and _ink(locate.image, locate.boxes[0]) > 100
+        assert looking_data.correct("locate", locate, answer) and not looking_data.correct("locate", locate, "left")
+        colour = looking_data.example("colour", rng)
         assert colour.turns[0][1] == ("dark" if sum(colour.image.getpixel((0, 0))) < 384 else "light")
 
 
 def test_the_oracle_tokens_mark_the_squares_tokens_and_their_x():
     vlm = VLM.from_pretrained()
-    looking.oracle_tokens(vlm.model)
-    ex = looking.example("side", random.Random(3))
+    looking_data.oracle_tokens(vlm.model)
+    ex = looking_data.example("side", random.Random(3))
     inputs = vlm.processor(text=["<|begin_of_image|><|image|><|end_of_image|>"], images=[ex.image], return_tensors="pt")
     tokens = vlm.model.visual(inputs["pixel_values"], inputs["image_grid_thw"])
     _, h, w = inputs["image_grid_thw"][0].tolist()
@@ -58,12 +58,12 @@ def test_the_word_oracle_gives_each_words_tokens_its_code_in_the_pictures_order(
     vlm = VLM.from_pretrained()
     tokenizer = vlm.processor.tokenizer
     rng = random.Random(4)
-    a, b = looking.example("ground", rng), looking.example("ground", rng)
+    a, b = looking_data.example("ground", rng), looking_data.example("ground", rng)
     inputs = vlm.processor(text=["<|begin_of_image|><|image|><|end_of_image|>"] * 2, images=[a.image, b.image],
                            return_tensors="pt")
     for codes in ("embeddings", "random"):
         vlm = VLM.from_pretrained()
-        oracle = looking.WordOracle(vlm.model, tokenizer, codes)
+        oracle = looking_data.WordOracle(vlm.model, tokenizer, codes)
         oracle.expect([a, b])
         tokens = vlm.model.visual(inputs["pixel_values"], inputs["image_grid_thw"])
         assert tokens.shape == (64, vlm.config.text.hidden_size) and not oracle.pending
@@ -90,14 +90,14 @@ def test_ground_with_one_question_shows_three_words_and_the_oracle_codes_all_of_
     so the model must find which word is asked, not just where the only word is."""
     rng = random.Random(8)
     for _ in range(12):
-        ex = looking.example("ground", rng, questions=1)
+        ex = looking_data.example("ground", rng, questions=1)
         (question, answer), = ex.turns
         assert len(ex.words) == 3 and all(_ink(ex.image, box) > 100 for _, box in ex.words)
-        assert (question.split('"')[1], ex.boxes[0]) == ex.words[0] and answer == looking.box_answer(ex.boxes[0])
+        assert (question.split('"')[1], ex.boxes[0]) == ex.words[0] and answer == looking_data.box_answer(ex.boxes[0])
     vlm = VLM.from_pretrained()
-    ex = looking.example("ground", random.Random(9), questions=1)
+    ex = looking_data.example("ground", random.Random(9), questions=1)
     inputs = vlm.processor(text=["<|begin_of_image|><|image|><|end_of_image|>"], images=[ex.image], return_tensors="pt")
-    oracle = looking.WordOracle(vlm.model, vlm.processor.tokenizer, "random")
+    oracle = looking_data.WordOracle(vlm.model, vlm.processor.tokenizer, "random")
     oracle.expect([ex])
     tokens = vlm.model.visual(inputs["pixel_values"], inputs["image_grid_thw"])
     for word, (x1, y1, x2, y2) in ex.words:
@@ -108,32 +108,32 @@ def test_ground_with_one_question_shows_three_words_and_the_oracle_codes_all_of_
 
 def test_name_first_answers_begin_with_the_asked_word_and_still_score_by_their_box():
     for task in ("ground", "third"):
-        plain, named = (looking.example(task, random.Random(3), questions=1, name_first=f) for f in (False, True))
+        plain, named = (looking_data.example(task, random.Random(3), questions=1, name_first=f) for f in (False, True))
         assert plain.image.tobytes() == named.image.tobytes() and plain.words == named.words
         word = named.words[0][0]
         assert named.turns[0][1] == f'"{word}" ' + plain.turns[0][1]
-        assert looking.correct(task, named, named.turns[0][1])
-    ground = looking.example("ground", random.Random(3), questions=1, name_first=True)
-    another = f'"{ground.words[0][0]}" ' + looking.box_answer(ground.words[1][1])  # the right name, another box
-    assert not looking.correct("ground", ground, another)
+        assert looking_data.correct(task, named, named.turns[0][1])
+    ground = looking_data.example("ground", random.Random(3), questions=1, name_first=True)
+    another = f'"{ground.words[0][0]}" ' + looking_data.box_answer(ground.words[1][1])  # the right name, another box
+    assert not looking_data.correct("ground", ground, another)
 
 
 def test_the_word_oracles_digit_place_is_each_tokens_coordinate_digits():
     """place="digits": a token away from every word carries one-hot hundreds and tens digits of
     its centre's x and y in the answers' 0-999 space, and nothing else but the constant."""
     vlm = VLM.from_pretrained()
-    ex = looking.example("locate", random.Random(6))
+    ex = looking_data.example("locate", random.Random(6))
     inputs = vlm.processor(text=["<|begin_of_image|><|image|><|end_of_image|>"], images=[ex.image], return_tensors="pt")
-    oracle = looking.WordOracle(vlm.model, vlm.processor.tokenizer, "random", place="digits")
+    oracle = looking_data.WordOracle(vlm.model, vlm.processor.tokenizer, "random", place="digits")
     oracle.expect([ex])
     tokens = vlm.model.visual(inputs["pixel_values"], inputs["image_grid_thw"])
     (x1, y1, x2, y2), = ex.boxes
     checked = 0
-    for row in range(looking.SIZE[1] // 28):
-        for col in range(looking.SIZE[0] // 28):
+    for row in range(looking_data.SIZE[1] // 28):
+        for col in range(looking_data.SIZE[0] // 28):
             if col * 28 < x2 and (col + 1) * 28 > x1 and row * 28 < y2 and (row + 1) * 28 > y1:
                 continue  # the word's code is added here too
-            x, y = int((col + 0.5) * 28 / looking.SIZE[0] * 1000), int((row + 0.5) * 28 / looking.SIZE[1] * 1000)
+            x, y = int((col + 0.5) * 28 / looking_data.SIZE[0] * 1000), int((row + 0.5) * 28 / looking_data.SIZE[1] * 1000)
             expected = torch.zeros(vlm.config.text.hidden_size)
             expected[2] = 1.0
             for slot, digit in enumerate((x // 100, x // 10 % 10, y // 100, y // 10 % 10)):
@@ -167,15 +167,15 @@ def test_third_asks_which_third_the_asked_word_is_in_among_the_words_shown(capsy
     rng = random.Random(11)
     seen = set()
     for _ in range(30):
-        ex = looking.example("third", rng, questions=1)
+        ex = looking_data.example("third", rng, questions=1)
         (question, answer), = ex.turns
         word, (x1, y1, x2, y2) = ex.words[0]
         assert len(ex.words) == 3 and question == f'Which third of the picture is the text "{word}" in?'
-        assert answer == looking.THIRDS[int((x1 + x2) / 2 / looking.SIZE[0] * 3)] and _ink(ex.image, ex.boxes[0]) > 100
-        assert looking.correct("third", ex, answer) and not looking.correct("third", ex, "up")
+        assert answer == looking_data.THIRDS[int((x1 + x2) / 2 / looking_data.SIZE[0] * 3)] and _ink(ex.image, ex.boxes[0]) > 100
+        assert looking_data.correct("third", ex, answer) and not looking_data.correct("third", ex, "up")
         seen.add(answer)
-        assert len(looking.example("third", rng, questions=1, shown=1).words) == 1
-    assert seen == set(looking.THIRDS)
+        assert len(looking_data.example("third", rng, questions=1, shown=1).words) == 1
+    assert seen == set(looking_data.THIRDS)
     with pytest.raises(SystemExit) as exit_:
         looking.main(["third", "--model", "assets/model", "--shown", "1"])
     assert exit_.value.code == 2 and "--questions 3 > --shown 1" in capsys.readouterr().err
@@ -187,17 +187,17 @@ def test_screen_asks_the_data_engines_grounding_questions_about_different_elemen
     rng = random.Random(3)
     sizes = set()
     for _ in range(12):
-        ex = looking.example("screen", rng, questions=4)
+        ex = looking_data.example("screen", rng, questions=4)
         width, height = ex.image.size
         sizes.add(ex.image.size)
         assert len(ex.turns) == len(ex.boxes) == 4 and len(set(ex.boxes)) == 4 and width <= 400 and height <= 300
         for (question, answer), (x1, y1, x2, y2) in zip(ex.turns, ex.boxes):
             assert "bounding box" in question
             assert (x1, y1, x2, y2) in [box for _, box in ex.words]
-            asked = looking.Example(ex.image, ((question, answer),), ((x1, y1, x2, y2),))
-            assert looking.correct("screen", asked, answer)
+            asked = looking_data.Example(ex.image, ((question, answer),), ((x1, y1, x2, y2),))
+            assert looking_data.correct("screen", asked, answer)
             far_x, far_y = round((x1 + x2) / 2 / width * 1000 + 500) % 1000, round((y1 + y2) / 2 / height * 1000 + 500) % 1000
-            assert not looking.correct("screen", asked, f"<|begin_of_box|>[{far_x},{far_y},{far_x},{far_y}]<|end_of_box|>")
+            assert not looking_data.correct("screen", asked, f"<|begin_of_box|>[{far_x},{far_y},{far_x},{far_y}]<|end_of_box|>")
             assert _ink(ex.image, (x1, y1, x2, y2)) > 30
     assert {(160, 210), (320, 240)} <= sizes and len(sizes) > 2  # task areas and small screens, some resized
     with pytest.raises(SystemExit) as exit_:
@@ -212,7 +212,7 @@ def test_with_clean_tokens_the_shipped_language_model_learns_where_the_square_is
     shipped model: gap 0.25 nats at step 60, batch 16; from a random language model 0.5 by step 80)."""
     torch.manual_seed(0)
     vlm = VLM.from_pretrained()
-    looking.oracle_tokens(vlm.model)
+    looking_data.oracle_tokens(vlm.model)
     result = looking.train(vlm, "side", steps=60, every=60, batch_size=16, n_test=24)
     assert result.gap > 0.12, result
 

@@ -256,13 +256,13 @@ def test_the_box_attention_label_is_trained_and_logged(tmp_path):
     and training on it moves that mass into the boxes."""
     import random
 
-    from recipes import looking
+    from recipes import looking_data
 
     rng = random.Random(0)
     (tmp_path / "images").mkdir()
     lines = []
     for i in range(8):
-        ex = looking.example("locate", rng)
+        ex = looking_data.example("locate", rng)
         ex.image.save(tmp_path / "images" / f"{i}.png")
         (question, answer), = ex.turns
         lines.append(json.dumps({"messages": [
