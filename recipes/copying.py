@@ -49,7 +49,8 @@ from typing import Callable
 
 import torch
 
-from recipes.looking import WORDS, lr_factor
+from recipes.looking import lr_factor
+from recipes.looking_data import WORDS
 from train import balance
 from train.config import TrainConfig
 from vlm import VLM

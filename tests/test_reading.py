@@ -273,7 +273,7 @@ def test_the_ideal_target_is_the_looking_probes_ideal_reader():
     `recipes.looking --oracle-words embeddings` puts in the language model's image tokens."""
     import torch.nn.functional as F
 
-    from recipes.looking import Example, WordOracle
+    from recipes.looking_data import Example, WordOracle
     from recipes.reading import ideal_tokens
     from vlm import VLM
 
