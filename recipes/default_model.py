@@ -89,7 +89,7 @@ from recipes.recipe import Recipe
 from recipes.stages import (EVAL_MODES, EvalMode, budgets, evals_not_run, evaluate_model, machine, make_data,
                             make_processor, measure_reliance, plan_steps, ship, stage_result, train_model, training_stats,
                             write_config, write_json)
-from recipes.start import learn_to_read
+from recipes.start import make_start
 from vlm.config import VLMConfig
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
     config = write_config(recipe, init)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # drawing pictures costs more than a CPU step: on CPU one worker draws while the trainer steps
-    read = learn_to_read(recipe, work, config, device=device, workers=workers if device == "cuda" else min(workers, 1),
+    read = make_start(recipe, work, config, device=device, workers=workers if device == "cuda" else min(workers, 1),
                          deadline=deadline)
     copied, grounded = stage_result(work, "copying"), stage_result(work, "grounding")
     log.info("reading stage: %s; copying stage: %s; grounding stage: %s", read, copied, grounded)

@@ -31,7 +31,7 @@ from vlm.processor import Processor
 log = logging.getLogger(__name__)
 
 
-def learn_to_read(recipe: Recipe, work: Path, config: VLMConfig, *, device: str, workers: int,
+def make_start(recipe: Recipe, work: Path, config: VLMConfig, *, device: str, workers: int,
                   deadline: Deadline | None = None) -> dict[str, Any]:
     """Stages 3b-3d, the start (`work/start/`) training begins from: the vision encoder alone
     learns to read (`recipes.reading`), the language model around it starts random (its attention

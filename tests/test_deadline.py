@@ -65,7 +65,7 @@ def test_bad_deadlines_are_refused_naming_the_value(tmp_path, flags, message):
 
 def test_the_copying_stage_stops_at_a_passed_deadline_and_a_far_one_changes_none_of_its_steps(tmp_path):
     from recipes.stages import make_processor, stage_result, write_config
-    from recipes.start import learn_to_read
+    from recipes.start import make_start
     from vlm import VLM
 
     recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
@@ -76,7 +76,7 @@ def test_the_copying_stage_stops_at_a_passed_deadline_and_a_far_one_changes_none
     for name, limit in limits.items():
         work = tmp_path / name
         config = write_config(recipe, make_processor(recipe, work, corpus=work / "unused"))
-        learn_to_read(recipe, work, config, device="cpu", workers=0, deadline=limit)
+        make_start(recipe, work, config, device="cpu", workers=0, deadline=limit)
         budgets[name] = stage_result(work, "copying")["budget"]
         starts[name] = VLM.from_pretrained(work / "start").model.state_dict()
     assert budgets["unset"] == budgets["far"] == {"planned_steps": 3, "done_steps": 3, "cut_by_deadline": False}

@@ -127,7 +127,7 @@ def test_the_browserless_recipe_reads_then_trains_from_the_reading_encoder(tmp_p
     from safetensors.torch import load_file
 
     from recipes.stages import make_data, make_processor, train_config, write_config
-    from recipes.start import learn_to_read
+    from recipes.start import make_start
     from train.model import load_model
     from vlm.processor import Processor
 
@@ -137,7 +137,7 @@ def test_the_browserless_recipe_reads_then_trains_from_the_reading_encoder(tmp_p
     corpus = make_data(recipe, work, workers=1, progress=False)
     init = make_processor(recipe, work, corpus)
     config = write_config(recipe, init)
-    result = learn_to_read(recipe, work, config, device="cpu", workers=0)
+    result = make_start(recipe, work, config, device="cpu", workers=0)
     assert result["steps"] == 3 and 0.0 <= result["patch_char_accuracy"] <= 1.0  # a step budget, not minutes
     assert 0.0 <= result["aligned"] <= 1.0  # its tokens were aligned to the start's embeddings
     encoder = load_file(str(work / "reading" / "encoder.safetensors"))
@@ -147,20 +147,20 @@ def test_the_browserless_recipe_reads_then_trains_from_the_reading_encoder(tmp_p
     for name, tensor in encoder.items():
         assert torch.equal(model.visual.state_dict()[name], tensor), name
     # rerunning the stage reuses its output instead of training another encoder
-    assert learn_to_read(recipe, work, config, device="cpu", workers=0) == result
+    assert make_start(recipe, work, config, device="cpu", workers=0) == result
 
 
 def test_a_mimetic_language_model_start_is_made_even_without_a_reading_stage(tmp_path):
     from recipes import mimetic
     from recipes.stages import make_processor, train_config, write_config
-    from recipes.start import learn_to_read
+    from recipes.start import make_start
     from vlm import VLM
 
     recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
                     retrain_tokenizer=False, reading_minutes=0, lm_init="mimetic", copying_steps=0)
     work = tmp_path / "work"
     config = write_config(recipe, make_processor(recipe, work, corpus=work / "unused"))
-    assert learn_to_read(recipe, work, config, device="cpu", workers=0) == {}  # no reading stage to report
+    assert make_start(recipe, work, config, device="cpu", workers=0) == {}  # no reading stage to report
     assert train_config(recipe, work, steps=1, progress=False, resume=False).model == str(work / "start")
     expected = VLM.from_config(config, seed=recipe.seed).model
     mimetic.language(expected.language_model, seed=recipe.seed)
@@ -171,14 +171,14 @@ def test_a_mimetic_language_model_start_is_made_even_without_a_reading_stage(tmp
 
 def test_the_copying_stage_trains_the_start_language_model_but_keeps_its_embeddings(tmp_path):
     from recipes.stages import make_processor, stage_result, train_config, write_config
-    from recipes.start import learn_to_read
+    from recipes.start import make_start
     from vlm import VLM
 
     recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
                     retrain_tokenizer=False, reading_minutes=0, copying_steps=3)
     work = tmp_path / "work"
     config = write_config(recipe, make_processor(recipe, work, corpus=work / "unused"))
-    assert learn_to_read(recipe, work, config, device="cpu", workers=0) == {}  # no reading stage to report
+    assert make_start(recipe, work, config, device="cpu", workers=0) == {}  # no reading stage to report
     copied = stage_result(work, "copying")
     assert copied["steps"] == 3 and 0.0 <= copied["copy_accuracy"] <= 1.0 and copied["seconds"] > 0
     assert train_config(recipe, work, steps=1, progress=False, resume=False).model == str(work / "start")
@@ -199,7 +199,7 @@ def test_the_grounding_stage_trains_the_language_model_over_the_frozen_reader_an
 
     from recipes import looking
     from recipes.stages import make_processor, stage_result, write_config
-    from recipes.start import learn_to_read
+    from recipes.start import make_start
     from vlm import VLM
 
     recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
@@ -208,7 +208,7 @@ def test_the_grounding_stage_trains_the_language_model_over_the_frozen_reader_an
     config = write_config(recipe, make_processor(recipe, work, corpus=work / "unused"))
     trained, train = [], looking.train
     monkeypatch.setattr(looking, "train", lambda vlm, *args, **kwargs: trained.append(vlm) or train(vlm, *args, **kwargs))
-    learn_to_read(recipe, work, config, device="cpu", workers=0)
+    make_start(recipe, work, config, device="cpu", workers=0)
     grounded = stage_result(work, "grounding")
     assert grounded["steps"] == 2 and grounded["budget"] == {"planned_steps": 2, "done_steps": 2, "cut_by_deadline": False}
     assert 0.0 <= grounded["boxes"] <= 1.0 and 0.0 <= grounded["box_attention"] <= 1.0 and grounded["seconds"] > 0
