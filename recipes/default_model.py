@@ -109,7 +109,7 @@ def run(recipe: Recipe, *, out: Path, work: Path, workers: int = 2, evaluate: bo
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # drawing pictures costs more than a CPU step: on CPU one worker draws while the trainer steps
     read = make_start(recipe, work, config, device=device, workers=workers if device == "cuda" else min(workers, 1),
-                         deadline=deadline)
+                      deadline=deadline)
     copied, grounded = stage_result(work, "copying"), stage_result(work, "grounding")
     log.info("reading stage: %s; copying stage: %s; grounding stage: %s", read, copied, grounded)
     plan = plan_steps(recipe, work, progress=progress)
