@@ -109,9 +109,10 @@ def train_grounding(recipe: Recipe, work: Path, vlm: VLM, *, device: str, deadli
         label.close()
         vlm.model.visual.requires_grad_(True)
         vlm.model.to("cpu")
+    late = label.masses[-25:]  # the head's mass in the box over the last steps (one value a step)
     write_json(work / "grounding" / "result.json", {
         "steps": measured.steps, "gap": round(measured.gap, 4), "boxes": measured.accuracy,
-        "box_attention": round(sum(label.masses[-25:]) / max(1, len(label.masses[-25:])), 3),
+        "box_attention": round(sum(late) / max(1, len(late)), 3),
         "seconds": round(time.perf_counter() - started, 1),
         "budget": stage_budget(planned_steps=recipe.ground_steps, done_steps=measured.steps,
                                cut=measured.steps < recipe.ground_steps)})
