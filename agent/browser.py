@@ -1,26 +1,18 @@
 """`BrowserEnv`: the agent's environment in a Chromium page (Playwright, sync API).
 
-Units. Screenshots are taken at the viewport's CSS size (`scale="css"`), whatever the device
-pixel ratio, so the model sees the page the size the page lays itself out, and a 0-999
-coordinate maps to CSS pixels once (`Point.to_pixels(css_width, css_height)`). Playwright's
-mouse and touch APIs take CSS pixels and Chromium applies the device pixel ratio itself:
-scaling by the ratio here as well would be the double conversion the protocol forbids. One
-more step is needed on phones: a page without a `<meta name=viewport>` is laid out wider
-than the screen and zoomed out, and input takes layout (client) coordinates, so a screenshot
-point is divided by `visualViewport.scale` and offset by the visual viewport's position.
+How pointer and keyboard actions become input, and in which pixels, is `BrowserInput`'s part
+(`agent.browser_input`), a base of `BrowserEnv`. This module launches the browser, keeps its
+tabs, observes, waits for what an action triggered, and performs the actions that are not input
+(Navigate, Back, Home, Wait; OpenApp is refused).
 
 URL rules (`DomainRules`) are enforced on every request by a `RequestFilter` (see
 `agent.request_filter`: a context route, and a `RulesProxy` every connection of the browser
-goes through, for redirect hops, WebSockets and workers), fixed when the browser starts. A blocked main-frame navigation is raised as `BlockedURL` from
-`execute` / `goto`, or from the next `observe` when it happened between actions. `execute`
-knows which navigations its action started in the tab from CDP's `Page.frameRequestedNavigation`
-(after one round trip through the renderer), and waits for them to reach the network however
-long that takes; a popup or a navigation a timer starts later is not waited for.
-
-Touch devices (`device="Pixel 7"` or any descriptor with `has_touch`) tap instead of
-clicking; long press and swipe are raw touch sequences sent over CDP, because Playwright's
-touchscreen only taps. Without touch, a long press holds the mouse button and a swipe is a
-wheel scroll in the direction the content would move.
+goes through, for redirect hops, WebSockets and workers), fixed when the browser starts. A
+blocked main-frame navigation is raised as `BlockedURL` from `execute` / `goto`, or from the
+next `observe` when it happened between actions. `execute` knows which navigations its action
+started in the tab from CDP's `Page.frameRequestedNavigation` (after one round trip through the
+renderer), and waits for them to reach the network however long that takes; a popup or a
+navigation a timer starts later is not waited for.
 """
 
 from __future__ import annotations
@@ -36,36 +28,17 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
 from agent import set_of_marks
-from agent.actions import (
-    TERMINAL_ACTIONS, Action, Back, Box, Click, Drag, Home, Hover, Key, LongPress, Mark, Navigate, OpenApp, Point,
-    Scroll, Swipe, Target, Type, Wait)
+from agent.actions import TERMINAL_ACTIONS, Action, Back, Box, Home, Navigate, OpenApp, Target, Wait
+from agent.browser_input import BrowserInput
 from agent.chromium import launch_chromium
 from agent.domains import BlockedURL, DomainRules
-from agent.environment import ActionHandlers, ElementInfo, Observation, UnsupportedAction
+from agent.environment import ElementInfo, Observation, UnsupportedAction
 from agent.proxy import RulesProxy
 from agent.request_filter import RESOLVER_RULES_FLAG, RequestedNavigations, RequestFilter, with_resolver_rules
 
 logger = logging.getLogger(__name__)
 
-WHEEL_PX_PER_STEP = 100  # one wheel notch in Chromium on Linux
-SWIPE_FRACTION = 0.4  # a swipe moves the finger this fraction of the viewport
 NAVIGATION_START_S = 5.0  # after an action asked for a navigation, wait at most this long for it to start
-
-# Desktop-format key names (lower case) -> Playwright key names.
-KEY_NAMES = {
-    "ctrl": "Control", "control": "Control", "alt": "Alt", "option": "Alt", "shift": "Shift",
-    "cmd": "Meta", "command": "Meta", "meta": "Meta", "super": "Meta", "win": "Meta", "windows": "Meta",
-    "enter": "Enter", "return": "Enter", "esc": "Escape", "escape": "Escape", "tab": "Tab",
-    "backspace": "Backspace", "delete": "Delete", "del": "Delete", "insert": "Insert", "space": "Space",
-    "up": "ArrowUp", "down": "ArrowDown", "left": "ArrowLeft", "right": "ArrowRight",
-    "arrowup": "ArrowUp", "arrowdown": "ArrowDown", "arrowleft": "ArrowLeft", "arrowright": "ArrowRight",
-    "pageup": "PageUp", "pagedown": "PageDown", "page_up": "PageUp", "page_down": "PageDown",
-    "home": "Home", "end": "End", "capslock": "CapsLock", "plus": "+",
-    **{f"f{i}": f"F{i}" for i in range(1, 13)},
-}
-
-_VISUAL_VIEWPORT_JS = """() => { const v = window.visualViewport;
-  return v ? [v.scale, v.offsetLeft, v.offsetTop] : [1, 0, 0]; }"""
 
 _DESCRIBE_JS = """([x, y]) => {
   let el = (x === null) ? document.activeElement : document.elementFromPoint(x, y);
@@ -103,12 +76,7 @@ def _release_playwright() -> None:
         _local.playwright = None
 
 
-def key_name(key: str) -> str:
-    """A desktop-format key name ('ctrl', 'pagedown', 'a') as a Playwright key name."""
-    return KEY_NAMES.get(key.lower(), key if len(key) == 1 else key[:1].upper() + key[1:])
-
-
-class BrowserEnv(ActionHandlers):
+class BrowserEnv(BrowserInput):
     """A Chromium page the agent observes and acts on.
 
     `viewport` is (width, height) in CSS pixels (default 1280x720, or the device's);
@@ -294,104 +262,6 @@ class BrowserEnv(ActionHandlers):
         except PlaywrightError as error:
             logger.warning("page did not finish loading after the action: %s", error)
 
-    def _pixels(self, target: Target, observation: Observation) -> tuple[float, float]:
-        """Client (layout-viewport) CSS pixels of `target`'s centre: what Playwright's mouse,
-        touchscreen and the page's `elementFromPoint` take."""
-        x, y = self._screen_pixels(target, observation)
-        # the screenshot shows the visual viewport; input takes layout-viewport coordinates,
-        # which differ when a mobile page is zoomed (no <meta name=viewport>)
-        if not self.is_mobile:  # only mobile emulation zooms a page; skip the round trip
-            return x, y
-        scale, left, top = self.page.evaluate(_VISUAL_VIEWPORT_JS)
-        return left + x / scale, top + y / scale
-
-    def _screen_pixels(self, target: Target, observation: Observation) -> tuple[float, float]:
-        """Screen CSS pixels of `target`'s centre: what raw CDP touch events take."""
-        width, height = observation.screenshot.size
-        if isinstance(target, Mark):
-            if target.id not in observation.marks:
-                raise ValueError(f"mark [{target.id}] is not on the page; marks are {sorted(observation.marks)}")
-            target = observation.marks[target.id]
-        point = target.center if isinstance(target, Box) else target
-        if not isinstance(point, Point):
-            raise TypeError(f"target {target!r} is not a Point, Box or Mark")
-        vw, vh = self.viewport  # equal to the screenshot's size unless the viewport changed since
-        x, y = point.to_pixels(width, height)
-        return x * vw / width, y * vh / height
-
-    def _do_click(self, action: Click, observation: Observation) -> None:
-        x, y = self._pixels(action.target, observation)
-        if self.has_touch and action.button == "left" and action.count == 1:
-            self.page.touchscreen.tap(x, y)
-        else:
-            self.page.mouse.click(x, y, button=action.button, click_count=action.count)
-
-    def _do_hover(self, action: Hover, observation: Observation) -> None:
-        self.page.mouse.move(*self._pixels(action.target, observation))
-
-    def _do_drag(self, action: Drag, observation: Observation) -> None:
-        if self.has_touch:
-            path = [self._screen_pixels(action.start, observation), self._screen_pixels(action.end, observation)]
-            self._touch_path(path, hold_ms=300)
-            return
-        (x1, y1), (x2, y2) = self._pixels(action.start, observation), self._pixels(action.end, observation)
-        mouse = self.page.mouse
-        mouse.move(x1, y1)
-        mouse.down()
-        mouse.move(x2, y2, steps=10)  # intermediate moves: drag handlers and HTML5 drag need them
-        mouse.up()
-
-    def _do_scroll(self, action: Scroll, observation: Observation) -> None:
-        if action.target is not None:
-            x, y = self._pixels(action.target, observation)
-        else:
-            width, height = self.viewport
-            x, y = width / 2, height / 2
-        distance = action.steps * WHEEL_PX_PER_STEP
-        dx, dy = {"up": (0, -distance), "down": (0, distance),
-                  "left": (-distance, 0), "right": (distance, 0)}[action.direction]
-        self.page.mouse.move(x, y)
-        self.page.mouse.wheel(dx, dy)
-
-    def _do_longpress(self, action: LongPress, observation: Observation) -> None:
-        if self.has_touch:
-            self._touch_path([self._screen_pixels(action.target, observation)], hold_ms=action.duration_ms)
-            return
-        x, y = self._pixels(action.target, observation)
-        self.page.mouse.move(x, y)
-        self.page.mouse.down()
-        self.page.wait_for_timeout(action.duration_ms)
-        self.page.mouse.up()
-
-    def _do_swipe(self, action: Swipe, observation: Observation) -> None:
-        width, height = self.viewport
-        if not self.has_touch:  # finger up == content moves up == wheel down
-            steps = max(1, round(SWIPE_FRACTION * height / WHEEL_PX_PER_STEP))
-            opposite = {"up": "down", "down": "up", "left": "right", "right": "left"}[action.direction]
-            self._do_scroll(Scroll(opposite, action.target, steps), observation)
-            return
-        if action.target is not None:
-            x, y = self._screen_pixels(action.target, observation)
-        else:
-            x, y = width / 2, height / 2
-        dx, dy = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}[action.direction]
-        end = (min(width - 1, max(0, x + dx * SWIPE_FRACTION * width)),
-               min(height - 1, max(0, y + dy * SWIPE_FRACTION * height)))
-        path = [(x + (end[0] - x) * i / 10, y + (end[1] - y) * i / 10) for i in range(11)]
-        self._touch_path(path, hold_ms=0)
-
-    def _touch_path(self, path: list[tuple[float, float]], *, hold_ms: int) -> None:
-        """One finger down at path[0] (screen CSS pixels), held `hold_ms`, moved along the
-        path, lifted. CDP touch events take screen coordinates, unlike Playwright's input."""
-        cdp = self._cdp_session()
-        point = lambda xy: [{"x": xy[0], "y": xy[1], "id": 0}]  # noqa: E731
-        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": point(path[0])})
-        if hold_ms:
-            self.page.wait_for_timeout(hold_ms)
-        for xy in path[1:]:
-            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": point(xy)})
-        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
-
     def _cdp_session(self, page: Any = None) -> Any:
         page = page if page is not None else self.page
         if page not in self._cdp:
@@ -410,22 +280,7 @@ class BrowserEnv(ActionHandlers):
                 return None
         return self._navigations[page]
 
-    def _do_type(self, action: Type, observation: Observation) -> None:
-        if action.target is not None:
-            self._do_click(Click(action.target), observation)
-        keyboard = self.page.keyboard
-        if action.clear:
-            keyboard.press("ControlOrMeta+A")
-            keyboard.press("Backspace")
-        keyboard.type(action.text)
-        if action.press_enter:
-            keyboard.press("Enter")
-
-    def _do_key(self, action: Key, observation: Observation) -> None:
-        names = [key_name(k) for k in action.keys]
-        if "Shift" in names[:-1] and len(names[-1]) == 1:
-            names[-1] = names[-1].upper()  # a real keyboard reports 'K' for shift+k; Playwright would say 'k'
-        self.page.keyboard.press("+".join(names))
+    # --- actions that are not input (BrowserInput handles the rest) -----------------------
 
     def _do_navigate(self, action: Navigate, observation: Observation) -> None:
         url = action.url.strip()

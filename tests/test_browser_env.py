@@ -14,7 +14,8 @@ from _web_utils import LocalServer, local_server, resolve_to_local  # noqa: F401
 from agent.actions import (
     MODEL_SPACE, Answer, Back, Box, Click, Done, Drag, Hover, Key, LongPress, Mark, Navigate,
     OpenApp, Point, Scroll, Swipe, Type, Wait)
-from agent.browser import BrowserEnv, key_name
+from agent.browser import BrowserEnv
+from agent.browser_input import key_name
 from agent.domains import BlockedURL, DomainRules
 from agent.environment import UnsupportedAction
 from agent.set_of_marks import LAYER_ID
