@@ -8,6 +8,10 @@ import torch
 from recipes import copying
 from vlm import VLM
 
+# the tests train the default model for a few steps: on a shared 2-core machine two threads
+# contend with any other job (the lr test's 48 steps: 200 s beside one with two threads, 7 s with one)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_rows_repeat_their_first_half_after_the_separator():
     vocabulary = list(range(100, 150))
