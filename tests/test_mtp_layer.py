@@ -1,21 +1,25 @@
-"""recipes.mtp_layer: shipping a trained MTP layer into a checkpoint keeps its network bitwise,
-refuses a network that moved, and writes the card section once."""
+"""recipes.mtp_layer: training a layer on the shipped model's own answers, shipping it into a
+checkpoint keeps its network bitwise, refuses a network that moved, and writes the card section once."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
-from recipes.mtp_layer import SECTION, card_section, ship
+from recipes.mtp_layer import SECTION, card_section, check_frozen, ship, train
 from vlm import VLM
 from vlm.config import tiny
-from vlm.mtp import add_mtp_layer
+from vlm.mtp import add_mtp_layer, draft_vocab, set_draft_vocab
 
 
 def _record():
     measure = {"draft_tokens": 1, "tok_s": 1.0, "acceptance_rate": 0.5, "tokens_per_step": 1.5, "identical": True}
     return {"layer": 3, "n_prompts": 4, "heldout": "h.jsonl", "new": 16,
-            "train": {"steps": 2, "batch_size": 4, "lr": 1e-3, "data": "d.jsonl", "minutes": 1.0, "final_mtp_loss": 2.5},
+            "train": {"steps": 2, "batch_size": 4, "lr": 1e-3, "data": "d.jsonl", "answers": 3, "answer_tokens": 5.0,
+                      "answer_minutes": 0.5, "minutes": 1.0, "final_mtp_loss": 2.5,
+                      "draft_vocab": {"size": 40, "distinct_answer_tokens": 37, "coverage": 1.0}},
             "measures": [{**measure, "draft_tokens": 0}, measure]}
 
 
@@ -25,11 +29,14 @@ def test_ship_writes_the_layer_and_one_card_section(tmp_path):
     base.save_pretrained(out)
     (out / "README.md").write_text("# card\n\ntext\n")
     trained = VLM(add_mtp_layer(base.model, seed=1))
+    set_draft_vocab(trained.model, [3, 1, 2])
     trained.save_pretrained(trained_dir)
     for _ in range(2):  # shipping again replaces the section
         ship(trained_dir, out, card_section(_record()))
     card = (out / "README.md").read_text()
     assert card.count(SECTION) == 1 and card.startswith("# card\n\ntext\n") and "| 1 | 50.0% | 1.50 | yes |" in card
+    assert "a vocabulary of 40 tokens" in card and "37 distinct tokens" in card
+    assert draft_vocab(VLM.from_pretrained(out).model) == [1, 2, 3]
     shipped = VLM.from_pretrained(out).model.state_dict()
     for name, value in trained.model.state_dict().items():
         assert torch.equal(shipped[name], value), name
@@ -44,3 +51,28 @@ def test_ship_refuses_a_network_that_moved(tmp_path):
     VLM(model).save_pretrained(tmp_path / "trained")
     with pytest.raises(ValueError, match="language_model.layers.0.self_attn.q_proj.weight differs"):
         ship(tmp_path / "trained", tmp_path / "model", "x")
+
+
+@pytest.mark.slow
+def test_train_learns_from_the_shipped_models_own_answers(tmp_path):
+    """The recipe's steps 1-2 on the real shipped model and two drawn screens: a fresh layer, the
+    network bitwise the original, the record written; a second call reuses the finished run."""
+    import json
+
+    from synth.ui import UIConfig, generate
+
+    data = generate(UIConfig(n=2, seed=3, split="train"), tmp_path / "ui", progress=False) / "data.jsonl"
+    out = train(Path("assets/model"), data, tmp_path / "work", answers=2, steps=2, lr=1e-3, batch_size=2, new=8)
+    record = json.loads((out / "distillation.json").read_text())
+    assert record["answers"] == 2 and record["steps"] == 2 and 2 <= record["answer_tokens"] <= 8
+    assert record["final_mtp_loss"] > 0
+    trained = VLM.from_pretrained(out)
+    assert len(trained.model.language_model.mtp_layers) == 1
+    # the draft vocabulary: every token of the two answers (fewer than 1024) and the stop tokens
+    vocab = draft_vocab(trained.model)
+    assert set(trained.stop_token_ids()) <= set(vocab) and record["draft_vocab"]["coverage"] == 1.0
+    assert record["draft_vocab"]["size"] == len(vocab) <= record["draft_vocab"]["distinct_answer_tokens"] + len(trained.stop_token_ids())
+    check_frozen(trained, VLM.from_pretrained("assets/model", mtp=False))
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    assert train(Path("assets/model"), data, tmp_path / "work", answers=2, steps=2, lr=1e-3, batch_size=2, new=8) == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp

@@ -197,3 +197,90 @@ def test_shipped_model_drafts_when_asked_and_answers_the_same():
     plain = shipped.generate(prompt, images=[image], max_new_tokens=40, draft_tokens=0)
     drafted = shipped.generate(prompt, images=[image], max_new_tokens=40, draft_tokens=2)
     assert drafted.text == plain.text and drafted.finish_reason == plain.finish_reason
+
+
+# ---- the draft vocabulary ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restricted(vlm):
+    """The module's model drafting only from a vocabulary (lifted afterwards)."""
+    from vlm.mtp import set_draft_vocab
+
+    def restrict(ids):
+        set_draft_vocab(vlm.model, ids)
+        return vlm
+
+    yield restrict
+    set_draft_vocab(vlm.model, None)
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_a_draft_vocabulary_drafts_only_its_tokens_and_changes_no_answer(vlm, restricted, monkeypatch, B):
+    ids, mask = _prompts(B, 7, seed=4)
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    plain = vlm.generate_ids(inputs, max_new_tokens=20, draft_tokens=0)
+    full = _drafted_tokens(vlm, inputs, monkeypatch)
+    # the answers' own tokens and a few others: drafts land; none of them: every draft is rejected
+    for vocab in (sorted(set(plain.flatten().tolist()) | {7, 8, 9}), [5, 6, 7]):
+        drafted = _drafted_tokens(restricted(vocab), inputs, monkeypatch)
+        assert set(drafted["tokens"]) <= set(vocab)
+        assert torch.equal(drafted["out"], plain)
+    assert not set(full["tokens"]) <= {5, 6, 7}  # unrestricted, the same layer drafts elsewhere
+
+
+def _drafted_tokens(vlm, inputs, monkeypatch):
+    seen = []
+    real = speculative._draft
+
+    def draft(*args):
+        drafts, q = real(*args)
+        seen.extend(drafts.flatten().tolist())
+        return drafts, q
+
+    monkeypatch.setattr(speculative, "_draft", draft)
+    out = vlm.generate_ids(inputs, max_new_tokens=20, draft_tokens=2)
+    monkeypatch.setattr(speculative, "_draft", real)
+    return {"tokens": seen, "out": out}
+
+
+@pytest.mark.slow
+def test_sampling_with_a_draft_vocabulary_keeps_the_distribution(vlm, restricted):
+    """q is zero outside the vocabulary: the residual draw supplies those tokens, so the third new
+    token's frequencies still match plain sampling's (two-sample chi-square p-value > 1e-3)."""
+    ids = _prompts(1, 6, seed=2)[0].expand(4000, 6).contiguous()
+    plain = vlm.generate_ids({"input_ids": ids}, max_new_tokens=3, temperature=1.0, top_k=3, seed=11, draft_tokens=0)
+    vocab = sorted(set(plain[:, 2].tolist()))[::2]  # about half of the tokens plain sampling draws there
+    drafted = restricted(vocab).generate_ids({"input_ids": ids}, max_new_tokens=3, temperature=1.0, top_k=3, seed=12,
+                                             draft_tokens=2)
+    table = torch.stack([torch.bincount(x[:, 2], minlength=320) for x in (plain, drafted)])
+    assert (table.sum(0) > 0).sum() > 3 and len(vocab) < (table.sum(0) > 0).sum()
+    assert _homogeneity(table) > 1e-3
+
+
+def test_the_draft_vocabulary_is_saved_and_loaded_beside_the_weights(vlm, restricted, tmp_path):
+    from vlm.mtp import DRAFT_VOCAB_FILE, draft_vocab, set_draft_vocab
+
+    restricted([9, 3, 200]).save_pretrained(tmp_path / "m")
+    assert draft_vocab(VLM.from_pretrained(tmp_path / "m").model) == [3, 9, 200]
+    assert draft_vocab(VLM.from_pretrained(tmp_path / "m", mtp=False).model) is None  # no layer, no vocabulary
+    set_draft_vocab(vlm.model, None)
+    vlm.save_pretrained(tmp_path / "m")  # none now: the stale file goes
+    assert not (tmp_path / "m" / DRAFT_VOCAB_FILE).exists() and draft_vocab(VLM.from_pretrained(tmp_path / "m").model) is None
+
+
+def test_bad_draft_vocabularies_are_named(vlm, restricted, tmp_path):
+    from vlm.mtp import DRAFT_VOCAB_FILE, set_draft_vocab
+
+    for bad, match in (([1, 1], "with repeats"), ([0, 320], r"\[320\] out of range"), ([], "got 0 ids")):
+        with pytest.raises(ValueError, match=r"expected distinct token ids in \[0, 320\).*" + match):
+            set_draft_vocab(vlm.model, bad)
+    with pytest.raises(ValueError, match="no multi-token-prediction layer"):
+        set_draft_vocab(VLM.from_config(tiny(), seed=0).model, [1])
+    restricted([1, 2]).save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / DRAFT_VOCAB_FILE).write_text('{"token_ids": [1, 999]}')
+    with pytest.raises(ValueError, match=r"draft_vocab.json: draft vocabulary: expected distinct token ids .* \[999\] out of range"):
+        VLM.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / DRAFT_VOCAB_FILE).write_text('[1, 2]')
+    with pytest.raises(ValueError, match="expected a JSON object with a 'token_ids' list"):
+        VLM.from_pretrained(tmp_path / "m")

@@ -109,3 +109,68 @@ def test_mtp_only_refuses_what_cannot_work(tmp_path):
         _config(tmp_path, "x.jsonl", mtp_only=True, mtp_loss_weight=0.0)
     with pytest.raises(ValueError, match="mtp_loss_weight=-1.0: expected a number >= 0"):
         _config(tmp_path, "x.jsonl", mtp_loss_weight=-1.0)
+
+
+# ---- self-distillation on the model's own answers -----------------------------------------------
+
+
+def _tiny_with_prompts(n=6, length=12, seed=0):
+    from vlm import VLM
+    from vlm.config import tiny
+
+    model = VLM.from_config(tiny(), seed=seed).model.eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # a peaked next-token distribution, as a trained model's
+    generator = torch.Generator().manual_seed(seed)
+    prompts = [{"input_ids": torch.randint(20, 290, (1, length), generator=generator)}  # below the media ids
+               for _ in range(n)]
+    return model, prompts
+
+
+def test_own_answers_are_the_greedy_answers_and_the_teacher_agrees_with_them():
+    from train.mtp import own_answers
+    from vlm.generation import GenerationOptions, generate_ids
+
+    model, prompts = _tiny_with_prompts()
+    answers = own_answers(model, prompts, max_new_tokens=10, stop_token_ids=())
+    assert len(answers) == len(prompts)
+    for a, p in zip(answers, prompts):
+        P = a.prompt_length
+        greedy = generate_ids(model, dict(p), GenerationOptions(max_new_tokens=10, draft_tokens=0))[0]
+        assert torch.equal(a.input_ids[0, :P], p["input_ids"][0]) and torch.equal(a.input_ids[0, P:], greedy)
+        # teacher row j is the main model's distribution for token P+1+j: greedy picked its argmax
+        assert a.teacher.shape == (a.input_ids.shape[1] - 1 - P, model.cfg.text.vocab_size)
+        assert torch.equal(a.teacher.float().argmax(-1), a.input_ids[0, P + 1 :])
+        assert torch.allclose(a.teacher.float().sum(-1), torch.ones(len(a.teacher)), atol=1e-2)
+        # the scored MTP positions t (h_t, token t+1 -> token t+2) are one per teacher row
+        assert a.scored.sum() == len(a.teacher) and a.scored[0, P - 1] and not a.scored[0, -2:].any()
+        assert torch.equal(a.hidden, model(a.input_ids).hidden)
+
+
+def test_distilling_on_own_answers_raises_acceptance_and_moves_only_the_mtp_layer():
+    from recipes.mtp_layer import decode_pass
+    from train.mtp import distill_mtp, own_answers
+    from vlm.mtp import add_mtp_layer
+
+    base, prompts = _tiny_with_prompts(n=8)
+    answers = own_answers(base, prompts, max_new_tokens=16, stop_token_ids=())
+    model = add_mtp_layer(base).eval()
+    before = decode_pass(model, prompts, 1, new=16, stop_ids=())
+    network = {k: v.clone() for k, v in model.state_dict().items() if ".mtp_layers." not in k}
+    losses = distill_mtp(model, answers, steps=60, lr=3e-3, batch_size=4, log_every=0)
+    after = decode_pass(model, prompts, 1, new=16, stop_ids=())
+    assert sum(losses[-10:]) < 0.7 * sum(losses[:10])
+    assert after.acceptance_rate >= before.acceptance_rate + 0.3, (before.acceptance_rate, after.acceptance_rate)
+    assert after.outputs == before.outputs  # drafts never change greedy output
+    assert all(torch.equal(v, network[k]) for k, v in model.state_dict().items() if k in network)
+    assert not model.training and all(p.requires_grad for p in model.parameters())  # as they were
+
+
+def test_distilling_refuses_nothing_to_learn_and_a_model_without_the_layer():
+    from train.mtp import distill_mtp, own_answers
+
+    model, prompts = _tiny_with_prompts(n=1)
+    with pytest.raises(ValueError, match="no multi-token-prediction layer"):
+        distill_mtp(model, own_answers(model, prompts, max_new_tokens=4, stop_token_ids=()), steps=1)
+    with pytest.raises(ValueError, match="no answers to learn from"):
+        distill_mtp(model, [], steps=1)

@@ -16,6 +16,7 @@ biases are moved by the balance updates (the frozen network's routing must not d
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -66,3 +67,110 @@ def prepare_mtp_only(vlm) -> nn.Module:
 def balance_layers(layers: list, *, mtp_only: bool) -> list:
     """The MoE layers whose biases a run updates: all, or in MTP-only mode the MTP block's."""
     return [layer for layer in layers if layer.name.startswith(MTP_PREFIX)] if mtp_only else layers
+
+
+# ---- self-distillation on the frozen model's own answers --------------------------------------------
+
+
+@dataclass
+class OwnAnswer:
+    """A prompt and the frozen model's own greedy answer, with what the MTP layer learns from them.
+
+    Position t (the main hidden state h_t with token t+1) predicts token t+2; it is scored for
+    t = P-1 .. T-3 (P prompt tokens, T in all), the positions speculative decoding drafts from.
+    `teacher` holds the main model's distribution for each of those tokens (float16, one row per
+    scored position), which is what speculative decoding accepts.
+    """
+
+    input_ids: torch.Tensor  # (1, T) the prompt then the answer
+    hidden: torch.Tensor  # (1, T, D) final-normed hidden states of the main model
+    position_ids: torch.Tensor  # (3, 1, T) M-RoPE ids
+    prompt_length: int
+    teacher: torch.Tensor  # (T-1-P, V) float16
+
+    @property
+    def scored(self) -> torch.Tensor:
+        at = torch.zeros_like(self.input_ids, dtype=torch.bool)
+        at[0, self.prompt_length - 1 : -2] = True
+        return at
+
+
+_MEDIA = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+
+
+@torch.no_grad()
+def own_answers(model: nn.Module, prompts: list[dict], *, max_new_tokens: int,
+                stop_token_ids: tuple[int, ...]) -> list[OwnAnswer]:
+    """The model's greedy answer to each prompt (processor inputs, batch 1), stop token included,
+    and one forward of prompt + answer for its hidden states and next-token distributions.
+    Answers of fewer than two tokens teach nothing and are left out."""
+    from vlm.generation import GenerationOptions, generate_ids
+
+    out = []
+    for inputs in prompts:
+        prompt_BP = inputs["input_ids"]
+        if prompt_BP.shape[0] != 1:
+            raise ValueError(f"own_answers takes one prompt per input, got a batch of {prompt_BP.shape[0]}")
+        new = generate_ids(model, dict(inputs), GenerationOptions(max_new_tokens=max_new_tokens, draft_tokens=0),
+                           stop_token_ids=stop_token_ids)[0].clone()
+        if len(new) < 2:
+            continue
+        ids_BT = torch.cat([prompt_BP, new[None]], dim=1)
+        P = prompt_BP.shape[1]
+        logits_at = torch.zeros_like(ids_BT, dtype=torch.bool)
+        logits_at[0, P:-1] = True  # the main model's distribution for tokens P+1 .. T-1
+        result = model(ids_BT, **{k: inputs[k] for k in _MEDIA if k in inputs}, logits_at=logits_at)
+        out.append(OwnAnswer(ids_BT, result.hidden.clone(), result.position_ids.clone(), P,
+                             result.logits.float().softmax(-1).half()))
+    return out
+
+
+def distill_mtp(model: nn.Module, answers: list[OwnAnswer], *, steps: int, lr: float = 1e-3, batch_size: int = 4,
+                seed: int = 0, bias_update_rate: float = 1e-3, log_every: int = 50) -> list[float]:
+    """Train the first MTP layer of `model` (everything else untouched) on `answers`: AdamW on the
+    soft cross-entropy against the main model's distribution, `batch_size` answers per step, the
+    MTP block's MoE bias moved toward balance after each step (balance.py). The main model's
+    hidden states are the cached ones, so a step costs the MTP layer alone. Returns the loss of
+    every step."""
+    from . import balance
+
+    if not answers:
+        raise ValueError("distill_mtp: no answers to learn from (every answer was shorter than two tokens)")
+    if not has_mtp(model):
+        raise ValueError("distill_mtp: the model has no multi-token-prediction layer (add one: vlm.mtp.add_mtp_layer)")
+    params = list(model.language_model.mtp_layers.parameters())
+    trainable = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    moe = balance_layers(balance.find_moe_layers(model), mtp_only=True)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    was_training = model.training
+    model.train()
+    try:
+        for step in range(steps):
+            total, loads = 0.0, None
+            for i in torch.randint(len(answers), (batch_size,), generator=generator).tolist():
+                a = answers[i]
+                logits = model.mtp_logits(a.input_ids, a.hidden, a.position_ids, a.scored)
+                loss = -(a.teacher.float() * logits.float().log_softmax(-1)).sum(-1).mean() / batch_size
+                loss.backward()
+                total += loss.item()
+                if moe:
+                    load = balance.current_loads(moe)
+                    loads = load if loads is None else loads + load
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if moe and bias_update_rate > 0:
+                balance.update_biases(moe, loads, rate=bias_update_rate)
+            losses.append(total)
+            if log_every and (step + 1) % log_every == 0:
+                log.info("mtp distillation step %d/%d: loss %.4f", step + 1, steps, sum(losses[-log_every:]) / log_every)
+    finally:
+        model.train(was_training)
+        for p, flag in zip(model.parameters(), trainable):
+            p.requires_grad_(flag)
+    return losses

@@ -86,11 +86,16 @@ class _DecodePlan:
         with torch.no_grad():
             self.layers = [_LayerPlan(layer) for layer in lm.layers]
             self.mtp = [_LayerPlan(layer.mtp_block) for layer in lm.mtp_layers]
+            # The draft vocabulary's rows of the MTP head, gathered once (mtp.py).
+            ids = lm.mtp_layers[0].draft_token_ids if len(lm.mtp_layers) else None
+            self.draft_ids = ids
+            self.draft_head = None if ids is None else lm.mtp_layers[0].shared_head.head.weight[ids].contiguous()
 
 
 def _plan_key(model: VisionLanguageModel) -> tuple:
     lm = model.language_model
-    return tuple((p.data_ptr(), p._version) for p in [*lm.layers.parameters(), *lm.mtp_layers.parameters()])
+    draft_ids = [ids for ids in (layer.draft_token_ids for layer in lm.mtp_layers) if ids is not None]
+    return tuple((p.data_ptr(), p._version) for p in [*lm.layers.parameters(), *lm.mtp_layers.parameters(), *draft_ids])
 
 
 def decode_plan(model: VisionLanguageModel) -> _DecodePlan:
@@ -168,9 +173,9 @@ def mtp_block(
     *,
     logits_last: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first MTP layer on T positions per row: (logits (B, V) of the last position, or (B, T, V)
-    with `logits_last=False`; its hidden states g (B, T, D)), appended to `cache` (the MTP's own,
-    one layer). `next_tokens_BT[:, t]` is the token after position t, `hidden_BTD` the main model's
+    """The first MTP layer on T positions per row: (logits (B, V) of the last position, -inf outside
+    its draft vocabulary when it has one, or (B, T, V) over the whole vocabulary with
+    `logits_last=False`; its hidden states g (B, T, D)), appended to `cache` (the MTP's own, one layer). `next_tokens_BT[:, t]` is the token after position t, `hidden_BTD` the main model's
     final-normed hidden state at t (or, chaining drafts, the previous MTP step's g)."""
     plan = plan if plan is not None else decode_plan(model)
     lm = model.language_model
@@ -183,6 +188,10 @@ def mtp_block(
     g_ND = _layer(plan.mtp[0], x_ND, B, T, cos_B1TR, sin_B1TR, bias_B1TS, cache, 0)
     cache.advance(T)
     head = layer.shared_head
+    if logits_last and plan.draft_head is not None:  # only the draft vocabulary's rows; -inf elsewhere
+        sub_BW = _linear(_norm(head.norm, g_ND.view(B, T, D)[:, -1]), plan.draft_head)
+        logits = sub_BW.new_full((B, head.head.weight.shape[0]), float("-inf")).index_copy_(1, plan.draft_ids, sub_BW)
+        return logits, g_ND.view(B, T, D)
     last = g_ND.view(B, T, D)[:, -1] if logits_last else g_ND
     logits = _linear(_norm(head.norm, last), head.head.weight)
     return (logits if logits_last else logits.view(B, T, -1)), g_ND.view(B, T, D)

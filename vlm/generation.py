@@ -118,7 +118,7 @@ class TokenStream:
         self.pad_token_id = pad_token_id if pad_token_id is not None else (stop_token_ids[0] if stop_token_ids else 0)
         self.draft_tokens = draft_tokens
         self.draft_stats = DraftStats()
-        self.prefill_s = 0.0  # prompt forward (vision included) and the first token
+        self.prefill_s = 0.0  # prompt forward (vision included), the first token, the MTP layer's prompt pass when drafting
         self.decode_s = 0.0  # every later step
         self.decode_steps = 0
 
@@ -128,13 +128,13 @@ class TokenStream:
             return
         start = time.perf_counter()
         run = self._prefill()
-        self.prefill_s = time.perf_counter() - start
         if self.draft_tokens:
-            from .speculative import speculative_steps  # speculative imports this module
+            from .speculative import SpeculativeDecoder  # speculative imports this module
 
-            steps = speculative_steps(run, self.sampler, self.draft_tokens, self.draft_stats)
+            steps = iter(SpeculativeDecoder(run, self.sampler, self.draft_tokens, self.draft_stats))
         else:
             steps = self._steps(run)
+        self.prefill_s = time.perf_counter() - start
         start = time.perf_counter()
         try:
             for step, ids in enumerate(steps):

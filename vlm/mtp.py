@@ -19,11 +19,19 @@ DeepSeek-V3 report §2.2 that the design follows):
   tensors directly under it (no `mtp_block.` in the key); weights.py maps the names.
 - The drafter can be chained: step j+1 takes g from step j in place of h (vLLM does the same);
   only the first step is what training optimises.
+- A draft vocabulary (ours, FR-Spec arXiv 2502.14856; SGLang's `--speculative-token-map`): the
+  token ids the drafter may propose, stored beside the weights as `draft_vocab.json`. Drafting
+  then projects onto those rows of `shared_head.head` only (decode.py), which for a vocabulary of
+  151k (GLM-4.5V) or 8k (ours) is most of a draft step's weight reads. It changes which tokens
+  are drafted, never what is decoded: the main model verifies every draft.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -57,6 +65,8 @@ class MTPLayer(nn.Module):
         # Its KV cache is its own (generation keeps one per MTP layer): cache slot `index`.
         self.mtp_block = DecoderLayer(cfg, cfg.num_hidden_layers + index, cache_layer=index)
         self.shared_head = SharedHead(cfg)
+        # The draft vocabulary (sorted token ids, or None: every token); not a checkpoint tensor.
+        self.register_buffer("draft_token_ids", None, persistent=False)
 
     def forward(self, embeds_BTD, hidden_BTD, cos, sin, mask, cache):
         """MTP hidden states g (B, T, D) from next-token embeddings and main hidden states."""
@@ -109,3 +119,60 @@ def add_mtp_layer(model: nn.Module, *, seed: int = 0) -> nn.Module:
             out.get_submodule(name.rsplit(".", 1)[0]).e_score_correction_bias = buffer.clone()
     init_mtp_from_main(out, seed=seed)
     return out.train(model.training)
+
+
+DRAFT_VOCAB_FILE = "draft_vocab.json"
+
+
+def set_draft_vocab(model: nn.Module, token_ids) -> None:
+    """Restrict drafting to `token_ids` (any iterable of distinct ids in the vocabulary), or lift
+    the restriction with None."""
+    layers = model.language_model.mtp_layers
+    if not len(layers):
+        raise ValueError("set_draft_vocab: the model has no multi-token-prediction layer")
+    if token_ids is None:
+        layers[0].draft_token_ids = None
+        return
+    ids = sorted(int(i) for i in token_ids)
+    vocab = model.cfg.text.vocab_size
+    bad = [i for i in ids if not 0 <= i < vocab]
+    if not ids or bad or len(set(ids)) != len(ids):
+        raise ValueError(f"draft vocabulary: expected distinct token ids in [0, {vocab}), got {len(ids)} ids"
+                         + (f" with {bad[:5]} out of range" if bad else "") + (" with repeats" if len(set(ids)) != len(ids) else ""))
+    layers[0].draft_token_ids = torch.tensor(ids, dtype=torch.long, device=model.lm_head.weight.device)
+
+
+def draft_vocab(model: nn.Module) -> list[int] | None:
+    layers = model.language_model.mtp_layers
+    ids = layers[0].draft_token_ids if len(layers) else None
+    return None if ids is None else ids.tolist()
+
+
+def load_draft_vocab(model: nn.Module, directory: str | os.PathLike) -> None:
+    """Read `draft_vocab.json` of a checkpoint into a model with an MTP layer (nothing when absent)."""
+    file = Path(directory) / DRAFT_VOCAB_FILE
+    if not file.is_file() or not len(model.language_model.mtp_layers):
+        return
+    record = json.loads(file.read_text(encoding="utf-8"))
+    if not isinstance(record, dict) or not isinstance(record.get("token_ids"), list):
+        raise ValueError(f"{file}: expected a JSON object with a 'token_ids' list")
+    try:
+        set_draft_vocab(model, record["token_ids"])
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from None
+
+
+def save_draft_vocab(model: nn.Module, directory: str | os.PathLike, *, note: str | None = None) -> None:
+    """Write the model's draft vocabulary as `draft_vocab.json` (atomically), or remove a stale file
+    when it has none."""
+    from .files import atomic_write
+
+    file = Path(directory) / DRAFT_VOCAB_FILE
+    ids = draft_vocab(model)
+    if ids is None:
+        file.unlink(missing_ok=True)
+        return
+    if note is None and file.is_file():
+        note = json.loads(file.read_text(encoding="utf-8")).get("note")
+    record = {"token_ids": ids} | ({"note": note} if note else {})
+    atomic_write(file, lambda tmp: tmp.write_text(json.dumps(record) + "\n", encoding="utf-8"))

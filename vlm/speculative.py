@@ -33,54 +33,72 @@ from .rotary import mrope_cos_sin
 from .sampling import Sampler
 
 
-def speculative_steps(run: Prefilled, sampler: Sampler, k: int, stats: DraftStats) -> Iterator[list[int]]:
-    """Per step, the new token of every row (a list of B ints), `k` drafts per verifying forward."""
-    model, cache = run.model, run.cache
-    text = model.cfg.text
-    input_ids = run.inputs["input_ids"]
-    B, T = input_ids.shape
-    device = input_ids.device
-    mtp_cache = KVCache(1, B, cache.max_len, text.num_key_value_heads, text.head_dim, device, cache.k.dtype)
-    ids = run.commit(run.first_ids)
-    yield ids
-    last_B = torch.tensor(ids, device=device)
-    sampler.observe(last_B[:, None])
-    # The MTP layer's first inputs: the whole prompt (h_j, x_{j+1}), the first new token last.
-    pending_tokens = torch.cat([input_ids[:, 1:], last_B[:, None]], dim=1)
-    pending_hidden = run.out.hidden
-    cos, sin = mrope_cos_sin(run.out.position_ids, rotary_dim=text.rotary_dim, theta=text.rope_theta,
-                             mrope_section=text.mrope_section, layout=text.rotary_layout)
-    prompt_rotary = (cos[:, None].to(cache.k.dtype), sin[:, None].to(cache.k.dtype))
-    while True:
-        L = cache.length
-        rotary = prompt_rotary if mtp_cache.length == 0 else _rotary(run, mtp_cache.length, L)
-        drafts_BK, q_BKV = _draft(run, sampler, k, pending_tokens, pending_hidden, rotary, mtp_cache)
-        mtp_cache.length = L  # the chained drafts' keys are recomputed from the main model's hidden states
-        block_BT = torch.cat([last_B[:, None], drafts_BK], dim=1)
-        logits_BTV, hidden_BTD = decode_block(model, block_BT, *_rotary(run, L, L + k + 1),
-                                              _bias(run, L, k + 1), cache, run.plan)
-        committed_BM, accepted_B = _accept(sampler, logits_BTV, drafts_BK, q_BKV)
-        active = [not done for done in run.finished]
-        m = min(n + 1 for n, a in zip(accepted_B.tolist(), active) if a)
-        stats.drafted += k * sum(active)
-        stats.accepted += sum(n for n, a in zip(accepted_B.tolist(), active) if a)
-        stats.verify_steps += 1
-        stats.committed += m
-        cache.length = L + m  # roll back the rejected drafts' keys and values
-        committed_BM = committed_BM[:, :m]
-        for column in committed_BM.T.tolist():
-            ids = run.commit(column)
-            yield ids
-            sampler.observe(torch.tensor(ids, device=device)[:, None])
-        last_B = committed_BM[:, -1]
-        pending_tokens, pending_hidden = committed_BM, hidden_BTD[:, :m]
+class SpeculativeDecoder:
+    """Speculative decoding of a prefilled run: `iter(...)` yields, per step, the new token of every
+    row (a list of B ints), `k` drafts per verifying forward.
+
+    Construction is the MTP layer's own prefill: it catches up on the prompt (h_j with x_{j+1},
+    the first new token last) and keeps its first draft's logits, so that work is counted with the
+    main model's prefill (TokenStream's `prefill_s`), as vLLM runs a drafter's prefill with the
+    target's."""
+
+    def __init__(self, run: Prefilled, sampler: Sampler, k: int, stats: DraftStats) -> None:
+        self.run, self.sampler, self.k, self.stats = run, sampler, k, stats
+        model, cache = run.model, run.cache
+        text = model.cfg.text
+        input_ids = run.inputs["input_ids"]
+        B = input_ids.shape[0]
+        self.device = input_ids.device
+        self.mtp_cache = KVCache(1, B, cache.max_len, text.num_key_value_heads, text.head_dim, self.device, cache.k.dtype)
+        self.first_ids = run.commit(run.first_ids)
+        self.last_B = torch.tensor(self.first_ids, device=self.device)
+        sampler.observe(self.last_B[:, None])
+        cos, sin = mrope_cos_sin(run.out.position_ids, rotary_dim=text.rotary_dim, theta=text.rope_theta,
+                                 mrope_section=text.mrope_section, layout=text.rotary_layout)
+        tokens_BP = torch.cat([input_ids[:, 1:], self.last_B[:, None]], dim=1)
+        self.caught_up = _catch_up(run, tokens_BP, run.out.hidden, (cos[:, None].to(cache.k.dtype), sin[:, None].to(cache.k.dtype)),
+                                   self.mtp_cache)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        run, sampler, k, stats, cache = self.run, self.sampler, self.k, self.stats, self.run.cache
+        yield self.first_ids
+        last_B = self.last_B
+        while True:
+            L = cache.length
+            drafts_BK, q_BKV = _draft(run, sampler, k, *self.caught_up, self.mtp_cache)
+            self.mtp_cache.length = L  # the chained drafts' keys are recomputed from the main model's hidden states
+            block_BT = torch.cat([last_B[:, None], drafts_BK], dim=1)
+            logits_BTV, hidden_BTD = decode_block(run.model, block_BT, *_rotary(run, L, L + k + 1),
+                                                  _bias(run, L, k + 1), cache, run.plan)
+            committed_BM, accepted_B = _accept(sampler, logits_BTV, drafts_BK, q_BKV)
+            accepted = [n for n, done in zip(accepted_B.tolist(), run.finished) if not done]
+            m = min(accepted) + 1
+            stats.drafted += k * len(accepted)
+            stats.accepted += sum(accepted)
+            stats.verify_steps += 1
+            stats.committed += m
+            cache.length = L + m  # roll back the rejected drafts' keys and values
+            committed_BM = committed_BM[:, :m]
+            for column in committed_BM.T.tolist():
+                ids = run.commit(column)
+                yield ids
+                sampler.observe(torch.tensor(ids, device=self.device)[:, None])
+            last_B = committed_BM[:, -1]
+            # The MTP layer catches up on the m positions just verified: (h_j, x_{j+1}).
+            at = self.mtp_cache.length
+            self.caught_up = _catch_up(run, committed_BM, hidden_BTD[:, :m], _rotary(run, at, at + m), self.mtp_cache)
 
 
-def _draft(run: Prefilled, sampler: Sampler, k: int, tokens_BP, hidden_BPD, rotary, mtp_cache: KVCache):
-    """k drafts (B, k) and, when sampling, their distributions q (B, k, V) (None when greedy)."""
-    model = run.model
-    P, start = tokens_BP.shape[1], mtp_cache.length
-    logits_BV, g_BPD = mtp_block(model, tokens_BP, hidden_BPD, *rotary, _bias(run, start, P), mtp_cache, run.plan)
+def _catch_up(run: Prefilled, tokens_BP, hidden_BPD, rotary, mtp_cache: KVCache):
+    """The MTP layer over P new positions (main hidden state h_j with token x_{j+1}) into its cache:
+    (logits (B, V) drafting the token after the last, its hidden state g (B, P, D))."""
+    return mtp_block(run.model, tokens_BP, hidden_BPD, *rotary, _bias(run, mtp_cache.length, tokens_BP.shape[1]),
+                     mtp_cache, run.plan)
+
+
+def _draft(run: Prefilled, sampler: Sampler, k: int, logits_BV, g_BPD, mtp_cache: KVCache):
+    """k drafts (B, k), the first from the caught-up logits, and, when sampling, their
+    distributions q (B, k, V) (None when greedy)."""
     drafts, qs = [], []
     for i in range(k):
         seen = _seen_with(sampler, drafts)
@@ -94,7 +112,7 @@ def _draft(run: Prefilled, sampler: Sampler, k: int, tokens_BP, hidden_BPD, rota
         drafts.append(d_B)
         if i < k - 1:
             at = mtp_cache.length
-            logits_BV, g_BPD = mtp_block(model, d_B[:, None], g_BPD[:, -1:], *_rotary(run, at, at + 1),
+            logits_BV, g_BPD = mtp_block(run.model, d_B[:, None], g_BPD[:, -1:], *_rotary(run, at, at + 1),
                                          _bias(run, at, 1), mtp_cache, run.plan)
     return torch.stack(drafts, dim=1), (torch.stack(qs, dim=1) if qs else None)
 

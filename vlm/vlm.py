@@ -23,6 +23,7 @@ from .fp8 import BlockFP8, dequantized
 from .fp8_linear import keep_fp8
 from .generation import GenerationOptions, generate_ids
 from .model import VisionLanguageModel
+from .mtp import load_draft_vocab, save_draft_vocab
 from .weights import checkpoint_dtype, has_mtp_layers, load_weights, save_weights
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class VLM:
         if layout is not None and fp8 == "keep":
             keep_fp8(model, path, layout)
         load_weights(model, path, device=device, cfg=config)
+        load_draft_vocab(model, path)
         if adapter is not None:
             from .adapter import load_adapter, merge  # peft is imported only when an adapter is used
 
@@ -105,6 +107,7 @@ class VLM:
         path = Path(path)
         self.config.save(path)
         save_weights(self.model, path, max_shard_bytes=max_shard_bytes)
+        save_draft_vocab(self.model, path)
         if self.processor is not None:
             self.processor.save_pretrained(path)
 

@@ -145,7 +145,8 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
     model.to_empty(device=device)
     for module in model.modules():  # non-persistent buffers are state, not weights: start at zero
         for name in module._non_persistent_buffers_set:
-            getattr(module, name).zero_()
+            if (buffer := getattr(module, name)) is not None:  # None: unset (mtp.py's draft vocabulary)
+                buffer.zero_()
     expected = bindings(model)
     tensors = model_tensors(model)
     seen: set[str] = set()
