@@ -9,15 +9,16 @@
    (train/mtp.py `own_answers`).
 2. train: a fresh MTP layer (started from the last decoder layer and `lm_head`) learns the main
    model's distribution for token t+2 on those answers (`distill_mtp`: the cached hidden states
-   make a step cost the MTP layer alone); nothing else moves. Its draft vocabulary
-   (`--draft-vocab`, vlm/mtp.py) is the most frequent tokens of those answers. Reused when
-   `work/train` holds a finished run.
+   make a step cost the MTP layer alone; `--chain-weight` adds the second chained draft's loss);
+   nothing else moves. Its draft vocabulary (`--draft-vocab`, vlm/mtp.py) is the most frequent
+   tokens of those answers. Reused when `work/train` holds a finished run.
 3. measure: greedy decoding of the held-out conversations' first user turns (the checkpoint's
    stop tokens, at most `--new` tokens) with 1..3 drafts per step: acceptance rate, tokens per
    verifying forward, and whether every answer equals plain decoding's.
 4. ship (`--out`): checks that the trained checkpoint's network is bitwise the model's, writes
-   `config.json`, the weights and `draft_vocab.json` (atomically) and a "Multi-token prediction" section into the
-   model card `README.md` (replacing an earlier one); `work/mtp.json` keeps the record.
+   `config.json`, the weights and `draft_vocab.json` (atomically) and a "Multi-token prediction"
+   section into the model card `README.md` (replacing an earlier one); `work/mtp.json` keeps
+   the record.
 
 Training on the data's own answers instead (the trainer's `--mtp-only --mtp-target model`, what
 this recipe did before) reached 60% acceptance with one draft after 300 steps and 43 minutes;
@@ -109,7 +110,7 @@ def _absolute(part: dict, base: Path) -> dict:
 
 
 def train(model: Path, data: Path, work: Path, *, answers: int, steps: int, lr: float, batch_size: int,
-          new: int, draft_vocab: int = 1024) -> Path:
+          new: int, draft_vocab: int = 1024, chain_weight: float = 0.0) -> Path:
     """Steps 1 and 2: the trained checkpoint in `work/train` (reused when already there), its
     record in `work/train/distillation.json`."""
     import time
@@ -128,14 +129,15 @@ def train(model: Path, data: Path, work: Path, *, answers: int, steps: int, lr: 
     answered = time.perf_counter()
     vlm.model = add_mtp_layer(vlm.model)
     vlm.config = vlm.model.cfg
-    losses = distill_mtp(vlm.model, own, steps=steps, lr=lr, batch_size=batch_size)
+    losses = distill_mtp(vlm.model, own, steps=steps, lr=lr, batch_size=batch_size, chain_weight=chain_weight)
     trained = time.perf_counter()
     vocab = answer_vocabulary(own, draft_vocab, always=vlm.stop_token_ids())
     if vocab is not None:
         set_draft_vocab(vlm.model, vocab["token_ids"])
     vlm.save_pretrained(output)
     tail = losses[-min(50, len(losses)):]
-    record = {"steps": steps, "batch_size": batch_size, "lr": lr, "data": str(data), "answers": len(own),
+    record = {"steps": steps, "batch_size": batch_size, "lr": lr, "chain_weight": chain_weight, "data": str(data),
+              "answers": len(own),
               "answer_tokens": sum(a.input_ids.shape[1] - a.prompt_length for a in own) / len(own),
               "answer_minutes": (answered - start) / 60, "minutes": (trained - answered) / 60,
               "final_mtp_loss": sum(tail) / len(tail),
@@ -231,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=4, help="answers per step")
+    parser.add_argument("--chain-weight", type=float, default=0.0,
+                        help="weight of the second chained draft's loss (train/mtp.py answer_loss; 0: off)")
     parser.add_argument("--draft-vocab", type=int, default=1024,
                         help="draft only the N most frequent tokens of the answers (0: every token)")
     parser.add_argument("--n-prompts", type=int, default=40, help="held-out prompts measured")
@@ -242,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     from vlm import VLM
 
     trained_dir = train(args.model, args.data, args.work, answers=args.answers, steps=args.steps, lr=args.lr,
-                        batch_size=args.batch_size, new=args.new, draft_vocab=args.draft_vocab)
+                        batch_size=args.batch_size, new=args.new, draft_vocab=args.draft_vocab,
+                        chain_weight=args.chain_weight)
     vlm = VLM.from_pretrained(trained_dir)
     prompts = conversation_prompts(vlm, args.heldout, args.n_prompts)
     measures = compare(vlm.model, prompts, [1, 2, 3], new=args.new, stop_ids=vlm.stop_token_ids())

@@ -107,7 +107,9 @@ def own_answers(model: nn.Module, prompts: list[dict], *, max_new_tokens: int,
     from vlm.generation import GenerationOptions, generate_ids
 
     out = []
-    for inputs in prompts:
+    for n, inputs in enumerate(prompts, 1):
+        if n % 100 == 0:
+            log.info("own answers: %d/%d prompts", n, len(prompts))
         prompt_BP = inputs["input_ids"]
         if prompt_BP.shape[0] != 1:
             raise ValueError(f"own_answers takes one prompt per input, got a batch of {prompt_BP.shape[0]}")
@@ -126,12 +128,13 @@ def own_answers(model: nn.Module, prompts: list[dict], *, max_new_tokens: int,
 
 
 def distill_mtp(model: nn.Module, answers: list[OwnAnswer], *, steps: int, lr: float = 1e-3, batch_size: int = 4,
-                seed: int = 0, bias_update_rate: float = 1e-3, log_every: int = 50) -> list[float]:
+                chain_weight: float = 0.0, seed: int = 0, bias_update_rate: float = 1e-3,
+                log_every: int = 50) -> list[float]:
     """Train the first MTP layer of `model` (everything else untouched) on `answers`: AdamW on the
     soft cross-entropy against the main model's distribution, `batch_size` answers per step, the
     MTP block's MoE bias moved toward balance after each step (balance.py). The main model's
-    hidden states are the cached ones, so a step costs the MTP layer alone. Returns the loss of
-    every step."""
+    hidden states are the cached ones, so a step costs the MTP layer alone. `chain_weight` > 0
+    adds the second chained draft's loss (`answer_loss`). Returns the loss of every step."""
     from . import balance
 
     if not answers:
@@ -154,9 +157,7 @@ def distill_mtp(model: nn.Module, answers: list[OwnAnswer], *, steps: int, lr: f
         for step in range(steps):
             total, loads = 0.0, None
             for i in torch.randint(len(answers), (batch_size,), generator=generator).tolist():
-                a = answers[i]
-                logits = model.mtp_logits(a.input_ids, a.hidden, a.position_ids, a.scored)
-                loss = -(a.teacher.float() * logits.float().log_softmax(-1)).sum(-1).mean() / batch_size
+                loss = answer_loss(model, answers[i], chain_weight=chain_weight) / batch_size
                 loss.backward()
                 total += loss.item()
                 if moe:
@@ -174,3 +175,30 @@ def distill_mtp(model: nn.Module, answers: list[OwnAnswer], *, steps: int, lr: f
         for p, flag in zip(model.parameters(), trainable):
             p.requires_grad_(flag)
     return losses
+
+
+def answer_loss(model: nn.Module, a: OwnAnswer, *, chain_weight: float = 0.0) -> torch.Tensor:
+    """Soft cross-entropy of the MTP layer's drafts against the main model on one answer.
+
+    With `chain_weight`, the layer also runs a second time with its own output g_{t-1} in place of
+    h_t, as a chained second draft does in speculative decoding (speculative.py), and that pass's
+    loss is added with this weight. (At decode time the chained position attends to keys that the
+    first pass wrote; here the second pass attends to its own: an approximation.)"""
+    lm = model.language_model
+    embeds_BTD = lm.embed_tokens(torch.roll(a.input_ids, -1, dims=1))
+    head = lm.mtp_layers[0].shared_head
+    teacher_nV = a.teacher.float()
+    at_BT = a.scored
+    g_BTD = lm.forward_mtp(embeds_BTD, a.hidden, a.position_ids)
+    loss = _soft_cross_entropy(head(g_BTD[at_BT]), teacher_nV)
+    if chain_weight and len(teacher_nV) > 1:
+        hidden_BTD = torch.cat([a.hidden[:, :1], g_BTD[:, :-1]], dim=1)  # g_{t-1} at t
+        chained_BT = at_BT.clone()
+        chained_BT[0, a.prompt_length - 1] = False  # the first position has no g before it
+        g2_BTD = lm.forward_mtp(embeds_BTD, hidden_BTD, a.position_ids)
+        loss = loss + chain_weight * _soft_cross_entropy(head(g2_BTD[chained_BT]), teacher_nV[1:])
+    return loss
+
+
+def _soft_cross_entropy(logits_nV: torch.Tensor, probs_nV: torch.Tensor) -> torch.Tensor:
+    return -(probs_nV * logits_nV.float().log_softmax(-1)).sum(-1).mean()
