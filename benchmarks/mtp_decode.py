@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.generate --mtp [--threads 1] [--draft-tokens 1,2,3] [--json out.json]
 
 Two models, greedy, batch 1, float32, the same thread count:
-- the shipped default model (`assets/model`, with its trained MTP layer) on held-out prompts:
+- the shipped default model (`assets/model`, with its trained MTP layer and draft vocabulary;
+  the rows "whole vocabulary" draft from every token) on held-out prompts:
   `--prompts JSONL` (the first user turn of each conversation), else screens drawn by `synth.ui`
   (held-out split, seed 1, grounding and reading questions). The checkpoint's stop tokens apply,
   at most `--new` tokens per answer. Decode tokens/s = all decoded tokens / all decode time (the
@@ -84,11 +85,14 @@ def random_prompts(vocab: int, *, n: int, length: int, seed: int) -> list[dict]:
     return [{"input_ids": torch.randint(100, vocab, (1, length), generator=generator)} for _ in range(n)]
 
 
-def rows(name: str, measures: list[Measure]) -> list[str]:
+def rows(name: str, measures: list[Measure], whole: list[Measure] = ()) -> list[str]:
+    """Table rows: plain, then each draft count (with the checkpoint's draft vocabulary), then
+    `whole`: the same draft counts drafting from the whole vocabulary."""
     plain = measures[0].tok_s
     out = [f"| {name} | plain | {plain:.1f} | 1.00x | | | | {measures[0].prefill_ms:.1f} |"]
-    for m in measures[1:]:
-        out.append(f"| {name} | MTP, {m.draft_tokens} draft{'s' if m.draft_tokens > 1 else ''} | {m.tok_s:.1f} | "
+    for m, note in [*((m, "") for m in measures[1:]), *((m, ", whole vocabulary") for m in whole)]:
+        label = f"MTP, {m.draft_tokens} draft{'s' if m.draft_tokens > 1 else ''}{note}"
+        out.append(f"| {name} | {label} | {m.tok_s:.1f} | "
                    f"{m.tok_s / plain:.2f}x | {m.acceptance_rate:.1%} | {m.tokens_per_step:.2f} | "
                    f"{'yes' if m.identical else 'NO'} | {m.prefill_ms:.1f} |")
     return out
@@ -97,6 +101,7 @@ def rows(name: str, measures: list[Measure]) -> list[str]:
 def run(*, threads: int, drafts: list[int], repeats: int, new: int, prompts_path: Path | None, n_prompts: int,
         train_steps: int) -> tuple[str, dict]:
     from vlm import VLM
+    from vlm.mtp import draft_vocab, set_draft_vocab
 
     from .generate import NEW, PROMPT, checkpoint_bytes, write_checkpoint  # noqa: F401 (same config)
 
@@ -106,6 +111,11 @@ def run(*, threads: int, drafts: list[int], repeats: int, new: int, prompts_path
         raise SystemExit("assets/model has no MTP layer: train one (README, 'MTP') before this benchmark")
     prompts = shipped_prompts(shipped, prompts_path, n_prompts)
     ship = compare(shipped.model, prompts, drafts, new=new, stop_ids=shipped.stop_token_ids(), repeats=repeats)
+    vocab, whole = draft_vocab(shipped.model), []
+    if vocab is not None:  # the same layer drafting from every token: what the draft vocabulary saves
+        set_draft_vocab(shipped.model, None)
+        whole = compare(shipped.model, prompts, drafts, new=new, stop_ids=shipped.stop_token_ids(), repeats=repeats)[1:]
+        set_draft_vocab(shipped.model, vocab)
     with tempfile.TemporaryDirectory() as tmp:
         write_checkpoint(Path(tmp))
         base = VLM.from_pretrained(tmp).model
@@ -115,8 +125,9 @@ def run(*, threads: int, drafts: list[int], repeats: int, new: int, prompts_path
     lines = [f"float32, {threads} thread(s), greedy, batch 1; best of {repeats}", "",
              "| model | decoding | decode tok/s | vs plain | acceptance | tokens / forward | identical | prefill ms |",
              "|---|---|---|---|---|---|---|---|",
-             *rows(f"shipped ({len(prompts)} held-out prompts)", ship),
+             *rows(f"shipped ({len(prompts)} held-out prompts)", ship, whole),
              *rows(f"benchmark config (self-distilled MTP, {train_steps} steps)", config)]
     record = {"threads": threads, "shipped": [vars(m) | {"outputs": None} for m in ship],
+              "shipped_whole_vocabulary": [vars(m) | {"outputs": None} for m in whole],
               "benchmark_config": [vars(m) | {"outputs": None} for m in config]}
     return "\n".join(lines), record

@@ -10,8 +10,9 @@
 2. train: a fresh MTP layer (started from the last decoder layer and `lm_head`) learns the main
    model's distribution for token t+2 on those answers (`distill_mtp`: the cached hidden states
    make a step cost the MTP layer alone; `--chain-weight` adds the second chained draft's loss);
-   nothing else moves. Its draft vocabulary (`--draft-vocab`, vlm/mtp.py) is the most frequent
-   tokens of those answers. Reused when `work/train` holds a finished run.
+   nothing else moves. Its draft vocabulary (`--draft-vocab`, vlm/mtp.py): the tokens of those
+   answers, most frequent first, then those of the data's assistant turns. Reused when
+   `work/train` holds a finished run.
 3. measure: greedy decoding of the held-out conversations' first user turns (the checkpoint's
    stop tokens, at most `--new` tokens) with 1..3 drafts per step: acceptance rate, tokens per
    verifying forward, and whether every answer equals plain decoding's.
@@ -131,7 +132,8 @@ def train(model: Path, data: Path, work: Path, *, answers: int, steps: int, lr: 
     vlm.config = vlm.model.cfg
     losses = distill_mtp(vlm.model, own, steps=steps, lr=lr, batch_size=batch_size, chain_weight=chain_weight)
     trained = time.perf_counter()
-    vocab = answer_vocabulary(own, draft_vocab, always=vlm.stop_token_ids())
+    vocab = answer_vocabulary(own, draft_vocab, always=vlm.stop_token_ids(),
+                              data_answers=data_answer_ids(vlm, data, answers))
     if vocab is not None:
         set_draft_vocab(vlm.model, vocab["token_ids"])
     vlm.save_pretrained(output)
@@ -146,18 +148,37 @@ def train(model: Path, data: Path, work: Path, *, answers: int, steps: int, lr: 
     return output
 
 
-def answer_vocabulary(answers, size: int, *, always: tuple[int, ...] = ()) -> dict | None:
-    """The draft vocabulary (vlm/mtp.py): the `size` most frequent tokens of the model's own answers
-    (fewer when the answers hold fewer) and the `always` ids (stop tokens); None for `size` 0.
-    Also how many distinct tokens the answers hold and the share of answer tokens it covers."""
+def answer_vocabulary(answers, size: int, *, always: tuple[int, ...] = (), data_answers: list[list[int]] = ()) -> dict | None:
+    """The draft vocabulary (vlm/mtp.py), at most `size` tokens besides the `always` ids (stop
+    tokens): the model's own answers' tokens, most frequent first, then the training data's
+    answers' (`data_answers`, token ids), which hold what the model was taught to say beyond what
+    these answers happened to use; None for `size` 0. Also how many distinct tokens the own answers
+    hold and the share of their tokens it covers."""
     from collections import Counter
 
     if size <= 0:
         return None
-    counts = Counter(t for a in answers for t in a.input_ids[0, a.prompt_length :].tolist())
-    kept = {t for t, _ in counts.most_common(size)} | set(always)
-    covered = sum(n for t, n in counts.items() if t in kept) / max(sum(counts.values()), 1)
-    return {"token_ids": sorted(kept), "size": len(kept), "distinct_answer_tokens": len(counts), "coverage": covered}
+    own = Counter(t for a in answers for t in a.input_ids[0, a.prompt_length :].tolist())
+    data = Counter(t for ids in data_answers for t in ids)
+    ranked = [t for t, _ in own.most_common()] + [t for t, _ in data.most_common() if t not in own]
+    kept = set(ranked[:size]) | set(always)
+    covered = sum(n for t, n in own.items() if t in kept) / max(sum(own.values()), 1)
+    return {"token_ids": sorted(kept), "size": len(kept), "distinct_answer_tokens": len(own),
+            "distinct_data_tokens": len(data), "coverage": covered}
+
+
+def data_answer_ids(vlm, path: Path, n: int) -> list[list[int]]:
+    """Token ids of every assistant turn's text in the first `n` conversations of a JSONL file."""
+    tokenizer = vlm.require_processor().tokenizer
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines()[:n]:
+        for message in json.loads(line)["messages"]:
+            content = message.get("content")
+            if message.get("role") != "assistant" or not content:
+                continue
+            text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            out.append(tokenizer.encode(text, add_special_tokens=False))
+    return out
 
 
 def check_frozen(trained, original) -> None:
@@ -200,9 +221,10 @@ Decode speed with and without it: the README's benchmark table (`python -m bench
 def _vocab_sentence(vocab: dict | None) -> str:
     if not vocab:
         return " It drafts from the whole vocabulary."
-    return (f" It drafts only from a vocabulary of {vocab['size']} tokens (`draft_vocab.json`): the most frequent of the "
-            f"{vocab['distinct_answer_tokens']} distinct tokens in those answers and the stop tokens, "
-            f"{vocab['coverage']:.1%} of the answer tokens; the main model still verifies every draft.")
+    return (f" It drafts only from a vocabulary of {vocab['size']} tokens (`draft_vocab.json`): the "
+            f"{vocab['distinct_answer_tokens']} distinct tokens of those answers ({vocab['coverage']:.1%} of their tokens), "
+            f"then the most frequent of the {vocab.get('distinct_data_tokens', 0)} in the training conversations' "
+            "assistant turns, and the stop tokens; the main model still verifies every draft.")
 
 
 def ship(trained_dir: Path, out: Path, section: str) -> None:
@@ -236,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chain-weight", type=float, default=0.0,
                         help="weight of the second chained draft's loss (train/mtp.py answer_loss; 0: off)")
     parser.add_argument("--draft-vocab", type=int, default=1024,
-                        help="draft only the N most frequent tokens of the answers (0: every token)")
+                        help="draft only from N tokens: the answers', then the data's (0: every token)")
     parser.add_argument("--n-prompts", type=int, default=40, help="held-out prompts measured")
     parser.add_argument("--new", type=int, default=128, help="max new tokens per answer")
     parser.add_argument("--out", type=Path, help="write the layer and the card section into this checkpoint")

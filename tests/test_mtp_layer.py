@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipes.mtp_layer import SECTION, card_section, check_frozen, ship, train
+from recipes.mtp_layer import SECTION, answer_vocabulary, card_section, check_frozen, data_answer_ids, ship, train
 from vlm import VLM
 from vlm.config import tiny
 from vlm.mtp import add_mtp_layer, draft_vocab, set_draft_vocab
@@ -19,7 +19,8 @@ def _record():
     return {"layer": 3, "n_prompts": 4, "heldout": "h.jsonl", "new": 16,
             "train": {"steps": 2, "batch_size": 4, "lr": 1e-3, "data": "d.jsonl", "answers": 3, "answer_tokens": 5.0,
                       "answer_minutes": 0.5, "minutes": 1.0, "final_mtp_loss": 2.5,
-                      "draft_vocab": {"size": 40, "distinct_answer_tokens": 37, "coverage": 1.0}},
+                      "draft_vocab": {"size": 40, "distinct_answer_tokens": 37, "distinct_data_tokens": 50,
+                                      "coverage": 1.0}},
             "measures": [{**measure, "draft_tokens": 0}, measure]}
 
 
@@ -35,7 +36,8 @@ def test_ship_writes_the_layer_and_one_card_section(tmp_path):
         ship(trained_dir, out, card_section(_record()))
     card = (out / "README.md").read_text()
     assert card.count(SECTION) == 1 and card.startswith("# card\n\ntext\n") and "| 1 | 50.0% | 1.50 | yes |" in card
-    assert "a vocabulary of 40 tokens" in card and "37 distinct tokens" in card
+    assert "a vocabulary of 40 tokens" in card and "the 37 distinct tokens of those answers" in card
+    assert "most frequent of the 50 in the training conversations' assistant turns" in card
     assert draft_vocab(VLM.from_pretrained(out).model) == [1, 2, 3]
     shipped = VLM.from_pretrained(out).model.state_dict()
     for name, value in trained.model.state_dict().items():
@@ -68,11 +70,28 @@ def test_train_learns_from_the_shipped_models_own_answers(tmp_path):
     assert record["final_mtp_loss"] > 0
     trained = VLM.from_pretrained(out)
     assert len(trained.model.language_model.mtp_layers) == 1
-    # the draft vocabulary: every token of the two answers (fewer than 1024) and the stop tokens
+    # the draft vocabulary: every token of the two answers and of the data's answers (fewer than
+    # 1024 in all) and the stop tokens
     vocab = draft_vocab(trained.model)
-    assert set(trained.stop_token_ids()) <= set(vocab) and record["draft_vocab"]["coverage"] == 1.0
-    assert record["draft_vocab"]["size"] == len(vocab) <= record["draft_vocab"]["distinct_answer_tokens"] + len(trained.stop_token_ids())
+    data_tokens = {t for ids in data_answer_ids(trained, data, 2) for t in ids}
+    assert set(trained.stop_token_ids()) | data_tokens <= set(vocab) and record["draft_vocab"]["coverage"] == 1.0
+    assert record["draft_vocab"]["size"] == len(vocab) and record["draft_vocab"]["distinct_data_tokens"] == len(data_tokens)
     check_frozen(trained, VLM.from_pretrained("assets/model", mtp=False))
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     assert train(Path("assets/model"), data, tmp_path / "work", answers=2, steps=2, lr=1e-3, batch_size=2, new=8) == out
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_the_draft_vocabulary_ranks_own_answers_before_the_datas_and_keeps_stop_tokens():
+    from train.mtp import OwnAnswer
+
+    def answer(ids):
+        return OwnAnswer(torch.tensor([[1, 2, *ids]]), torch.zeros(1), torch.zeros(1), 2, torch.zeros(1))
+
+    own = [answer([10, 10, 11]), answer([10, 12])]
+    data = [[20, 20, 20, 10], [21]]
+    vocab = answer_vocabulary(own, 4, always=(0,), data_answers=data)
+    assert vocab["token_ids"] == [0, 10, 11, 12, 20]  # own answers' three, then the data's most frequent
+    assert vocab["distinct_answer_tokens"] == 3 and vocab["distinct_data_tokens"] == 3 and vocab["coverage"] == 1.0
+    assert answer_vocabulary(own, 2, data_answers=data)["coverage"] == 4 / 5  # 12 left out
+    assert answer_vocabulary(own, 0) is None
