@@ -10,9 +10,9 @@ Two models, greedy, batch 1, float32, the same thread count:
   at most `--new` tokens per answer. Decode tokens/s = all decoded tokens / all decode time (the
   engine's own decode clock, prefill excluded), best of `--repeats` passes, the modes interleaved.
 - the benchmark config of benchmarks/generate.py (random weights written by transformers) with an
-  MTP layer trained here by self-distillation (`--train-steps` AdamW steps on the model's own
-  greedy continuations of random prompts: what the drafts must agree with), measured on fresh
-  random prompts: 64 new tokens after 64, no stop ids.
+  MTP layer trained here by self-distillation (`--train-steps` steps of train/mtp.py's
+  `distill_mtp` on the model's own greedy continuations of random prompts: what the drafts must
+  agree with), measured on fresh random prompts: 64 new tokens after 64, no stop ids.
 Acceptance rate = accepted drafts / drafts (rows still running); tokens per step = tokens
 committed per verifying forward. "identical" says whether every MTP answer equals the plain one.
 Prefill ms = mean time to the first token per prompt; with drafts it includes the MTP layer's own
@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 
 from recipes.mtp_layer import Measure, compare, conversation_prompts
-from vlm.generation import GenerationOptions, TokenStream
 
 
 # ---- the shipped model ---------------------------------------------------------------------------
@@ -49,34 +48,15 @@ def shipped_prompts(vlm, path: Path | None, n: int) -> list[dict]:
 
 
 def distilled_mtp_model(model, *, steps: int, prompt: int, new: int, seed: int = 0):
-    """`model` given an MTP layer trained to predict its own greedy continuations (soft targets)."""
+    """`model` given an MTP layer trained on its own greedy continuations of 16 random prompts
+    (train/mtp.py, as recipes.mtp_layer trains the shipped model's)."""
+    from train.mtp import distill_mtp, own_answers
     from vlm.mtp import add_mtp_layer
 
+    prompts = random_prompts(model.cfg.text.vocab_size, n=16, length=prompt, seed=seed)
+    answers = own_answers(model, prompts, max_new_tokens=new, stop_token_ids=())
     model = add_mtp_layer(model, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    vocab = model.cfg.text.vocab_size
-    with torch.inference_mode():
-        starts = torch.randint(100, vocab, (16, prompt), generator=generator)
-        sampler = GenerationOptions().sampler(batch=16, vocab_size=vocab, device="cpu")
-        new_BN = torch.tensor(list(TokenStream(model, {"input_ids": starts}, max_new_tokens=new, sampler=sampler,
-                                               draft_tokens=0))).T
-    sequences = torch.cat([starts, new_BN], dim=1)
-    params = list(model.language_model.mtp_layers.parameters())
-    optimizer = torch.optim.AdamW(params, lr=2e-3)
-    at = torch.zeros_like(sequences, dtype=torch.bool)
-    at[:, prompt - 1 : -2] = True  # positions whose t+1 and t+2 are the model's own tokens
-    model.train()
-    for step in range(steps):
-        rows = torch.randint(0, sequences.shape[0], (4,), generator=generator)
-        with torch.no_grad():
-            out = model(sequences[rows], logits_at=torch.roll(at[rows], 1, dims=1))
-        teacher = out.logits.float().softmax(-1)
-        hidden = out.hidden.detach()
-        logits = model.mtp_logits(sequences[rows], hidden, out.position_ids, at[rows])
-        loss = torch.nn.functional.cross_entropy(logits.float(), teacher)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    distill_mtp(model, answers, steps=steps, lr=2e-3, batch_size=4, seed=seed, log_every=0)
     return model.eval()
 
 
