@@ -176,7 +176,8 @@ def test_sampled_generation_keeps_the_distribution(vlm):
 
 
 def test_draft_tokens_default_and_errors(vlm):
-    assert GenerationOptions().draft_tokens_for(vlm.model) == 0  # on CPU drafting measured slower
+    assert GenerationOptions().draft_tokens_for(vlm.model) == 2  # on CPU, one row: measured faster
+    assert GenerationOptions().draft_tokens_for(vlm.model, batch=3) == 0  # several rows on CPU: not
     assert GenerationOptions(draft_tokens=2).draft_tokens_for(vlm.model) == 2
     assert GenerationOptions(draft_tokens=0).draft_tokens_for(vlm.model) == 0
     plain = VLM.from_config(tiny(), seed=0)
@@ -187,16 +188,22 @@ def test_draft_tokens_default_and_errors(vlm):
         GenerationOptions(draft_tokens=-1)
 
 
-def test_shipped_model_drafts_when_asked_and_answers_the_same():
-    """The default model ships a trained MTP layer: VLM.generate drafts with it when asked (by
-    default only on CUDA), with the same greedy answer."""
+def test_shipped_model_drafts_by_default_and_answers_the_same(monkeypatch):
+    """The default model ships a trained MTP layer and its draft vocabulary: VLM.generate drafts
+    with them by default (one row), and when asked, with the same greedy answer."""
+    from vlm.mtp import draft_vocab
+
     shipped = VLM.from_pretrained()
-    assert len(shipped.model.language_model.mtp_layers) == 1
+    assert len(shipped.model.language_model.mtp_layers) == 1 and 0 < len(draft_vocab(shipped.model)) < 8192
     prompt = "Find the \"Sign in\" button and output its bounding box."
     image = str(Path(__file__).resolve().parent.parent / "assets" / "examples" / "shapes.png")
     plain = shipped.generate(prompt, images=[image], max_new_tokens=40, draft_tokens=0)
-    drafted = shipped.generate(prompt, images=[image], max_new_tokens=40, draft_tokens=2)
-    assert drafted.text == plain.text and drafted.finish_reason == plain.finish_reason
+    drafts, real = [], speculative._draft
+    monkeypatch.setattr(speculative, "_draft", lambda *a: drafts.append(1) or real(*a))
+    for options in ({}, {"draft_tokens": 3}):
+        drafted = shipped.generate(prompt, images=[image], max_new_tokens=40, **options)
+        assert drafted.text == plain.text and drafted.finish_reason == plain.finish_reason and drafts
+        drafts.clear()
 
 
 # ---- the draft vocabulary ------------------------------------------------------------------------

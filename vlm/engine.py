@@ -216,7 +216,7 @@ def run(
     sampler = options.sampler(batch=len(chat.requests), vocab_size=text.vocab_size, device=model.lm_head.weight.device)
     tokens = TokenStream(
         model, batch.inputs, max_new_tokens=options.max_new_tokens, sampler=sampler, stop_token_ids=stop_token_ids,
-        pad_token_id=text.pad_token_id, draft_tokens=options.draft_tokens_for(model),
+        pad_token_id=text.pad_token_id, draft_tokens=options.draft_tokens_for(model, batch=len(chat.requests)),
     )
     rows = [chat.row_text(processor.decode) for _ in chat.requests]
     results: list[Generation] = []
