@@ -148,7 +148,8 @@ def train(model: Path, data: Path, work: Path, *, answers: int, steps: int, lr: 
     return output
 
 
-def answer_vocabulary(answers, size: int, *, always: tuple[int, ...] = (), data_answers: list[list[int]] = ()) -> dict | None:
+def answer_vocabulary(answers, size: int, *, always: tuple[int, ...] = (),
+                      data_answers: list[list[int]] = ()) -> dict | None:
     """The draft vocabulary (vlm/mtp.py), at most `size` tokens besides the `always` ids (stop
     tokens): the model's own answers' tokens, most frequent first, then the training data's
     answers' (`data_answers`, token ids), which hold what the model was taught to say beyond what

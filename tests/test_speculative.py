@@ -176,8 +176,9 @@ def test_sampled_generation_keeps_the_distribution(vlm):
 
 
 def test_draft_tokens_default_and_errors(vlm):
-    assert GenerationOptions().draft_tokens_for(vlm.model) == 2  # on CPU, one row: measured faster
+    assert GenerationOptions().draft_tokens_for(vlm.model) == 2  # on CPU, one greedy row: measured faster
     assert GenerationOptions().draft_tokens_for(vlm.model, batch=3) == 0  # several rows on CPU: not
+    assert GenerationOptions(temperature=0.7, seed=1).draft_tokens_for(vlm.model) == 0  # the server's draws
     assert GenerationOptions(draft_tokens=2).draft_tokens_for(vlm.model) == 2
     assert GenerationOptions(draft_tokens=0).draft_tokens_for(vlm.model) == 0
     plain = VLM.from_config(tiny(), seed=0)

@@ -175,7 +175,8 @@ def mtp_block(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first MTP layer on T positions per row: (logits (B, V) of the last position, -inf outside
     its draft vocabulary when it has one, or (B, T, V) over the whole vocabulary with
-    `logits_last=False`; its hidden states g (B, T, D)), appended to `cache` (the MTP's own, one layer). `next_tokens_BT[:, t]` is the token after position t, `hidden_BTD` the main model's
+    `logits_last=False`; its hidden states g (B, T, D)), appended to `cache` (the MTP's own, one
+    layer). `next_tokens_BT[:, t]` is the token after position t, `hidden_BTD` the main model's
     final-normed hidden state at t (or, chaining drafts, the previous MTP step's g)."""
     plan = plan if plan is not None else decode_plan(model)
     lm = model.language_model

@@ -43,7 +43,7 @@ class GenerationOptions:
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the row; 1 is off
     seed: int | None = None  # makes sampling reproducible; None draws from torch's global generator
     # Speculative decoding with the checkpoint's multi-token-prediction layer: drafts per step.
-    # None: DEFAULT_DRAFT_TOKENS when the model has the layer (on CPU for one row), else off; 0: off.
+    # None: DEFAULT_DRAFT_TOKENS when the model has the layer (on CPU: one row, greedy), else off; 0: off.
     draft_tokens: int | None = None
 
     def __post_init__(self) -> None:
@@ -59,12 +59,15 @@ class GenerationOptions:
 
     def draft_tokens_for(self, model: VisionLanguageModel, *, batch: int = 1) -> int:
         """Drafts per step for `model` decoding `batch` rows: `draft_tokens`, or when None the default
-        if it has an MTP layer, on CUDA at any batch and on CPU for one row. On CPU the shipped
-        model decodes 1.16x faster with drafts at batch 1 (README benchmarks); several rows keep
-        the smallest accepted count of any row and were not measured faster there."""
+        if it has an MTP layer, on CUDA always and on CPU for one greedy row. On CPU the shipped
+        model decodes 1.16x faster with drafts at batch 1, greedy (README benchmarks); several rows
+        keep the smallest accepted count of any row and were not measured faster there, and a
+        seeded sampled answer stays the one plain decoding (and the server) draws: speculative
+        sampling keeps the distribution, not the draws."""
         if self.draft_tokens is None:
             on_cuda = next(model.parameters()).device.type == "cuda"
-            return DEFAULT_DRAFT_TOKENS if len(model.language_model.mtp_layers) and (on_cuda or batch == 1) else 0
+            on = on_cuda or (batch == 1 and self.sampling.greedy)
+            return DEFAULT_DRAFT_TOKENS if len(model.language_model.mtp_layers) and on else 0
         return self.draft_tokens
 
     @property

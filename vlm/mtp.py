@@ -136,9 +136,10 @@ def set_draft_vocab(model: nn.Module, token_ids) -> None:
     ids = sorted(int(i) for i in token_ids)
     vocab = model.cfg.text.vocab_size
     bad = [i for i in ids if not 0 <= i < vocab]
-    if not ids or bad or len(set(ids)) != len(ids):
+    repeats = len(set(ids)) != len(ids)
+    if not ids or bad or repeats:
         raise ValueError(f"draft vocabulary: expected distinct token ids in [0, {vocab}), got {len(ids)} ids"
-                         + (f" with {bad[:5]} out of range" if bad else "") + (" with repeats" if len(set(ids)) != len(ids) else ""))
+                         + (f" with {bad[:5]} out of range" if bad else "") + (" with repeats" if repeats else ""))
     layers[0].draft_token_ids = torch.tensor(ids, dtype=torch.long, device=model.lm_head.weight.device)
 
 
