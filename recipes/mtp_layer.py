@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -196,26 +197,30 @@ def card_section(record: dict) -> str:
     rows = "\n".join(f"| {m['draft_tokens']} | {m['acceptance_rate']:.1%} | {m['tokens_per_step']:.2f} | "
                      f"{'yes' if m['identical'] else 'NO'} |" for m in record["measures"][1:])
     t = record["train"]
+    what = (f"One MTP layer (`num_nextn_predict_layers: 1`; tensors `model.language_model.layers.{record['layer']}.*`: "
+            "`enorm`, `hnorm`, `eh_proj`, a decoder block, `shared_head`) drafts tokens for speculative decoding "
+            "(`VLM.generate` drafts with it by default on CUDA, and on CPU for one greedy row; `draft_tokens=0` "
+            "turns it off). It was trained afterwards on the frozen network (bitwise unchanged): "
+            f"`python -m recipes.mtp_layer`. The model answered the first user turn of {t['answers']} conversations "
+            f"from `{t['data']}`{record.get('data_note', '')} greedily ({t['answer_tokens']:.1f} tokens per answer, "
+            f"{t['answer_minutes']:.0f} min); a fresh layer learned the model's own distribution for token t+2 on those "
+            f"answers ({t['steps']} AdamW steps of {t['batch_size']} answers, lr {t['lr']}, {t['minutes']:.0f} min on "
+            f"this CPU; final loss {t['final_mtp_loss']:.3f}, a cross-entropy against the main model's distribution, "
+            f"its entropy included).{_vocab_sentence(t.get('draft_vocab'))}")
+    measured = (f"Greedy acceptance on {record['n_prompts']} held-out prompts (`{record['heldout']}`, first user turn, "
+                f"at most {record['new']} new tokens):")
     return f"""{SECTION}
 
-One MTP layer (`num_nextn_predict_layers: 1`; tensors `model.language_model.layers.{record['layer']}.*`:
-`enorm`, `hnorm`, `eh_proj`, a decoder block, `shared_head`) drafts tokens for speculative decoding
-(`VLM.generate` uses it unless `draft_tokens=0`). It was trained afterwards on the frozen network
-(bitwise unchanged): `python -m recipes.mtp_layer`. The model answered the first user turn of
-{t['answers']} conversations from `{t['data']}`{record.get('data_note', '')} greedily ({t['answer_tokens']:.1f}
-tokens per answer, {t['answer_minutes']:.0f} min); a fresh layer learned the model's own
-distribution for token t+2 on those answers ({t['steps']} AdamW steps of {t['batch_size']} answers, lr
-{t['lr']}, {t['minutes']:.0f} min on this CPU; final loss {t['final_mtp_loss']:.3f}, a cross-entropy against
-the main model's distribution, its entropy included).{_vocab_sentence(t.get('draft_vocab'))}
+{textwrap.fill(what, 100)}
 
-Greedy acceptance on {record['n_prompts']} held-out prompts (`{record['heldout']}`, first user turn, at most
-{record['new']} new tokens):
+{textwrap.fill(measured, 100)}
 
 | drafts per step | acceptance | tokens per verifying forward | answers identical to plain decoding |
 |---|---|---|---|
 {rows}
 
-Decode speed with and without it: the README's benchmark table (`python -m benchmarks.generate --mtp`).
+Decode speed with and without it: the README's benchmark table
+(`python -m benchmarks.generate --mtp`).
 """
 
 

@@ -36,8 +36,10 @@ def test_ship_writes_the_layer_and_one_card_section(tmp_path):
         ship(trained_dir, out, card_section(_record()))
     card = (out / "README.md").read_text()
     assert card.count(SECTION) == 1 and card.startswith("# card\n\ntext\n") and "| 1 | 50.0% | 1.50 | yes |" in card
-    assert "a vocabulary of 40 tokens" in card and "the 37 distinct tokens of those answers" in card
-    assert "most frequent of the 50 in the training conversations' assistant turns" in card
+    words = " ".join(card.split())  # the card's paragraphs are wrapped
+    assert "a vocabulary of 40 tokens" in words and "the 37 distinct tokens of those answers" in words
+    assert "most frequent of the 50 in the training conversations' assistant turns" in words
+    assert max(len(line) for line in card.splitlines() if not line.startswith("|")) <= 100
     assert draft_vocab(VLM.from_pretrained(out).model) == [1, 2, 3]
     shipped = VLM.from_pretrained(out).model.state_dict()
     for name, value in trained.model.state_dict().items():
