@@ -1,4 +1,5 @@
-"""Training the multi-token-prediction layer (vlm/mtp.py): its targets, and the MTP-only mode.
+"""Training the multi-token-prediction layer (vlm/mtp.py): its targets, the MTP-only mode, and
+distillation on the frozen model's own answers.
 
 The MTP loss at position t predicts token t+2 from the main model's hidden state at t and the
 embedding of token t+1. With targets already shifted (`targets[t]` = token t+1, IGNORE where
@@ -11,6 +12,12 @@ cross-entropy): what speculative decoding accepts is agreement with the main mod
 MTP-only mode (`mtp_only`): every parameter outside `language_model.mtp_layers` is frozen, the
 main loss is still computed (and logged) but carries no gradient, and only the MTP block's MoE
 biases are moved by the balance updates (the frozen network's routing must not drift).
+
+Own answers (`own_answers`, `distill_mtp`; recipes/mtp_layer.py): the frozen model answers prompts
+greedily, one forward of prompt + answer caches its hidden states and next-token distributions,
+and the layer learns on those alone. Speculative decoding accepts agreement with the model's own
+output, which the data's answers only approximate; and with the hidden states cached a step
+costs the MTP layer, not the network.
 """
 
 from __future__ import annotations
