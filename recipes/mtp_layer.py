@@ -87,17 +87,31 @@ def compare(model, prompts: list[dict], drafts: list[int], *, new: int, stop_ids
     return [best[k] for k in [0, *drafts]]
 
 
-def conversation_prompts(vlm, path: Path, n: int) -> list[dict]:
-    """Model inputs for the first user turn of the first `n` conversations of a JSONL file
-    (media paths relative to the file, as the trainer reads them)."""
+def conversations(paths: Path | list[Path]) -> list[tuple[dict, Path]]:
+    """(conversation, the folder its media paths are relative to) of JSONL files: one file's in
+    order; several files' concatenated and shuffled with `random.Random(0)`, so the first n mix
+    them."""
+    import random
+
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    out = [(json.loads(line), path.parent) for path in paths
+           for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(paths) > 1:
+        random.Random(0).shuffle(out)
+    return out
+
+
+def conversation_prompts(vlm, path: Path | list[Path], n: int) -> list[dict]:
+    """Model inputs for the first user turn of the first `n` conversations of JSONL files
+    (`conversations`; media paths relative to each file, as the trainer reads them)."""
     from vlm import engine
 
     prompts = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines()[:n]:
-        first = next(m for m in json.loads(line)["messages"] if m["role"] == "user")
+    for conversation, folder in conversations(path)[:n]:
+        first = next(m for m in conversation["messages"] if m["role"] == "user")
         content = first["content"]
         if isinstance(content, list):
-            content = [_absolute(part, Path(path).parent) for part in content]
+            content = [_absolute(part, folder) for part in content]
         chat = engine.Chat.of([{"role": "user", "content": content}], images=None, videos=None, system=None,
                               thinking=None, stop=None, stream=False)
         prompts.append(engine.prepare(vlm.model, vlm.processor, chat, max_new_tokens=1).inputs)
@@ -111,7 +125,7 @@ def _absolute(part: dict, base: Path) -> dict:
     return part
 
 
-def train(model: Path, data: Path, work: Path, *, answers: int, steps: int, lr: float, batch_size: int,
+def train(model: Path, data: Path | list[Path], work: Path, *, answers: int, steps: int, lr: float, batch_size: int,
           new: int, draft_vocab: int = 1024, chain_weight: float = 0.0) -> Path:
     """Steps 1 and 2: the trained checkpoint in `work/train` (reused when already there), its
     record in `work/train/distillation.json`."""
@@ -139,7 +153,9 @@ def train(model: Path, data: Path, work: Path, *, answers: int, steps: int, lr: 
         set_draft_vocab(vlm.model, vocab["token_ids"])
     vlm.save_pretrained(output)
     tail = losses[-min(50, len(losses)):]
-    record = {"steps": steps, "batch_size": batch_size, "lr": lr, "chain_weight": chain_weight, "data": str(data),
+    files = [data] if isinstance(data, (str, Path)) else data
+    record = {"steps": steps, "batch_size": batch_size, "lr": lr, "chain_weight": chain_weight,
+              "data": " + ".join(str(f) for f in files),
               "answers": len(own),
               "answer_tokens": sum(a.input_ids.shape[1] - a.prompt_length for a in own) / len(own),
               "answer_minutes": (answered - start) / 60, "minutes": (trained - answered) / 60,
@@ -169,12 +185,12 @@ def answer_vocabulary(answers, size: int, *, always: tuple[int, ...] = (),
             "distinct_data_tokens": len(data), "coverage": covered}
 
 
-def data_answer_ids(vlm, path: Path, n: int) -> list[list[int]]:
-    """Token ids of every assistant turn's text in the first `n` conversations of a JSONL file."""
+def data_answer_ids(vlm, path: Path | list[Path], n: int) -> list[list[int]]:
+    """Token ids of every assistant turn's text in the first `n` conversations (`conversations`)."""
     tokenizer = vlm.require_processor().tokenizer
     out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines()[:n]:
-        for message in json.loads(line)["messages"]:
+    for conversation, _ in conversations(path)[:n]:
+        for message in conversation["messages"]:
             content = message.get("content")
             if message.get("role") != "assistant" or not content:
                 continue
@@ -254,7 +270,8 @@ def ship(trained_dir: Path, out: Path, section: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=Path("assets/model"), help="the trained checkpoint")
-    parser.add_argument("--data", type=Path, required=True, help="training conversations (JSONL, the data engine's)")
+    parser.add_argument("--data", type=Path, nargs="+", required=True,
+                        help="training conversations (JSONL, the data engine's); several files are mixed (seeded shuffle)")
     parser.add_argument("--heldout", type=Path, required=True, help="held-out conversations for the acceptance rate")
     parser.add_argument("--work", type=Path, default=Path("runs/mtp"), help="training run and record")
     parser.add_argument("--answers", type=int, default=600, help="training conversations the model answers")

@@ -97,3 +97,23 @@ def test_the_draft_vocabulary_ranks_own_answers_before_the_datas_and_keeps_stop_
     assert vocab["distinct_answer_tokens"] == 3 and vocab["distinct_data_tokens"] == 3 and vocab["coverage"] == 1.0
     assert answer_vocabulary(own, 2, data_answers=data)["coverage"] == 4 / 5  # 12 left out
     assert answer_vocabulary(own, 0) is None
+
+
+def test_several_data_files_are_mixed_by_a_seeded_shuffle_each_with_its_own_media_folder(tmp_path):
+    import json
+    import random
+
+    from recipes.mtp_layer import conversations
+
+    files = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        rows = [{"messages": [{"role": "user", "content": f"{name}{i}"}]} for i in range(5)]
+        (tmp_path / name / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        files.append(tmp_path / name / "data.jsonl")
+    one = conversations(files[0])
+    assert [c["messages"][0]["content"] for c, _ in one] == [f"a{i}" for i in range(5)]  # one file: its order
+    mixed = conversations(files)
+    expected = [(f"{n}{i}", tmp_path / n) for n in "ab" for i in range(5)]
+    random.Random(0).shuffle(expected)
+    assert [(c["messages"][0]["content"], folder) for c, folder in mixed] == expected
