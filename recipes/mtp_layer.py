@@ -87,13 +87,17 @@ def compare(model, prompts: list[dict], drafts: list[int], *, new: int, stop_ids
     return [best[k] for k in [0, *drafts]]
 
 
+def _files(paths: Path | list[Path]) -> list[Path]:
+    return [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+
+
 def conversations(paths: Path | list[Path]) -> list[tuple[dict, Path]]:
     """(conversation, the folder its media paths are relative to) of JSONL files: one file's in
     order; several files' concatenated and shuffled with `random.Random(0)`, so the first n mix
     them."""
     import random
 
-    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    paths = _files(paths)
     out = [(json.loads(line), path.parent) for path in paths
            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(paths) > 1:
@@ -104,10 +108,15 @@ def conversations(paths: Path | list[Path]) -> list[tuple[dict, Path]]:
 def conversation_prompts(vlm, path: Path | list[Path], n: int) -> list[dict]:
     """Model inputs for the first user turn of the first `n` conversations of JSONL files
     (`conversations`; media paths relative to each file, as the trainer reads them)."""
+    return first_turn_prompts(vlm, conversations(path)[:n])
+
+
+def first_turn_prompts(vlm, convs: list[tuple[dict, Path]]) -> list[dict]:
+    """Model inputs for the first user turn of each (conversation, media folder)."""
     from vlm import engine
 
     prompts = []
-    for conversation, folder in conversations(path)[:n]:
+    for conversation, folder in convs:
         first = next(m for m in conversation["messages"] if m["role"] == "user")
         content = first["content"]
         if isinstance(content, list):
@@ -139,23 +148,22 @@ def train(model: Path, data: Path | list[Path], work: Path, *, answers: int, ste
     if (output / "config.json").is_file() and (output / "distillation.json").is_file():
         return output
     vlm = VLM.from_pretrained(model, mtp=False)
+    convs = conversations(data)[:answers]
     start = time.perf_counter()
-    own = own_answers(vlm.model, conversation_prompts(vlm, data, answers), max_new_tokens=new,
+    own = own_answers(vlm.model, first_turn_prompts(vlm, convs), max_new_tokens=new,
                       stop_token_ids=vlm.stop_token_ids())
     answered = time.perf_counter()
     vlm.model = add_mtp_layer(vlm.model)
     vlm.config = vlm.model.cfg
     losses = distill_mtp(vlm.model, own, steps=steps, lr=lr, batch_size=batch_size, chain_weight=chain_weight)
     trained = time.perf_counter()
-    vocab = answer_vocabulary(own, draft_vocab, always=vlm.stop_token_ids(),
-                              data_answers=data_answer_ids(vlm, data, answers))
+    vocab = answer_vocabulary(own, draft_vocab, always=vlm.stop_token_ids(), data_answers=data_answer_ids(vlm, convs))
     if vocab is not None:
         set_draft_vocab(vlm.model, vocab["token_ids"])
     vlm.save_pretrained(output)
     tail = losses[-min(50, len(losses)):]
-    files = [data] if isinstance(data, (str, Path)) else data
     record = {"steps": steps, "batch_size": batch_size, "lr": lr, "chain_weight": chain_weight,
-              "data": " + ".join(str(f) for f in files),
+              "data": " + ".join(str(f) for f in _files(data)),
               "answers": len(own),
               "answer_tokens": sum(a.input_ids.shape[1] - a.prompt_length for a in own) / len(own),
               "answer_minutes": (answered - start) / 60, "minutes": (trained - answered) / 60,
@@ -185,11 +193,11 @@ def answer_vocabulary(answers, size: int, *, always: tuple[int, ...] = (),
             "distinct_data_tokens": len(data), "coverage": covered}
 
 
-def data_answer_ids(vlm, path: Path | list[Path], n: int) -> list[list[int]]:
-    """Token ids of every assistant turn's text in the first `n` conversations (`conversations`)."""
+def data_answer_ids(vlm, convs: list[tuple[dict, Path]]) -> list[list[int]]:
+    """Token ids of every assistant turn's text in (conversation, media folder) pairs (`conversations`)."""
     tokenizer = vlm.require_processor().tokenizer
     out = []
-    for conversation, _ in conversations(path)[:n]:
+    for conversation, _ in convs:
         for message in conversation["messages"]:
             content = message.get("content")
             if message.get("role") != "assistant" or not content:

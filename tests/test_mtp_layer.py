@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipes.mtp_layer import SECTION, answer_vocabulary, card_section, check_frozen, data_answer_ids, ship, train
+from recipes.mtp_layer import (SECTION, answer_vocabulary, card_section, check_frozen, conversations, data_answer_ids,
+                                ship, train)
 from vlm import VLM
 from vlm.config import tiny
 from vlm.mtp import add_mtp_layer, draft_vocab, set_draft_vocab
@@ -75,7 +76,7 @@ def test_train_learns_from_the_shipped_models_own_answers(tmp_path):
     # the draft vocabulary: every token of the two answers and of the data's answers (fewer than
     # 1024 in all) and the stop tokens
     vocab = draft_vocab(trained.model)
-    data_tokens = {t for ids in data_answer_ids(trained, data, 2) for t in ids}
+    data_tokens = {t for ids in data_answer_ids(trained, conversations(data)[:2]) for t in ids}
     assert set(trained.stop_token_ids()) | data_tokens <= set(vocab) and record["draft_vocab"]["coverage"] == 1.0
     assert record["draft_vocab"]["size"] == len(vocab) and record["draft_vocab"]["distinct_data_tokens"] == len(data_tokens)
     check_frozen(trained, VLM.from_pretrained("assets/model", mtp=False))
@@ -102,8 +103,6 @@ def test_the_draft_vocabulary_ranks_own_answers_before_the_datas_and_keeps_stop_
 def test_several_data_files_are_mixed_by_a_seeded_shuffle_each_with_its_own_media_folder(tmp_path):
     import json
     import random
-
-    from recipes.mtp_layer import conversations
 
     files = []
     for name in ("a", "b"):

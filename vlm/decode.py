@@ -189,12 +189,11 @@ def mtp_block(
     g_ND = _layer(plan.mtp[0], x_ND, B, T, cos_B1TR, sin_B1TR, bias_B1TS, cache, 0)
     cache.advance(T)
     head = layer.shared_head
-    if logits_last and plan.draft_head is not None:  # only the draft vocabulary's rows; -inf elsewhere
-        sub_BW = _linear(_norm(head.norm, g_ND.view(B, T, D)[:, -1]), plan.draft_head)
-        logits = sub_BW.new_full((B, head.head.weight.shape[0]), float("-inf")).index_copy_(1, plan.draft_ids, sub_BW)
-        return logits, g_ND.view(B, T, D)
     last = g_ND.view(B, T, D)[:, -1] if logits_last else g_ND
-    logits = _linear(_norm(head.norm, last), head.head.weight)
+    drafting = logits_last and plan.draft_head is not None  # only the draft vocabulary's rows
+    logits = _linear(_norm(head.norm, last), plan.draft_head if drafting else head.head.weight)
+    if drafting:  # -inf outside the draft vocabulary
+        logits = logits.new_full((B, head.head.weight.shape[0]), float("-inf")).index_copy_(1, plan.draft_ids, logits)
     return (logits if logits_last else logits.view(B, T, -1)), g_ND.view(B, T, D)
 
 
