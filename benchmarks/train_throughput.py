@@ -42,11 +42,30 @@ IMPLEMENTATIONS = ("eager", "grouped_mm")
 PATCHES = 256  # per row: one 224x224 image, 16x16 patches of 14 px, 64 vision tokens after the 2x2 merge
 
 
-def write_checkpoint(directory: Path) -> None:
+def write_checkpoint(directory: Path, *, text: dict = TEXT, vision: dict = VISION, device: str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> None:
+    """A checkpoint with transformers' own initialisation (seed 0), built on `device` (a GPU
+    initialises billions of parameters in seconds) and saved in `dtype`."""
     from transformers import Glm4vMoeConfig, Glm4vMoeForConditionalGeneration
 
     torch.manual_seed(0)
-    Glm4vMoeForConditionalGeneration(Glm4vMoeConfig(text_config=TEXT, vision_config=VISION, **SPECIAL)).save_pretrained(directory)
+    with torch.device(device):
+        model = Glm4vMoeForConditionalGeneration(Glm4vMoeConfig(text_config=text, vision_config=vision, **SPECIAL))
+    model.to(dtype).save_pretrained(directory)
+
+
+def next_token_targets(ids_BT: torch.Tensor, *, ignore_first: int = 0) -> torch.Tensor:
+    """Each position's target is the next token; the last position and the first `ignore_first`
+    (the image) have none (-100)."""
+    targets_BT = torch.cat([ids_BT[:, 1:], torch.full((ids_BT.shape[0], 1), -100)], dim=1)
+    targets_BT[:, :ignore_first] = -100
+    return targets_BT
+
+
+def text_batch(rows: int, seq: int, vocab_size: int) -> dict[str, torch.Tensor]:
+    """Rows of `seq` random text tokens (ids from 100 up, clear of the special ones)."""
+    ids_BT = torch.randint(100, vocab_size, (rows, seq), generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids_BT, "targets": next_token_targets(ids_BT)}
 
 
 def make_batch(rows: int, seq: int) -> dict[str, torch.Tensor]:
@@ -57,8 +76,7 @@ def make_batch(rows: int, seq: int) -> dict[str, torch.Tensor]:
     ids = torch.stack([torch.cat([torch.tensor(image), torch.randint(100, TEXT["vocab_size"], (text_len,), generator=g)])
                        for _ in range(rows)])
     is_image = ids == SPECIAL["image_token_id"]
-    targets = torch.cat([ids[:, 1:], torch.full((rows, 1), -100)], dim=1)
-    targets[:, :len(image)] = -100
+    targets = next_token_targets(ids, ignore_first=len(image))
     patch_dim = 3 * 2 * 14 * 14
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": is_image.long(),
             "pixel_values": torch.randn(rows * PATCHES, patch_dim, generator=g),
@@ -66,22 +84,29 @@ def make_batch(rows: int, seq: int) -> dict[str, torch.Tensor]:
 
 
 class Runner:
-    """One model, its optimiser and the shared training step."""
+    """One model, its optimiser (over the parameters that train: all of them, or LoRA's) and the
+    shared training step."""
 
     def __init__(self, name: str, model: torch.nn.Module, keys: tuple[str, ...]) -> None:
         self.name, self.model, self.keys = name, model.train(), keys
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # the trainer's (and fastest) AdamW
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=True)  # the trainer's (and fastest) AdamW
+        self.cuda = trainable[0].device.type == "cuda"
         self.best_s = float("inf")
+        self.last_loss = float("nan")
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
-        """One training step; returns its wall time in seconds."""
+        """One training step; returns its wall time in seconds (on CUDA, until the device is done)."""
         started = time.perf_counter()
         logits = self.model(**{k: batch[k] for k in self.keys}).logits
         loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=-100)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.cuda:
+            torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
+        self.last_loss = loss.item()
         self.best_s = min(self.best_s, elapsed)
         return elapsed
 

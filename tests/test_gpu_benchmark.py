@@ -1,12 +1,18 @@
-"""The GPU benchmark's --quick run on CPU: every part reports real numbers, float32 parity holds,
-greedy tokens equal transformers', and the Markdown table has each row."""
+"""The GPU benchmark's --quick run on CPU: every part reports real numbers; float32 parity holds
+and greedy tokens equal transformers' for an image and a video prompt; the training step is the
+same step as transformers' (equal losses from equal weights); the trainer launched by accelerate
+learns, saves and resumes at its step; the Markdown table has each row. The full-size configs,
+which --quick does not run, are built on the meta device and checked against GLM-4.5V's widths."""
 
 import json
 import math
 
 import pytest
+import torch
 
-from benchmarks.gpu import F32_TOL, main
+from benchmarks.gpu import main
+from benchmarks.gpu_parity import F32_TOL, SPECIAL, glm45v_widths
+from benchmarks.gpu_train import SLICE_TEXT, SLICE_VISION
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -14,14 +20,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_quick_run_reports_every_part(tmp_path):
     main(["--out", str(tmp_path), "--quick", "--device", "cpu"])
     record = json.loads((tmp_path / "gpu.json").read_text())
-    for part in ("parity", "speed", "mtp"):
+    for part in ("parity", "speed", "mtp", "train", "launch"):
         assert record[part]["ok"], record[part].get("traceback")
 
-    tiny = record["parity"]["configs"]["tiny"]
-    assert math.isfinite(tiny["f32_max_diff"]) and tiny["f32_max_diff"] < F32_TOL and tiny["f32_pass"]
-    assert math.isfinite(tiny["bf16_max_diff"]) and tiny["bf16_pass"]
-    assert tiny["max_abs_logit"] > 0.5  # logits are not all ~0: the tolerances mean something
-    assert tiny["greedy_equal"] and len(tiny["greedy_ours"]) == record["parity"]["greedy_steps"]
+    parity = record["parity"]
+    assert sorted(parity["configs"]) == ["tiny/image", "tiny/video"]
+    for name, c in parity["configs"].items():
+        assert math.isfinite(c["f32_max_diff"]) and c["f32_max_diff"] < F32_TOL and c["f32_pass"], name
+        assert math.isfinite(c["bf16_max_diff"]) and c["bf16_pass"], name
+        assert c["max_abs_logit"] > 0.5, name  # logits are not all ~0: the tolerances mean something
+        assert c["greedy_equal"] and 8 <= len(c["greedy_ours"]) <= parity["greedy_steps"], name
 
     speed = record["speed"]
     for key in ("ours_decode_b1_tok_s", "hf_decode_b1_tok_s", "ours_decode_b8_tok_s", "hf_decode_b8_tok_s",
@@ -32,8 +40,50 @@ def test_quick_run_reports_every_part(tmp_path):
     assert mtp["plain_tok_s"] > 0 and mtp["mtp2_tok_s"] > 0 and 0 <= mtp["acceptance_rate"] <= 1
     assert mtp["identical"]  # greedy drafting commits the same tokens as plain decoding
 
+    train = record["train"]
+    for mode in ("full", "lora"):
+        r = train[mode]
+        for model in ("ours", "hf_eager", "hf_grouped_mm"):
+            assert math.isfinite(r[model]["tok_s"]) and r[model]["tok_s"] > 0, (mode, model)
+            assert r[model]["peak_gib"] is None  # CPU: no allocator peak to read
+            # float32, the same weights, adapters and batch: the same steps give the same loss
+            assert r[model]["loss"] == pytest.approx(r["ours"]["loss"], rel=1e-4), (mode, model)
+        assert r["vs_eager"] == pytest.approx(r["ours"]["tok_s"] / r["hf_eager"]["tok_s"])
+    assert train["step_tflop"] > 0
+
+    launch = record["launch"]["configs"]
+    assert "CUDA" in launch["fsdp2"]["skipped"] and "CUDA" in launch["deepspeed_zero3"]["skipped"]
+    ddp = launch["ddp"]
+    assert ddp["pass"] and all(ddp["checks"].values()), ddp
+    assert len(ddp["losses"]) == 6 and ddp["losses"][-1] < ddp["losses"][0]
+    assert ddp["checkpoint_steps"] == [3, 6] and ddp["resumed_at"] == 3 and ddp["resumed_steps"] == [4, 5, 6]
+    assert ddp["resume_max_loss_diff"] < 1e-5  # float32 on CPU: the resumed steps repeat the first run's
+
     table = (tmp_path / "gpu.md").read_text()
-    for row in ("float32 logits max abs diff", "bfloat16 logits max abs diff", "greedy tokens, 32 steps",
-                "decode tok/s, batch 1", "decode tok/s, batch 8", "prefill s", "plain vs 2 drafts"):
+    for row in ("parity tiny/image | float32 logits", "parity tiny/video | float32 logits",
+                "parity tiny/video | greedy tokens, 32 steps", "decode tok/s, batch 1", "decode tok/s, batch 8",
+                "prefill s", "plain vs 2 drafts", "train full | fwd+bwd+AdamW tokens/s", "train lora",
+                "launch ddp", "launch fsdp2 | skipped"):
         assert row in table, row
-    assert "FAIL" not in table and "failed" not in table
+    assert "FAIL" not in table and "failed" not in table and "DIFFERENT" not in table
+
+
+def test_full_size_configs_are_glm45v_wide():
+    """What runs only on the GPU: GLM-4.5V's widths with 2 layers for parity, the MoE slice for
+    the training step; transformers builds both and our config reader takes them."""
+    from transformers import Glm4vMoeConfig, Glm4vMoeForConditionalGeneration
+
+    from vlm import VLMConfig
+
+    for text, vision, dense_layers in ((*glm45v_widths(), 1), (SLICE_TEXT, SLICE_VISION, 0)):
+        config = Glm4vMoeConfig(text_config=text, vision_config=vision, **SPECIAL)
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in Glm4vMoeForConditionalGeneration(config).state_dict().items()}
+        ours = VLMConfig.from_dict(config.to_dict()).text
+        assert (ours.hidden_size, ours.num_attention_heads, ours.num_key_value_heads, ours.head_dim) == (4096, 96, 8, 128)
+        assert ours.num_hidden_layers == 2 and ours.first_k_dense_replace == dense_layers
+        assert shapes["model.language_model.layers.1.mlp.experts.gate_up_proj"] == (128, 2 * 1408, 4096)
+        assert ours.num_experts_per_tok == 8
+        assert shapes["model.language_model.layers.0.self_attn.q_proj.weight"] == (96 * 128, 4096)
+    text, vision = glm45v_widths()
+    assert vision["hidden_size"] == 1536 and vision["depth"] == 2 and text["vocab_size"] == 151552
