@@ -155,14 +155,15 @@ def load_pair(path: Path, device: str, dtype: torch.dtype):
 @contextlib.contextmanager
 def ieee_float32():
     """float32 that is float32 on CUDA too: cuDNN convolutions (transformers' patch embedding)
-    default to TF32, ~1e-3 relative error, which would swamp a 2e-4 logit tolerance."""
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    before = conv.fp32_precision, matmul.fp32_precision
-    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    default to TF32, ~1e-3 relative error, which would swamp a 2e-4 logit tolerance. The legacy
+    switches: torch 2.14's getters raise once the new `fp32_precision` API has set cuDNN's."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
     try:
         yield
     finally:
-        conv.fp32_precision, matmul.fp32_precision = before
+        cudnn.allow_tf32, matmul.allow_tf32 = before
 
 
 # ---- parity ----------------------------------------------------------------------------------------
