@@ -170,8 +170,8 @@ def verdict(passed: bool) -> str:
 
 
 def table(record: dict) -> str:
-    lines = [f"device: {record['device_name']}, {record['date']}, torch {record['torch']}, speed dtype {record['dtype']}, "
-             f"quick={record['quick']}; `{record['command']}`", "",
+    lines = [f"device: {record['device_name']}, {record['date']}, torch {record['torch']}, "
+             f"speed dtype {record['dtype']}, quick={record['quick']}; `{record['command']}`", "",
              "| part | measure | ours | transformers | result |", "|---|---|---|---|---|"]
     parts = [part for part in PARTS if part in record]
     for part in parts:

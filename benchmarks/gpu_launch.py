@@ -157,7 +157,7 @@ def launch(device: str, *, quick: bool) -> dict:
         env["CUDA_VISIBLE_DEVICES"] = device.split(":")[1]
     if not cuda:
         env.setdefault("OMP_NUM_THREADS", "1")  # torch's default takes every core, and the launcher adds processes
-    timeout_s = 240 if quick else 180
+    timeout_s = 240 if quick else 120  # a tiny model, 6 steps: ~30 s on a GPU, start-up included (estimate)
     record = {"steps": STEPS, "save_every": SAVE_EVERY, "resume_tol": RESUME_TOL, "timeout_s": timeout_s, "configs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

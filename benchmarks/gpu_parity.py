@@ -48,7 +48,8 @@ TINY_VISION = dict(depth=2, hidden_size=32, num_heads=2, out_hidden_size=64, int
 # ---- checkpoints and inputs ---------------------------------------------------------------------
 
 
-def write_random(path: Path, text: dict, vision: dict, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+def write_random(path: Path, text: dict, vision: dict, *, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
     """A transformers checkpoint with weights of std 1/sqrt(fan_in) and a non-zero routing bias,
     drawn on `device` (billions of parameters take seconds on a GPU) and saved in `dtype`."""
     from transformers import Glm4vMoeConfig, Glm4vMoeForConditionalGeneration
@@ -185,11 +186,11 @@ def run_pair(path: Path, inputs: dict[str, dict], device: str, dtype: torch.dtyp
             ref = theirs(**batch).logits.float().cpu()
         out[name] = {"ours": mine, "theirs": ref}
         if greedy:
-            out[name]["ours_ids"] = generate_ids(ours.model, batch, options, stop_token_ids=stops, pad_token_id=0)[0].tolist()
+            mine_ids = generate_ids(ours.model, batch, options, stop_token_ids=stops, pad_token_id=0)
             with torch.inference_mode():
-                ids = theirs.generate(**batch, max_new_tokens=GREEDY_STEPS, do_sample=False, eos_token_id=list(stops),
-                                      pad_token_id=0)
-            out[name]["theirs_ids"] = ids[0, batch["input_ids"].shape[1]:].tolist()
+                ref_ids = theirs.generate(**batch, max_new_tokens=GREEDY_STEPS, do_sample=False,
+                                          eos_token_id=list(stops), pad_token_id=0)
+            out[name] |= {"ours_ids": mine_ids[0].tolist(), "theirs_ids": ref_ids[0, batch["input_ids"].shape[1]:].tolist()}
     del ours, theirs
     free(device)
     return out

@@ -34,7 +34,8 @@ GOAL_VS_EAGER = 3.0
 SLICE_TEXT = dict(
     vocab_size=8192, hidden_size=4096, intermediate_size=10944, num_hidden_layers=2, num_attention_heads=96,
     num_key_value_heads=8, head_dim=128, n_routed_experts=128, num_experts_per_tok=8, moe_intermediate_size=1408,
-    n_shared_experts=1, n_group=1, topk_group=1, first_k_dense_replace=0, norm_topk_prob=True, routed_scaling_factor=1.0,
+    n_shared_experts=1, n_group=1, topk_group=1, first_k_dense_replace=0, norm_topk_prob=True,
+    routed_scaling_factor=1.0,
     max_position_embeddings=4096, eos_token_id=[0], pad_token_id=0,
     rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5, mrope_section=[8, 12, 12]),
 )

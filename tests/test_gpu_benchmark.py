@@ -80,7 +80,8 @@ def test_full_size_configs_are_glm45v_wide():
         with torch.device("meta"):
             shapes = {k: tuple(v.shape) for k, v in Glm4vMoeForConditionalGeneration(config).state_dict().items()}
         ours = VLMConfig.from_dict(config.to_dict()).text
-        assert (ours.hidden_size, ours.num_attention_heads, ours.num_key_value_heads, ours.head_dim) == (4096, 96, 8, 128)
+        heads = (ours.num_attention_heads, ours.num_key_value_heads, ours.head_dim)
+        assert ours.hidden_size == 4096 and heads == (96, 8, 128)
         assert ours.num_hidden_layers == 2 and ours.first_k_dense_replace == dense_layers
         assert shapes["model.language_model.layers.1.mlp.experts.gate_up_proj"] == (128, 2 * 1408, 4096)
         assert ours.num_experts_per_tok == 8
