@@ -6,7 +6,8 @@ A checkpoint is a directory `OUTPUT/checkpoints/step-000123/` holding
     train_config.json       the run's TrainConfig, to refuse resuming a different run
     trainable.safetensors   every trainable parameter plus every MoE `e_score_correction_bias`
                             (the biases change in every mode, LoRA included, but are not trained
-                            by gradient, so they are listed separately from the parameters)
+                            by gradient, so they are listed separately from the parameters),
+                            full (unsharded) tensors by their name in the unwrapped model
     optimizer.pt, scheduler.pt
     rng-<rank>.pt           python / numpy / torch (CPU and CUDA) generator states per process
     adapter/                (LoRA runs) a standard peft adapter of this step
@@ -14,6 +15,10 @@ A checkpoint is a directory `OUTPUT/checkpoints/step-000123/` holding
 It is written into a hidden staging directory next to the final one and renamed into place
 only when complete (rename is atomic on POSIX), so a run killed mid-save never leaves a
 half-written checkpoint that `latest()` would pick up.
+
+`save_trainable` / `load_trainable` write and read the tensors and optimiser state, sharded
+(FSDP2) or not: under FSDP2 they gather full tensors onto rank 0 and cut each rank's shard back
+out on resume (full_state.py), so every call is a collective there.
 
 The `.pt` files are read with `torch.load(weights_only=True)` (`load_state`): tensors, plain
 Python data and the numpy arrays of the RNG state, nothing else, so a checkpoint from elsewhere
@@ -35,6 +40,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import full_state
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +128,39 @@ def prune(output: str | Path, *, keep_last: int) -> None:
     for _, path in all_steps(output)[:-keep_last]:
         shutil.rmtree(path)
         log.info("removed old checkpoint %s", path)
+
+
+def resume_names(model: nn.Module) -> list[str]:
+    """What `trainable.safetensors` holds: every trainable parameter and every MoE correction bias,
+    by name in the unwrapped model."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    return names + [n for n, _ in model.named_buffers() if n.endswith("e_score_correction_bias")]
+
+
+def save_trainable(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
+                   main: bool) -> dict[str, torch.Tensor]:
+    """Write `trainable.safetensors` and `optimizer.pt` from the main process; returns the full
+    tensors written (`{}` on the other processes). Call it on every process (a collective
+    under FSDP2)."""
+    tensors = full_state.gather(model, resume_names(model), main=main)
+    optimizer_state = full_state.optimizer_state(model, optimizer, main=main)
+    if main:
+        save_file(tensors, str(directory / "trainable.safetensors"))
+        torch.save(optimizer_state, directory / "optimizer.pt")
+    return tensors
+
+
+def load_trainable(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Read what `save_trainable` wrote into the model (every process reads the files; under FSDP2
+    each keeps its shard), refusing a file whose tensors do not match the model's by name."""
+    tensors = load_file(str(directory / "trainable.safetensors"))
+    known = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    missing, unknown = set(resume_names(model)) - set(tensors), set(tensors) - known
+    if missing or unknown:
+        raise ValueError(f"{directory}: checkpoint tensors do not match the model "
+                         f"(missing {sorted(missing)[:3]}, unknown {sorted(unknown)[:3]})")
+    full_state.load(model, tensors)
+    full_state.load_optimizer_state(model, optimizer, load_state(directory / "optimizer.pt"))
 
 
 def rng_state() -> dict[str, Any]:

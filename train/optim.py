@@ -92,10 +92,14 @@ class MuonAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
-        # torch's load_state_dict gives the inner optimisers new group dicts. Point ours at them,
-        # in place (schedulers and accelerate's wrapper hold this list): otherwise lr changes
-        # land in orphaned dicts and training runs on at the lr of the last load. accelerate's
-        # `prepare` loads the state once on every run, so this is not only about resuming.
+        self.relink_groups()
+
+    def relink_groups(self) -> None:
+        """Point `param_groups` at the inner optimisers' group dicts again, after something
+        loaded their state (torch's load_state_dict gives them new dicts). In place: schedulers
+        and accelerate's wrapper hold this list; otherwise lr changes land in orphaned dicts and
+        training runs on at the lr of the last load. accelerate's `prepare` loads the state once
+        on every run, so this is not only about resuming."""
         self.param_groups[:] = self.muon.param_groups + self.adamw.param_groups
 
 

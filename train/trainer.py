@@ -35,12 +35,11 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from vlm.adapter import save_adapter
 
-from . import balance, checkpoint, length_cache, lora
+from . import balance, checkpoint, full_state, length_cache, lora
 from .collate import IGNORE, Encoder, Sample, epoch_order, pack
 from .config import TrainConfig
 from .data import BadRecords, Conversation, read_conversations
@@ -345,26 +344,20 @@ class Trainer:
         acc.wait_for_everyone()
         staging = checkpoint.staging_dir(self.output, step)
         checkpoint.save_rng(staging, acc.process_index)
+        model = acc.unwrap_model(self.model)
+        # Every process takes part (FSDP2 gathers the shards); the main process writes.
+        tensors = checkpoint.save_trainable(staging, model, self.optimizer, main=acc.is_main_process)
         if acc.is_main_process:
-            save_file(self._resume_tensors(), str(staging / "trainable.safetensors"))
-            torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
             self.state.save(staging / "trainer_state.json")
             self.cfg.save(staging / "train_config.json")
             (staging / "world_size").write_text(f"{acc.num_processes}\n")
             if self.cfg.mode == "lora":
-                save_adapter(acc.unwrap_model(self.model), staging / "adapter")
+                save_adapter(model, staging / "adapter", state_dict=tensors if full_state.is_sharded(model) else None)
         acc.wait_for_everyone()
         if acc.is_main_process:
             checkpoint.commit(self.output, step, keep_last=self.cfg.keep_last)
         acc.wait_for_everyone()
-
-    def _resume_tensors(self) -> dict[str, torch.Tensor]:
-        """Trainable parameters and every correction bias, by name in the unwrapped model."""
-        model = self.accelerator.unwrap_model(self.model)
-        tensors = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        tensors.update({n: b for n, b in model.named_buffers() if n.endswith("e_score_correction_bias")})
-        return {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()}
 
     def _resume(self) -> None:
         directory = checkpoint.latest(self.output)
@@ -379,17 +372,7 @@ class Trainer:
         if world != self.accelerator.num_processes:
             raise ValueError(f"{directory} was written by {world} processes; resume with the same count "
                              f"(now {self.accelerator.num_processes})")
-        model = self.accelerator.unwrap_model(self.model)
-        tensors = load_file(str(directory / "trainable.safetensors"))
-        current = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-        missing = set(self._resume_tensors()) - set(tensors)
-        if missing or set(tensors) - set(current):
-            raise ValueError(f"{directory}: checkpoint tensors do not match the model "
-                             f"(missing {sorted(missing)[:3]}, unknown {sorted(set(tensors) - set(current))[:3]})")
-        with torch.no_grad():
-            for name, value in tensors.items():
-                current[name].copy_(value)
-        self.optimizer.load_state_dict(checkpoint.load_state(directory / "optimizer.pt"))
+        checkpoint.load_trainable(directory, self.accelerator.unwrap_model(self.model), self.optimizer)
         self.scheduler.load_state_dict(checkpoint.load_state(directory / "scheduler.pt"))
         checkpoint.load_rng(directory, self.accelerator.process_index)
         self.state = checkpoint.TrainerState.load(directory / "trainer_state.json")
@@ -397,15 +380,21 @@ class Trainer:
 
     def save_final(self) -> None:
         """The run's product in OUTPUT/: a peft adapter (lora) or a checkpoint in the released
-        layout with the processor files (pretrain / sft)."""
+        layout with the processor files (pretrain / sft). Sharded (FSDP2), every process first
+        takes part in gathering the full tensors onto the main process."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        model = acc.unwrap_model(self.model)
+        tensors = None
+        if full_state.is_sharded(model):
+            trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+            tensors = full_state.gather(model, trainable if self.cfg.mode == "lora" else None,
+                                        main=acc.is_main_process)
         if acc.is_main_process:
-            model = acc.unwrap_model(self.model)
             if self.cfg.mode == "lora":
-                save_adapter(model, self.output)
+                save_adapter(model, self.output, state_dict=tensors)
             else:
-                type(self.vlm)(model).save_pretrained(self.output)
+                type(self.vlm)(model).save_pretrained(self.output, tensors=tensors)
                 copy_processor_files(processor_dir(self.cfg.model), self.output)
             self.cfg.save(self.output / "train_config.json")
         acc.wait_for_everyone()

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -32,9 +33,12 @@ CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # peft's wrapper around the model; a module name follows
 
 
-def save_adapter(peft_model: PeftModel, directory: str | Path) -> Path:
+def save_adapter(peft_model: PeftModel, directory: str | Path, *,
+                 state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `adapter_config.json` + `adapter_model.safetensors` with the released module names,
-    atomically (staging directory, then rename)."""
+    atomically (staging directory, then rename). `state_dict`: the model's tensors to take the
+    adapter from (peft's names), in place of its own `state_dict()`: a sharded (FSDP2) model's
+    full tensors, gathered first (`train.full_state.gather`)."""
     directory = Path(directory)
     staging = directory.with_name(f".{directory.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
@@ -42,7 +46,7 @@ def save_adapter(peft_model: PeftModel, directory: str | Path) -> Path:
     config = copy.copy(peft_model.peft_config["default"])
     config.inference_mode = True  # as peft's own save_pretrained writes it
     config.save_pretrained(str(staging))
-    state = get_peft_model_state_dict(peft_model)
+    state = get_peft_model_state_dict(peft_model, state_dict=state_dict)
     state = {released_key(k): v.detach().to("cpu").contiguous() for k, v in state.items()}
     save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
     directory.mkdir(parents=True, exist_ok=True)

@@ -98,15 +98,17 @@ class VLM:
         handle.path = path
         return handle
 
-    def save_pretrained(self, path: str | os.PathLike, *, max_shard_bytes: int = 5 * 1024**3) -> None:
+    def save_pretrained(self, path: str | os.PathLike, *, max_shard_bytes: int = 5 * 1024**3,
+                        tensors: Mapping[str, torch.Tensor] | None = None) -> None:
         """Write config.json, the weights (one file, or shards past `max_shard_bytes`) and the
         processor files. Over an existing checkpoint of the same architecture an interrupted save
         leaves the old weights or the new ones, never a mix (`save_weights`); config.json is
         replaced atomically first, so only a save that changes the architecture in place has a
-        moment where the two disagree (save such a model to a new directory)."""
+        moment where the two disagree (save such a model to a new directory). `tensors`: the
+        weights to write by parameter name, in place of the model's own (see `save_weights`)."""
         path = Path(path)
         self.config.save(path)
-        save_weights(self.model, path, max_shard_bytes=max_shard_bytes)
+        save_weights(self.model, path, max_shard_bytes=max_shard_bytes, tensors=tensors)
         save_draft_vocab(self.model, path)
         if self.processor is not None:
             self.processor.save_pretrained(path)

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,8 +189,11 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
                              "loader shares the main embedding with the multi-token-prediction layer, as GLM-4.5 trains it")
 
 
-def save_weights(model: nn.Module, directory: str | os.PathLike, *, max_shard_bytes: int = 5 * 1024**3) -> list[Path]:
-    """Write the released layout; returns the files written.
+def save_weights(model: nn.Module, directory: str | os.PathLike, *, max_shard_bytes: int = 5 * 1024**3,
+                 tensors: Mapping[str, torch.Tensor] | None = None) -> list[Path]:
+    """Write the released layout; returns the files written. `tensors` (by the model's parameter
+    and buffer names) replaces the model's own: a sharded (FSDP2) model's full tensors, gathered
+    first; the model still gives the names and shapes.
 
     Loaders read the index when there is one, else the single file; the new weights become
     the ones read at one atomic step, the commit: the index's rename (shards), or the single
@@ -200,7 +203,7 @@ def save_weights(model: nn.Module, directory: str | os.PathLike, *, max_shard_by
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    shards = list(_shard(_checkpoint_tensors(model), max_shard_bytes))
+    shards = list(_shard(_checkpoint_tensors(model, tensors), max_shard_bytes))
     live = _live_files(directory)
     names = [SINGLE_FILE] if len(shards) == 1 else _shard_names(len(shards), avoid=live)
     written = [atomic_write(directory / name, lambda tmp, shard=shard: save_file(shard, str(tmp), metadata={"format": "pt"}))
@@ -237,9 +240,12 @@ def _shard_names(count: int, *, avoid: set[str]) -> list[str]:
 # ---- helpers --------------------------------------------------------------------------------------
 
 
-def _checkpoint_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    tensors = model_tensors(model)
+def _checkpoint_tensors(model: nn.Module, tensors: Mapping[str, torch.Tensor] | None = None
+                        ) -> Iterator[tuple[str, torch.Tensor]]:
+    tensors = model_tensors(model) if tensors is None else tensors
     for key, binding in bindings(model).items():
+        if binding.name not in tensors:
+            raise KeyError(f"tensors given to save have no {binding.name!r} (checkpoint key {key!r})")
         tensor = tensors[binding.name].detach()
         yield key, (tensor[binding.index] if binding.index else tensor).contiguous()
 
