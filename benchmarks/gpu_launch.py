@@ -14,7 +14,8 @@ then deletes step 6's, as if the run had died after step 3's, and runs the same 
 `--resume`: the log must say it resumed at step 3, and its steps 4-6 must repeat the first
 run's losses (the trainer's exact resume).
 
-Configs: on CUDA fsdp2.yaml, deepspeed_zero3.yaml (when `import deepspeed` works) and
+Configs: on CUDA fsdp2.yaml, deepspeed_zero3.yaml (when `import deepspeed` works; the trainer
+refuses ZeRO-3 until it gathers its checkpoints, so that row records the refusal) and
 cpu_2proc.yaml's DDP (the same launch on the plain data-parallel path, a baseline when a sharded
 one fails). On CPU only the DDP one: the trainer refuses FSDP and DeepSpeed without CUDA
 (accelerate would quietly run DDP instead), so those are recorded as skipped.

@@ -181,6 +181,15 @@ def test_a_sharded_config_on_cpu_is_refused_not_run_as_ddp(tmp_path, monkeypatch
         Trainer(_config(tmp_path, write_dataset(tmp_path, 4)))
 
 
+def test_deepspeed_zero3_is_refused_because_its_checkpoints_would_be_empty(tmp_path, monkeypatch):
+    # accelerate launch --config_file train/configs/deepspeed_zero3.yaml sets both
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(RuntimeError, match="ZeRO stage 3, whose partitioned parameters"):
+        Trainer(_config(tmp_path, write_dataset(tmp_path, 4)))
+
+
 def test_expert_loads_count_real_tokens_not_padding(tmp_path):
     # rows of 40 tokens hold one 31-35 token sample each: rows of different lengths, padded
     trainer = Trainer(_config(tmp_path, write_dataset(tmp_path, 8), batch_size=4, grad_accum=1, max_length=40))

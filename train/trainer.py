@@ -114,6 +114,12 @@ class Trainer:
         if cpu and sharded:  # accelerate would quietly fall back to replicated DDP on CPU
             raise RuntimeError(f"the accelerate config asks for {sharded[0]}, which needs CUDA devices; none is "
                                "available. On CPU use train/configs/cpu_2proc.yaml (DDP over gloo)")
+        zero_stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
+        if "DEEPSPEED" in sharded and zero_stage == "3":  # each rank holds an empty placeholder per parameter
+            raise RuntimeError("the accelerate config asks for DeepSpeed ZeRO stage 3, whose partitioned parameters "
+                               "this trainer does not gather for its checkpoints yet (the saves would hold empty "
+                               "tensors). Use train/configs/fsdp2.yaml (sharded, gathered on save), ZeRO stage 1-2, "
+                               "or DDP")
         self.accelerator = Accelerator(
             cpu=cpu, mixed_precision="no" if cpu else "bf16",
             # Unused parameters happen legitimately (a text-only micro-batch never reaches the
