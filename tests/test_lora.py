@@ -1,6 +1,7 @@
 """LoRA: presets wrap what they say, merged equals unmerged, and an adapter trained here loads
 with peft onto transformers' GLM-4.5V model and gives the same logits."""
 
+import dataclasses
 import json
 
 import pytest
@@ -179,3 +180,29 @@ def test_trained_embeddings_save_load_and_merge_with_the_same_logits(tmp_path):
         assert torch.allclose(loaded(input_ids=ids).logits, want, atol=1e-5)
         assert torch.allclose(merge(loaded)(input_ids=ids).logits, want, atol=1e-5)
         assert not torch.allclose(VLM.from_config(tiny(), seed=0).model(input_ids=ids).logits, want, atol=1e-3)
+
+
+def test_an_adapter_continues_from_a_saved_one_and_a_wrong_rank_is_named(tmp_path):
+    """`LoraOptions(start=DIR)`: the new adapter starts with the saved one's weights (the model
+    computes what the saved adapter computes), and an adapter of another rank is refused by name."""
+    from vlm import VLM
+    from vlm.adapter import save_adapter
+    from vlm.config import tiny
+
+    options = LoraOptions(targets="attention_mlp", r=2, embeddings=True)
+    trained = wrap(VLM.from_config(tiny(), seed=0).model, options)
+    with torch.no_grad():
+        for param in trained.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+    saved = save_adapter(trained, tmp_path / "a")
+    ids = torch.tensor([[1, 5, 9, 200, 3]])
+    continued = wrap(VLM.from_config(tiny(), seed=0).model, dataclasses.replace(options, start=str(saved)))
+    fresh = wrap(VLM.from_config(tiny(), seed=0).model, options)
+    with torch.no_grad():
+        want = trained(input_ids=ids).logits
+        assert torch.allclose(continued(input_ids=ids).logits, want, atol=1e-5)
+        assert not torch.allclose(fresh(input_ids=ids).logits, want, atol=1e-3)
+    assert all(p.requires_grad for n, p in continued.named_parameters() if "lora_" in n)  # it trains on
+    with pytest.raises(ValueError, match=r"lora start .* does not fit the adapters asked for \(r=4.*size mismatch"):
+        wrap(VLM.from_config(tiny(), seed=0).model, dataclasses.replace(options, r=4, start=str(saved)))

@@ -102,6 +102,8 @@ def _lora_arguments(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--lora-vision", action="store_true", help="also wrap the vision encoder's linears")
     g.add_argument("--lora-embeddings", action="store_true",
                    help="also train the token embeddings and lm_head in full (new tokens need their own rows)")
+    g.add_argument("--lora-start", default=None, metavar="ADAPTER",
+                   help="continue training this adapter directory (its rank, targets and embeddings as given here)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +129,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.command == "lora":
         lora_options = LoraOptions(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                                    targets=args.lora_targets, vision=args.lora_vision,
-                                   embeddings=args.lora_embeddings)
+                                   embeddings=args.lora_embeddings, start=args.lora_start)
     return dataclasses.replace(
         base, model=args.model, from_scratch=args.from_scratch, data=args.data, eval_data=args.eval_data,
         output=args.output, max_steps=args.max_steps, lr=args.lr, min_lr_ratio=args.min_lr_ratio,

@@ -36,6 +36,10 @@ class LoraOptions:
     # never saw keep their random initial rows, which no low-rank adapter elsewhere can put to use:
     # new words in the data (a tool's name, the values to copy) need their own rows learned.
     embeddings: bool = False
+    # Continue training an adapter saved earlier (a directory in peft's layout, e.g. a previous
+    # run's output) instead of starting from zero adapters; its rank, targets and `embeddings` must
+    # be the ones above.
+    start: str | None = None
 
     def __post_init__(self) -> None:
         if self.r < 1:

@@ -32,7 +32,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from vlm import VLM
-from vlm.adapter import CONFIG_FILE, PEFT_PREFIX, load_adapter, merge
+from vlm.adapter import CONFIG_FILE, PEFT_PREFIX, load_adapter, load_adapter_weights, merge
 
 from .config import LoraOptions
 from .model import copy_processor_files, processor_dir
@@ -66,13 +66,22 @@ def target_module_names(model: nn.Module, options: LoraOptions) -> list[str]:
 
 
 def wrap(model: nn.Module, options: LoraOptions, *, base_path: str | None = None) -> PeftModel:
-    """Freeze `model` and add LoRA adapters on the preset's modules."""
+    """Freeze `model` and add LoRA adapters on the preset's modules (zero-initialised as peft does, or
+    the weights of the adapter `options.start` names)."""
     config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
                         target_modules=target_module_names(model, options), bias="none",
                         modules_to_save=EMBEDDINGS if options.embeddings else None)
     peft_model = get_peft_model(model, config)
     # Set after wrapping: peft overwrites it with the (absent) `model.name_or_path`.
     peft_model.peft_config["default"].base_model_name_or_path = base_path
+    if options.start is not None:
+        try:
+            load_adapter_weights(peft_model, options.start)
+        except RuntimeError as err:  # peft's load_state_dict: "size mismatch for ..."
+            detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)[:300])
+            raise ValueError(f"lora start {options.start!r} does not fit the adapters asked for (r={options.r}, "
+                             f"targets={options.targets!r}, embeddings={options.embeddings}) on this base: "
+                             f"{detail}") from None
     return peft_model
 
 

@@ -69,6 +69,16 @@ def load_adapter(model: nn.Module, directory: str | Path) -> PeftModel:
     base_path, config.base_model_name_or_path = config.base_model_name_or_path, None
     peft_model = get_peft_model(model, config)
     peft_model.peft_config["default"].base_model_name_or_path = base_path
+    return load_adapter_weights(peft_model, directory)
+
+
+def load_adapter_weights(peft_model: PeftModel, directory: str | Path) -> PeftModel:
+    """Copy the adapter weights saved in `directory` into `peft_model`, whose adapters (ranks,
+    targets, trained embeddings) must be the saved ones: anything missing or left over is an
+    error naming the first few keys (a tensor of another shape: peft's "size mismatch" error)."""
+    weights_file = Path(directory) / WEIGHTS_FILE
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"adapter directory {str(directory)!r} has no {WEIGHTS_FILE}")
     state = {our_key(k): v for k, v in load_file(str(weights_file)).items()}
     result = set_peft_model_state_dict(peft_model, state)
     missing = [k for k in result.missing_keys if "lora_" in k]
