@@ -31,6 +31,17 @@ Two tools: get_weather(city: string) and set_timer(minutes: integer). What is un
   training names the first piece is a different token in the request (" Sel", after a space)
   than in the call ("Sel").
 
+Copying heads do not close the gap (measured 2026-12-07, the default 800-step run each time, 40
+held out): the shipped model copies no better than a random one (`recipes.copying` on it: 0.06 of
+a repeat's tokens at 300 steps, as from random), but neither a base taught to copy
+(`python -m recipes.copying --model assets/model --steps 2000`: 0.96, then this recipe with
+`--model` it) nor a LoRA adapter first trained on copying rows of the values' tokens (2,500
+steps of 32 at lr 1e-3: 0.97; then this run continued it, `LoraOptions(start=...)`) copies a
+held-out value: exact calls 0/40 both times (minute counts too, 13/20 without them), 40/40 and
+36/40 well-formed. Repeating a sequence after a separator is not finding a value inside a
+sentence. Without copying: a pool of 6,000 names (each trained name seen about once) gave 14/40
+(cities 1/20), and adding 1,600 "repeat these names" turns gave 10/40 (cities 2/20).
+
 The last line printed is `held-out calls: base <a>/<n> -> lora <b>/<n>` (exact calls); before
 it, per model, the answers that open a call, are one well-formed call, and call the right tool,
 and the exact calls per tool. `results.json` has it all, with every answer.
