@@ -41,8 +41,9 @@ held-out value: exact calls 0/40 both times (minute counts too, 13/20 without th
 36/40 well-formed. Repeating a sequence after a separator is not finding a value inside a
 sentence: teacher-forced, a held-out name's later pieces cost as much as its first (3.3 against 3.2
 nats a piece with the 6,000-name pool below; 3.5 against 2.9 on the base taught to copy), so no
-part of a name is copied, not even after its first piece is given. Without copying: a pool of 6,000 names (each trained name seen about once) gave 14/40
-(cities 1/20), and adding 1,600 "repeat these names" turns gave 10/40 (cities 2/20).
+part of a name is copied, not even after its first piece is given. Without copying: a pool of
+6,000 names (each trained name seen about once) gave 14/40 (cities 1/20), and adding 1,600 "repeat
+these names" turns gave 10/40 (cities 2/20).
 
 The last line printed is `held-out calls: base <a>/<n> -> lora <b>/<n>` (exact calls); before
 it, per model, the answers that open a call, are one well-formed call, and call the right tool,
