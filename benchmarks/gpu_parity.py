@@ -48,15 +48,11 @@ TINY_VISION = dict(depth=2, hidden_size=32, num_heads=2, out_hidden_size=64, int
 # ---- checkpoints and inputs ---------------------------------------------------------------------
 
 
-def write_random(path: Path, text: dict, vision: dict, *, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
-    """A transformers checkpoint with weights of std 1/sqrt(fan_in) and a non-zero routing bias,
-    drawn on `device` (billions of parameters take seconds on a GPU) and saved in `dtype`."""
-    from transformers import Glm4vMoeConfig, Glm4vMoeForConditionalGeneration
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Glm4vMoeForConditionalGeneration(Glm4vMoeConfig(text_config=text, vision_config=vision, **SPECIAL))
+def redraw_weights(model: torch.nn.Module) -> None:
+    """Draw `model`'s weights again, in place, from the global generator: norm weights 1 + 0.2 N,
+    everything else N / sqrt(fan_in) (biases x 0.3), MoE correction biases 0.1 N. Larger than
+    transformers' init (std 0.02 makes every logit ~0), so logits are O(1) and a tolerance on them
+    means something. tests/_model_utils.py's reference models are drawn by it too."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name and name.endswith("weight"):
@@ -66,6 +62,18 @@ def write_random(path: Path, text: dict, vision: dict, *, device: str = "cpu",
         for name, b in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 b.copy_(0.1 * torch.randn_like(b))
+
+
+def write_random(path: Path, text: dict, vision: dict, *, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+    """A transformers checkpoint with weights of std 1/sqrt(fan_in) and a non-zero routing bias,
+    drawn on `device` (billions of parameters take seconds on a GPU) and saved in `dtype`."""
+    from transformers import Glm4vMoeConfig, Glm4vMoeForConditionalGeneration
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Glm4vMoeForConditionalGeneration(Glm4vMoeConfig(text_config=text, vision_config=vision, **SPECIAL))
+    redraw_weights(model)
     model.to(dtype).save_pretrained(path)
     del model
     free(device)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.gpu_parity import redraw_weights
+
 IMG, VID, BOI, EOI, BOV, EOV = 290, 291, 292, 293, 294, 295
 VOCAB = 300
 PATCH_DIM = 3 * 2 * 14 * 14
@@ -48,15 +50,7 @@ def reference_model(kind: str, *, seed: int = 0):
         model = Glm4vMoeForConditionalGeneration(Glm4vMoeConfig(text_config=MOE_TEXT, vision_config=VISION, **SPECIAL))
     else:
         model = Glm4vForConditionalGeneration(Glm4vConfig(text_config=DENSE_TEXT, vision_config=VISION, **SPECIAL))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or "layernorm" in name or "norm1" in name or "norm2" in name:
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) * (0.3 if p.ndim == 1 else 1.0) / max(1, p.shape[-1]) ** 0.5)
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.1 * torch.randn_like(b))
+    redraw_weights(model)
     return model.eval()
 
 

@@ -23,8 +23,8 @@ import shutil
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-import torch
 from safetensors.torch import load_file, save_file
+import torch
 from torch import nn
 
 from .weights import checkpoint_key, module_name
