@@ -21,13 +21,13 @@ The goal (issue 21): ours >= 3x transformers' eager step.
 
 from __future__ import annotations
 
-import gc
 import tempfile
 from pathlib import Path
 
 import torch
 
 from .generate import forward_flop
+from .gpu_parity import free
 from .train_throughput import IMPLEMENTATIONS, Runner, text_batch, write_checkpoint
 
 GOAL_VS_EAGER = 3.0
@@ -93,9 +93,8 @@ def measure(runner: Runner, batch: dict, steps: int, device: str) -> dict:
 
 def release(device: str) -> None:
     """Free the last model's memory and start the peak counter again."""
-    gc.collect()
+    free(device)
     if device.startswith("cuda"):
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
 
