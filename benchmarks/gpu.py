@@ -5,7 +5,7 @@
     .venv/bin/python -m benchmarks.gpu --out runs/gpu --parts train launch   # some parts only
 
 Writes OUT/gpu.json (every number) and OUT/gpu.md (a Markdown table), rewritten after each part
-so a run cut short keeps what it measured. Five parts, each its own function; a part that raises
+so a run cut short keeps what it measured. Six parts, each its own function; a part that raises
 is recorded as failed with its error, and the others still run:
 1. parity: ours beside `Glm4vMoeForConditionalGeneration` on random checkpoints, a text + image
    and a text + video prompt: float32 and bfloat16 logits, 32 greedy tokens
@@ -23,6 +23,10 @@ is recorded as failed with its error, and the others still run:
 5. launch: `accelerate launch` of the real trainer with train/configs' FSDP2 (and DeepSpeed
    ZeRO-3 when installed) on one device: loss falls, checkpoint saved, resumed at its step
    (benchmarks/gpu_launch.py).
+6. fp8: a random checkpoint at GLM-4.5V's widths (2 layers) quantized to block-FP8 by
+   vlm.quantize, loaded unquantized, `fp8="dequantize"` and `fp8="keep"`: logits against the
+   unquantized model, weight memory, prefill s and batch-1 decode tok/s, and how many Fp8Linears
+   ran `scaled_mm` or the dequantizing fallback (benchmarks/gpu_fp8.py). --quick: tiny, float32.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from . import gpu_launch, gpu_train
+from . import gpu_fp8, gpu_launch, gpu_train
 from .generate import TEXT, VISION, best_of, image_inputs, write_checkpoint
 from .gpu_parity import TINY_TEXT, TINY_VISION, image_prompt, load_pair, parity, to, write_random
 
@@ -206,10 +210,12 @@ def table(record: dict) -> str:
         lines += gpu_train.table_rows(record["train"])
     if "launch" in record:
         lines += gpu_launch.table_rows(record["launch"])
+    if "fp8" in record:
+        lines += gpu_fp8.table_rows(record["fp8"])
     return "\n".join(lines)
 
 
-PARTS = ("parity", "speed", "mtp", "train", "launch")
+PARTS = ("parity", "speed", "mtp", "train", "launch", "fp8")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -228,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = {"parity": lambda: parity(device, quick=args.quick), "speed": lambda: speed(device, dtype, quick=args.quick),
             "mtp": lambda: mtp(device, dtype, quick=args.quick),
             "train": lambda: gpu_train.train_step(device, dtype, quick=args.quick),
-            "launch": lambda: gpu_launch.launch(device, quick=args.quick)}
+            "launch": lambda: gpu_launch.launch(device, quick=args.quick),
+            "fp8": lambda: gpu_fp8.fp8(device, dtype, quick=args.quick)}
     args.out.mkdir(parents=True, exist_ok=True)
     for part in args.parts:
         record[part] = attempt(runs[part])

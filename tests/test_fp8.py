@@ -139,9 +139,19 @@ def test_keep_mode_holds_e4m3_and_gives_the_dequantized_logits(quantized, tmp_pa
     assert linears and all(m.weight.dtype == E4M3 for m in linears)
     assert not any(isinstance(m, Fp8Linear) for m in dequantized.model.modules())
     assert torch.equal(_logits(kept), _logits(dequantized))
+    assert all(m.last_path == "dequantize" for m in linears)  # the CPU fallback, recorded by each forward
     kept.save_pretrained(tmp_path / "kept")  # still the FP8 layout: e4m3 weights and their scales
     assert json.loads((tmp_path / "kept" / "config.json").read_text())["quantization_config"] == QUANTIZATION_CONFIG
     assert torch.equal(_logits(VLM.from_pretrained(tmp_path / "kept")), _logits(dequantized))
+
+
+def test_keep_mode_generates_the_dequantized_tokens(quantized):
+    """The decode plan calls kept e4m3 projections as modules instead of fusing their raw bytes."""
+    _, destination = quantized
+    dequantized, kept = VLM.from_pretrained(destination), VLM.from_pretrained(destination, fp8="keep")
+    inputs = _inputs()
+    expected = dequantized.generate_ids(inputs, max_new_tokens=8)
+    assert torch.equal(kept.generate_ids(inputs, max_new_tokens=8), expected)
 
 
 def test_a_dequantized_model_saves_a_plain_checkpoint(quantized, tmp_path):

@@ -1,8 +1,10 @@
 """The GPU benchmark's --quick run on CPU: every part reports real numbers; float32 parity holds
 and greedy tokens equal transformers' for an image and a video prompt; the training step is the
 same step as transformers' (equal losses from equal weights); the trainer launched by accelerate
-learns, saves and resumes at its step; the Markdown table has each row. The full-size configs,
-which --quick does not run, are built on the meta device and checked against GLM-4.5V's widths."""
+learns, saves and resumes at its step; both FP8 modes dequantize on CPU and give the same logits,
+off the unquantized model's by a measured amount; the Markdown table has each row. The full-size
+configs, which --quick does not run, are built on the meta device and checked against GLM-4.5V's
+widths."""
 
 import json
 import math
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_quick_run_reports_every_part(tmp_path):
     main(["--out", str(tmp_path), "--quick", "--device", "cpu"])
     record = json.loads((tmp_path / "gpu.json").read_text())
-    for part in ("parity", "speed", "mtp", "train", "launch"):
+    for part in ("parity", "speed", "mtp", "train", "launch", "fp8"):
         assert record[part]["ok"], record[part].get("traceback")
 
     parity = record["parity"]
@@ -59,11 +61,30 @@ def test_quick_run_reports_every_part(tmp_path):
     assert ddp["checkpoint_steps"] == [3, 6] and ddp["resumed_at"] == 3 and ddp["resumed_steps"] == [4, 5, 6]
     assert ddp["resume_max_loss_diff"] < 1e-5  # float32 on CPU: the resumed steps repeat the first run's
 
+    fp8 = record["fp8"]
+    assert fp8["pass"] and all(fp8["checks"].values()), fp8["checks"]
+    keep, dequantize, unquantized = fp8["keep"], fp8["dequantize"], fp8["unquantized"]
+    for mode in (keep, dequantize, unquantized):
+        assert not mode["errors"] and mode["load_peak_gib"] is None  # CPU: no allocator peak to read
+        assert math.isfinite(mode["decode_b1_tok_s"]) and mode["decode_b1_tok_s"] > 0
+        assert math.isfinite(mode["prefill_s"]) and mode["prefill_s"] > 0
+    # On CPU keep dequantizes per call: the same float32 weights, the same logits, bit for bit
+    assert fp8["keep_vs_dequantize"]["max_abs_diff"] == 0 and keep["ran_scaled_mm"] == 0
+    assert 0 < keep["fp8_linears"] == keep["ran_dequantize"] and keep["not_run"] == 0
+    assert keep["weight_gib"] < dequantize["weight_gib"] == unquantized["weight_gib"]
+    # Random tiny MoE weights, measured: 37% relative L2, 57% top-1 over 76 positions (chance is
+    # 1/512). Above 1%: the weights were quantized (e4m3 alone is ~2.6% a weight); below 60% and
+    # well above chance: the FP8 logits still track the unquantized ones. A trained model's bounds
+    # (5%, 95%) are tests/test_fp8.py's.
+    error = fp8["dequantize_vs_unquantized"]
+    assert 0.01 < error["rel_l2"] < 0.6 and error["top1"] > 0.3, error
+
     table = (tmp_path / "gpu.md").read_text()
     for row in ("parity tiny/image | float32 logits", "parity tiny/video | float32 logits",
                 "parity tiny/video | greedy tokens, 32 steps", "decode tok/s, batch 1", "decode tok/s, batch 8",
                 "prefill s", "plain vs 2 drafts", "train full | fwd+bwd+AdamW tokens/s", "train lora",
-                "launch ddp", "launch fsdp2 | skipped"):
+                "launch ddp", "launch fsdp2 | skipped", "fp8 tiny | logits vs unquantized",
+                "fp8 tiny | decode tok/s", "Fp8Linear products: scaled_mm / dequantize fallback"):
         assert row in table, row
     assert "FAIL" not in table and "failed" not in table and "DIFFERENT" not in table
 

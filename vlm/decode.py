@@ -11,6 +11,8 @@ What is unusual here:
   layer (mtp.py) the same way over its own cache.
 - On CPU, `_linear` multiplies as `w @ x.T` and `_moe_few_tokens` runs only the picked experts:
   both are faster than the general modules for a handful of rows.
+- A projection whose weight is kept in e4m3 (`Fp8Linear`, fp8="keep") is not fused: the plan
+  calls the modules, so their block-scaled product runs and no full-precision copy is made.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache import KVCache
+from .fp8_linear import Fp8Linear
 from .layers import FusedSwiGLU
 from .model import VisionLanguageModel
 from .moe import MoE
@@ -34,13 +37,8 @@ class _LayerPlan:
         H, Hkv, hd = attn.num_attention_heads, attn.num_key_value_heads, attn.head_dim
         self.H, self.Hkv, self.hd, self.layout = H, Hkv, hd, attn.layout
         scale = hd**-0.5  # folded into the q rows: SDPA's default scale, applied before rotary (linear)
-        projs = (attn.q_proj, attn.k_proj, attn.v_proj)
-        self.qkv_w = torch.cat([attn.q_proj.weight * scale, attn.k_proj.weight, attn.v_proj.weight])
-        self.qkv_b = (
-            torch.cat([attn.q_proj.bias * scale, attn.k_proj.bias, attn.v_proj.bias])
-            if all(p.bias is not None for p in projs) else None
-        )
-        self.o_w = attn.o_proj.weight
+        self.qkv = _Product([attn.q_proj, attn.k_proj, attn.v_proj], [scale, 1.0, 1.0])
+        self.o = _Product([attn.o_proj])
         self.input_norm = layer.input_layernorm
         self.post_attn_norm = None if isinstance(layer.post_self_attn_layernorm, nn.Identity) else layer.post_self_attn_layernorm
         self.mlp_norm = layer.post_attention_layernorm
@@ -48,11 +46,31 @@ class _LayerPlan:
         mlp = layer.mlp
         self.moe = mlp if isinstance(mlp, MoE) else None
         dense = mlp.shared_experts if self.moe is not None else mlp
-        if isinstance(dense, FusedSwiGLU):
-            self.gate_up_w = dense.gate_up_proj.weight
-        else:
-            self.gate_up_w = torch.cat([dense.gate_proj.weight, dense.up_proj.weight])
-        self.down_w = dense.down_proj.weight
+        fused = isinstance(dense, FusedSwiGLU)
+        self.gate_up = _Product([dense.gate_up_proj] if fused else [dense.gate_proj, dense.up_proj])
+        self.down = _Product([dense.down_proj])
+
+
+class _Product:
+    """x (n, K) -> the outputs of `modules` side by side, the i-th times `scales[i]`: one matrix
+    product over their fused weights (a copy when there are several), or, when one keeps its
+    weight in e4m3, the modules themselves (fusing would dequantize them into a copy)."""
+
+    def __init__(self, modules: list[nn.Module], scales: list[float] | None = None) -> None:
+        scales = scales or [1.0] * len(modules)
+        self.kept = list(zip(modules, scales)) if any(isinstance(m, Fp8Linear) for m in modules) else None
+        if self.kept is not None:
+            return
+        weights = [m.weight if s == 1 else m.weight * s for m, s in zip(modules, scales)]
+        self.w = weights[0] if len(weights) == 1 else torch.cat(weights)
+        biases = [m.bias if s == 1 or m.bias is None else m.bias * s for m, s in zip(modules, scales)]
+        self.b = None if any(b is None for b in biases) else biases[0] if len(biases) == 1 else torch.cat(biases)
+
+    def __call__(self, x_nK: torch.Tensor) -> torch.Tensor:
+        if self.kept is None:
+            return _linear(x_nK, self.w, self.b)
+        outs = [m(x_nK) if s == 1 else m(x_nK) * s for m, s in self.kept]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
 
 def _linear(x_nK: torch.Tensor, w_NK: torch.Tensor, b_N: torch.Tensor | None = None) -> torch.Tensor:
@@ -201,7 +219,7 @@ def _layer(lp: _LayerPlan, x_ND, B: int, T: int, cos_B1TR, sin_B1TR, bias_B1TS, 
     """One decoder layer on N = B*T rows (T new tokens per row), its keys/values written at `slot`."""
     H, Hkv, hd = lp.H, lp.Hkv, lp.hd
     h_ND = _norm(lp.input_norm, x_ND)
-    qkv = _linear(h_ND, lp.qkv_w, lp.qkv_b).view(B, T, H + 2 * Hkv, hd).transpose(1, 2)  # (B, H+2Hkv, T, hd)
+    qkv = lp.qkv(h_ND).view(B, T, H + 2 * Hkv, hd).transpose(1, 2)  # (B, H+2Hkv, T, hd)
     qk = apply_rotary(qkv[:, : H + Hkv], cos_B1TR, sin_B1TR, lp.layout)  # q and k rotated together
     k_all, v_all = cache.update(slot, qk[:, H:], qkv[:, H + Hkv :])  # (B, Hkv, S, hd)
     G = H // Hkv
@@ -210,11 +228,11 @@ def _layer(lp: _LayerPlan, x_ND, B: int, T: int, cos_B1TR, sin_B1TR, bias_B1TS, 
         scores = (scores.view(B, Hkv, G, T, -1) + bias_B1TS[:, :, None]).view(B, Hkv, G * T, -1)
     attn = torch.matmul(scores.softmax(-1), v_all)  # (B, Hkv, G*T, hd) = (B, H, T, hd)
     attn = attn.view(B, H, T, hd).transpose(1, 2).reshape(B * T, H * hd)
-    attn = _linear(attn, lp.o_w)
+    attn = lp.o(attn)
     x_ND = x_ND + (attn if lp.post_attn_norm is None else _norm(lp.post_attn_norm, attn))
     h_ND = _norm(lp.mlp_norm, x_ND)
-    gate, up = _linear(h_ND, lp.gate_up_w).chunk(2, dim=-1)
-    mlp = _linear(F.silu(gate) * up, lp.down_w)
+    gate, up = lp.gate_up(h_ND).chunk(2, dim=-1)
+    mlp = lp.down(F.silu(gate) * up)
     if lp.moe is not None:
         mlp = _moe_few_tokens(lp.moe, h_ND, mlp)
     return x_ND + (mlp if lp.post_mlp_norm is None else _norm(lp.post_mlp_norm, mlp))
