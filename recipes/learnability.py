@@ -38,7 +38,7 @@ from typing import Any, Callable, Literal
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from recipes.reading import load_encoder
+from recipes.reading import load_module
 from recipes.recipe import IMAGE_MAX_PIXELS, model_config
 from vlm.images import ImageConfig, preprocess_image
 from vlm.vision import VisionEncoder
@@ -131,7 +131,7 @@ def run(task: Task, *, steps: int, size: str = "small", seed: int = 0, batch_siz
     model = Probe(VisionEncoder(vision_cfg), vision_cfg.out_hidden_size, len(labels(task)))
     init_weights(model)
     if encoder is not None:
-        load_encoder(model.vision, encoder)
+        load_module(model.vision, encoder)
     config = ImageConfig(max_pixels=IMAGE_MAX_PIXELS)
     test = batch(task, random.Random(f"test/{seed}"), n_test, config, word_px=word_px)
     train_rng = random.Random(f"train/{seed}")

@@ -122,7 +122,7 @@ import torch
 
 from recipes import mimetic
 from recipes.looking_data import TASKS, Example, Task, WordOracle, correct, example, oracle_tokens
-from recipes.reading import load_encoder
+from recipes.reading import load_module
 from train.box_attention import BoxAttention
 from train.collate import IGNORE, Encoder, pack
 from train.optim import lr_multiplier
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     vlm = VLM.from_pretrained(args.model)
     if args.encoder:
-        load_encoder(vlm.model.visual, args.encoder)
+        load_module(vlm.model.visual, args.encoder)
     if args.mimetic_lm:
         mimetic.language(vlm.model.language_model, seed=args.seed)
     if args.freeze_vision:

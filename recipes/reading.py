@@ -287,7 +287,7 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
           align: Alignment | None = None,
           log_line: Callable[[str], object] = log.info) -> tuple[VisionEncoder, dict[str, float]]:
     """Train for `steps` optimiser steps or `minutes` of wall time, whichever ends first;
-    `start_from`: an earlier stage's encoder weights (`save_encoder`) instead of `cfg.init`'s;
+    `start_from`: an earlier stage's encoder weights (`save_module`) instead of `cfg.init`'s;
     `align`: the language model whose embeddings the tokens align to (`cfg.align_weight`).
 
     Returns the encoder (on CPU) and the final held-out numbers.
@@ -296,7 +296,7 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
         raise ValueError("give steps or minutes")
     encoder = new_encoder(vision, init=cfg.init, seed=cfg.seed)
     if start_from is not None:
-        load_encoder(encoder, start_from)
+        load_module(encoder, start_from)
     aligning = align is not None and cfg.align_weight > 0
     tokenizer = align.tokenizer if aligning else None
     reader = Reader(encoder, cfg.slots, align.embeddings if aligning else None, place=cfg.place).to(device)
@@ -356,24 +356,25 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
     return reader.encoder.cpu(), result
 
 
-def save_encoder(encoder: VisionEncoder, path: Path, metadata: dict[str, object]) -> None:
-    """The encoder's state dict as safetensors, written atomically, with the stage's record."""
+def save_module(module: nn.Module, path: Path, metadata: dict[str, object]) -> None:
+    """A module's state dict (a stage's encoder or language model) as safetensors, written
+    atomically, with the stage's record."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
-    tensors = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
+    tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     save_file(tensors, str(partial), metadata={k: str(v) for k, v in metadata.items()})
     os.replace(partial, path)
 
 
-def load_encoder(encoder: VisionEncoder, path: Path) -> None:
-    """Load weights written by `save_encoder`; every tensor must match by name and shape."""
+def load_module(module: nn.Module, path: Path) -> None:
+    """Load weights written by `save_module`; every tensor must match by name and shape."""
     state = load_file(str(path))
-    own = encoder.state_dict()
+    own = module.state_dict()
     wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
     if wrong or set(state) - set(own):
-        raise ValueError(f"{path} does not hold this encoder's weights: mismatched {wrong[:5]}, "
+        raise ValueError(f"{path} does not hold this {type(module).__name__}'s weights: mismatched {wrong[:5]}, "
                          f"unexpected {sorted(set(state) - set(own))[:5]}")
-    encoder.load_state_dict(state)
+    module.load_state_dict(state)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         vision, align = target.config.vision, Alignment.of(target)
     encoder, result = train(vision, cfg, steps=args.steps, minutes=args.minutes, device=args.device,
                             workers=args.workers, every=args.every, start_from=args.start_from, align=align)
-    save_encoder(encoder, args.out, {**asdict(cfg), **result})
+    save_module(encoder, args.out, {**asdict(cfg), **result})
     print(f"wrote {args.out}: {result}")
     return 0
 

@@ -4,8 +4,8 @@
 embeddings of the random language model it will sit under; 3c, copying: that language model
 learns to copy on text alone (`recipes.copying`), its embeddings frozen so the reader stays
 aligned; 3d, grounding: over the frozen reader it learns which word and where on small pictures
-(`recipes.looking ground`). Each keeps its result in `work/<stage>/result.json`, each stops early
-under a `--deadline`, and a rerun reuses what is there.
+(`recipes.looking ground`). Each keeps its result in `work/<stage>/result.json` (the reader and the
+copier their weights too), each stops early under a `--deadline`, and a rerun reuses what is there.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from vlm.config import VLMConfig
 from vlm.processor import Processor
 
 log = logging.getLogger(__name__)
+COPIER = "language_model.safetensors"  # stage 3c's language model, in work/copying/
 
 
 def make_start(recipe: Recipe, work: Path, config: VLMConfig, *, device: str, workers: int,
@@ -50,11 +51,15 @@ def make_start(recipe: Recipe, work: Path, config: VLMConfig, *, device: str, wo
     if recipe.reads and not weights.is_file():
         train_reader(recipe, work, vlm, device=device, workers=workers, deadline=deadline)
     if recipe.reads:
-        reading.load_encoder(vlm.model.visual, weights)
+        reading.load_module(vlm.model.visual, weights)
     if recipe.lm_init == "mimetic":  # attention only: the embeddings the encoder aligned to stay
         mimetic.language(vlm.model.language_model, seed=recipe.seed)
     if recipe.copying_steps:  # text alone, embeddings frozen: the encoder stays aligned to them
-        train_copying(recipe, work, vlm, device=device, deadline=deadline)
+        copier = work / "copying" / COPIER
+        if copier.is_file():  # a rerun after a later stage failed: the copier it trained is kept
+            reading.load_module(vlm.model.language_model, copier)
+        else:
+            train_copying(recipe, work, vlm, device=device, deadline=deadline)
     if recipe.grounds:
         train_grounding(recipe, work, vlm, device=device, deadline=deadline)
     staging = work / ".start.partial"
@@ -75,17 +80,19 @@ def train_reader(recipe: Recipe, work: Path, vlm: VLM, *, device: str, workers: 
     cut = result["steps"] < recipe.reading_steps if recipe.reading_steps else budget["minutes"] < recipe.reading_minutes
     record = stage_budget(planned_steps=recipe.reading_steps, done_steps=result["steps"], cut=cut,
                           planned_minutes=None if recipe.reading_steps else recipe.reading_minutes)
-    reading.save_encoder(encoder, work / "reading" / "encoder.safetensors", {**dataclasses.asdict(settings), **result})
+    reading.save_module(encoder, work / "reading" / "encoder.safetensors", {**dataclasses.asdict(settings), **result})
     write_json(work / "reading" / "result.json", {**result, "settings": dataclasses.asdict(settings), "budget": record})
 
 
 def train_copying(recipe: Recipe, work: Path, vlm: VLM, *, device: str, deadline: Deadline | None) -> None:
-    """Stage 3c on `vlm`, in place: its `work/copying/result.json`."""
+    """Stage 3c on `vlm`, in place: its language model (`work/copying/language_model.safetensors`,
+    what a rerun starts stage 3d from) and `work/copying/result.json`."""
     started = time.perf_counter()
     vlm.model.to(device)
     copied = copying.train(vlm, steps=recipe.copying_steps, seed=recipe.seed, every=max(1, recipe.copying_steps // 10),
                            stop=None if deadline is None else deadline.stopper(), log_line=log.info)
     vlm.model.to("cpu")
+    reading.save_module(vlm.model.language_model, work / "copying" / COPIER, {"steps": copied.steps})
     write_json(work / "copying" / "result.json", {
         "steps": copied.steps, "copy_accuracy": copied.accuracy, "seconds": round(time.perf_counter() - started, 1),
         "budget": stage_budget(planned_steps=recipe.copying_steps, done_steps=copied.steps,

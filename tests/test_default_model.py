@@ -223,6 +223,43 @@ def test_the_grounding_stage_trains_the_language_model_over_the_frozen_reader_an
     assert not Recipe(reading_minutes=0).grounds and Recipe().grounds  # no reader, nothing to ground with
 
 
+@pytest.mark.slow
+def test_a_rerun_after_a_failed_grounding_stage_starts_it_from_the_copier_without_copying_again(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from recipes import copying, looking
+    from recipes.stages import make_processor, write_config
+    from recipes.start import make_start
+
+    recipe = Recipe(size="tiny", samples=0, ui_samples=8, kinds="grounding", steps=1, batch_size=4,
+                    retrain_tokenizer=False, reading_steps=2, copying_steps=3, ground_steps=2)
+    work = tmp_path / "work"
+    config = write_config(recipe, make_processor(recipe, work, corpus=work / "unused"))
+    ground = looking.train
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("stage 3d failed")
+
+    monkeypatch.setattr(looking, "train", fail)
+    with pytest.raises(RuntimeError, match="stage 3d failed"):
+        make_start(recipe, work, config, device="cpu", workers=0)
+    assert not (work / "start").exists()
+    copier = load_file(str(work / "copying" / "language_model.safetensors"))
+    grounded_from = []
+
+    def record(vlm, *args, **kwargs):
+        grounded_from.append({k: v.clone() for k, v in vlm.model.language_model.state_dict().items()})
+        return ground(vlm, *args, **kwargs)
+
+    monkeypatch.setattr(looking, "train", record)
+    monkeypatch.setattr(copying, "train", lambda *args, **kwargs: pytest.fail("the copier was trained again"))
+    make_start(recipe, work, config, device="cpu", workers=0)
+    assert (work / "start" / "config.json").is_file()
+    assert grounded_from[0].keys() == copier.keys()
+    for name, tensor in copier.items():
+        assert torch.equal(grounded_from[0][name], tensor), name
+
+
 def test_freeze_reader_keeps_the_vision_tower_and_projector_in_training(tmp_path):
     from recipes.stages import train_config
     from train.model import apply_freeze

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recipes.reading_data import make_batch
-from recipes.reading import (ReadingConfig, Reader, load_encoder, new_encoder, position_r2, save_encoder,
+from recipes.reading import (ReadingConfig, Reader, load_module, new_encoder, position_r2, save_module,
                              token_positions, train)
 from synth import text
 from vlm.rotary import apply_rotary, vision_cos_sin
@@ -77,14 +77,14 @@ def test_mimetic_init_starts_attention_local_without_changing_the_architecture()
 
 def test_encoder_weights_round_trip_and_refuse_another_shape(tmp_path):
     encoder = new_encoder(_vision(), init="mimetic", seed=1)
-    save_encoder(encoder, tmp_path / "enc.safetensors", {"steps": 3})
+    save_module(encoder, tmp_path / "enc.safetensors", {"steps": 3})
     again = new_encoder(_vision(), init="default", seed=2)
-    load_encoder(again, tmp_path / "enc.safetensors")
+    load_module(again, tmp_path / "enc.safetensors")
     for (name, a), b in zip(encoder.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
     wider = dataclasses.replace(_vision(), hidden_size=2 * _vision().hidden_size)
-    with pytest.raises(ValueError, match="does not hold this encoder's weights"):
-        load_encoder(new_encoder(wider, init="default", seed=0), tmp_path / "enc.safetensors")
+    with pytest.raises(ValueError, match="does not hold this VisionEncoder's weights"):
+        load_module(new_encoder(wider, init="default", seed=0), tmp_path / "enc.safetensors")
 
 
 @pytest.mark.slow
@@ -315,7 +315,7 @@ def test_the_cli_budget_is_the_steps_asked_for_without_a_hidden_time_limit(tmp_p
 
     asked = []
     monkeypatch.setattr(reading, "train", lambda *a, steps, minutes, **k: asked.append((steps, minutes)) or (None, {}))
-    monkeypatch.setattr(reading, "save_encoder", lambda *a: None)
+    monkeypatch.setattr(reading, "save_module", lambda *a: None)
     out = ["--out", str(tmp_path / "e.safetensors"), "--size", "tiny"]
     for flags, budget in ((["--steps", "3368"], (3368, None)), ([], (None, 8.0)),
                           (["--steps", "5", "--minutes", "2"], (5, 2.0)), (["--minutes", "30"], (None, 30.0))):
