@@ -1,4 +1,4 @@
-"""Part 4 of benchmarks.gpu: the real trainer under `accelerate launch`, saved and resumed.
+"""Part 5 of benchmarks.gpu: the real trainer under `accelerate launch`, saved and resumed.
 
 For each accelerate config (train/configs/, with num_processes 1 and a free port) it runs, as a
 subprocess in its own process group (killed whole at the timeout, so a hung launcher cannot

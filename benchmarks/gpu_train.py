@@ -1,4 +1,4 @@
-"""Part 3 of benchmarks.gpu: one training step of a GLM-4.5V-wide MoE slice, ours beside transformers.
+"""Part 4 of benchmarks.gpu: one training step of a GLM-4.5V-wide MoE slice, ours beside transformers.
 
 The slice: text hidden 4096, 96 query / 8 KV heads of 128, two layers, both MoE (128 routed
 experts top-8 of width 1408, one shared expert), bfloat16 weights; a vocabulary of 8192 (the
