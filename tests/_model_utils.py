@@ -64,6 +64,24 @@ def reference_checkpoint(tmp_path_factory, kind: str) -> Path:
     return _written[key]
 
 
+def reference_checkpoint_with_mtp(tmp_path_factory, kind: str) -> Path:
+    """`reference_checkpoint` given a multi-token-prediction layer by us (vlm/mtp.py: started from
+    the last layer and lm_head, then moved off them by noise so a wrong weight shows up); cached."""
+    from vlm import VLM
+    from vlm.mtp import add_mtp_layer
+
+    key = (str(tmp_path_factory.getbasetemp()), f"{kind}+mtp")
+    if key not in _written:
+        model = add_mtp_layer(VLM.from_pretrained(reference_checkpoint(tmp_path_factory, kind)).model, seed=3)
+        with torch.no_grad():
+            for p in model.language_model.mtp_layers.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        path = tmp_path_factory.mktemp(f"mtp_{kind}")
+        VLM(model).save_pretrained(path)
+        _written[key] = path
+    return _written[key]
+
+
 def image_tokens(grid_thw: list[int]) -> list[int]:
     t, h, w = grid_thw
     return [BOI] + [IMG] * (t * h * w // 4) + [EOI]

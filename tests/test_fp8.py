@@ -1,6 +1,7 @@
 """Block-FP8 checkpoints: what `python -m vlm.quantize --fp8` writes loads in transformers' FP8
 path and in ours with the same logits; dequantized logits stay close to the unquantized model's;
-bad scales fail loudly; the e4m3 matmul's arithmetic is checked on the CPU."""
+an MTP layer keeps the released layout and drafts alike kept or dequantized; bad scales fail
+loudly; the e4m3 matmul's arithmetic is checked on the CPU."""
 
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from _model_utils import image_tokens, mm_token_type_ids, patches, reference_checkpoint
+from torch import nn
+
+from _model_utils import image_tokens, mm_token_type_ids, patches, reference_checkpoint, reference_checkpoint_with_mtp
 from vlm import VLM
+from vlm.cache import KVCache
+from vlm.decode import mtp_block
 from vlm.fp8 import E4M3, E4M3_MAX, QUANTIZATION_CONFIG, BlockFP8, FP8Checkpoint, is_quantizable
 from vlm.fp8_linear import Fp8Linear, block_scaled_linear, cuda_scaled_mm, reference_mm, uses_scaled_mm
+from vlm.mtp import set_draft_vocab
 from vlm.quantize import main as quantize_main
+from vlm.rotary import mrope_cos_sin
 from vlm.vlm import DEFAULT_MODEL_DIR
 
 LAYOUT = BlockFP8(128, 128)
@@ -183,6 +190,100 @@ def test_dequantized_logits_stay_close_on_the_trained_model(tmp_path):
     assert ((a - b).norm() / a.norm()).item() < 0.05
     assert (a.argmax(-1) == b.argmax(-1)).float().mean().item() >= 0.95
     assert kl.mean().item() < 5e-3
+
+
+# ---- the multi-token-prediction layer ------------------------------------------------------------
+
+
+MTP_PLAIN = ("eh_proj.weight", "shared_head.head.weight")  # unquantized in the released layout (fp8.py)
+
+
+@pytest.fixture(scope="module")
+def mtp_quantized(kind, tmp_path_factory):
+    """(source, destination): a reference checkpoint with an MTP layer, and our FP8 copy."""
+    source = reference_checkpoint_with_mtp(tmp_path_factory, kind)
+    destination = tmp_path_factory.mktemp(f"fp8_mtp_{kind}") / "fp8"
+    quantize_main(["--fp8", str(source), str(destination)])
+    return source, destination
+
+
+def _mtp_prefix(directory):
+    n = json.loads((directory / "config.json").read_text())["text_config"]["num_hidden_layers"]
+    return f"model.language_model.layers.{n}."
+
+
+def _draft_logits(vlm, *, logits_last=False):
+    """The MTP layer's logits over a text prompt as a draft step computes them (decode.mtp_block)."""
+    model, text = vlm.model, vlm.config.text
+    ids = torch.tensor([[3, 17, 42, 8, 99, 23, 5]])
+    T = ids.shape[1] - 1
+    with torch.no_grad():
+        out = model(ids)
+        cos, sin = mrope_cos_sin(out.position_ids[:, :, :T], rotary_dim=text.rotary_dim, theta=text.rope_theta,
+                                 mrope_section=text.mrope_section, layout=text.rotary_layout)
+        cache = KVCache(1, 1, T, text.num_key_value_heads, text.head_dim, "cpu", torch.float32)
+        causal = torch.zeros(T, T).masked_fill_(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        logits, _ = mtp_block(model, ids[:, 1:], out.hidden[:, :T], cos[:, None], sin[:, None], causal[None, None], cache,
+                              logits_last=logits_last)
+    return logits
+
+
+def _drafts_like_dequantize(kept, dequantized):
+    """Greedy drafting gives plain greedy's tokens in both modes, and the draft step's logits agree."""
+    inputs = _inputs()
+    expected = dequantized.generate_ids(inputs, max_new_tokens=8, draft_tokens=0)
+    for vlm in (dequantized, kept):
+        assert torch.equal(vlm.generate_ids(inputs, max_new_tokens=8, draft_tokens=2), expected)
+    torch.testing.assert_close(_draft_logits(kept), _draft_logits(dequantized), rtol=1e-4, atol=1e-4)
+
+
+def test_quantize_keeps_the_mtp_input_projection_and_head_unquantized(mtp_quantized):
+    source, destination = mtp_quantized
+    before, after = load_file(str(source / "model.safetensors")), _tensors(destination)
+    p = _mtp_prefix(source)
+    for name in MTP_PLAIN:
+        assert p + name + "_scale_inv" not in after and torch.equal(after[p + name], before[p + name]), name
+    # the layer's decoder block is quantized like any other layer
+    block = {k for k, t in before.items()
+             if k.startswith(p) and t.ndim == 2 and not k.endswith(MTP_PLAIN + UNQUANTIZED_MATRICES)}
+    assert p + "self_attn.q_proj.weight" in block
+    assert {k for k in before if k.startswith(p) and k + "_scale_inv" in after} == block
+    assert all(after[k].dtype == E4M3 for k in block)
+
+
+def test_keep_mode_keeps_the_mtp_block_in_e4m3_and_drafts_as_dequantize_does(mtp_quantized):
+    _, destination = mtp_quantized
+    dequantized, kept = VLM.from_pretrained(destination), VLM.from_pretrained(destination, fp8="keep")
+    layer = kept.model.language_model.mtp_layers[0]
+    attn = layer.mtp_block.self_attn
+    assert isinstance(attn.q_proj, Fp8Linear) and isinstance(attn.o_proj, Fp8Linear)
+    assert type(layer.eh_proj) is nn.Linear and type(layer.shared_head.head) is nn.Linear
+    _drafts_like_dequantize(kept, dequantized)
+
+
+def test_keep_mode_drafts_from_an_e4m3_input_projection_and_head(mtp_quantized, tmp_path):
+    """Our quantizer stored `eh_proj` and the MTP head in e4m3 before: such a checkpoint still loads,
+    keeps them as Fp8Linear and drafts (the decode plan calls them; a draft vocabulary's rows of the
+    e4m3 head are dequantized)."""
+    _, destination = mtp_quantized
+    p = _mtp_prefix(destination)
+
+    def quantize_mtp_ends(tensors):
+        for name in MTP_PLAIN:
+            tensors[p + name], tensors[p + name + "_scale_inv"] = LAYOUT.quantize(tensors[p + name])
+
+    path = _copy_with(destination, tmp_path, quantize_mtp_ends)
+    dequantized, kept = VLM.from_pretrained(path), VLM.from_pretrained(path, fp8="keep")
+    layer = kept.model.language_model.mtp_layers[0]
+    assert isinstance(layer.eh_proj, Fp8Linear) and isinstance(layer.shared_head.head, Fp8Linear)
+    _drafts_like_dequantize(kept, dequantized)
+    for vlm in (kept, dequantized):
+        set_draft_vocab(vlm.model, range(0, vlm.config.text.vocab_size, 3))
+    torch.testing.assert_close(_draft_logits(kept, logits_last=True), _draft_logits(dequantized, logits_last=True),
+                               rtol=1e-4, atol=1e-4)
+    inputs = _inputs()
+    assert torch.equal(kept.generate_ids(inputs, max_new_tokens=8, draft_tokens=2),
+                       dequantized.generate_ids(inputs, max_new_tokens=8, draft_tokens=0))
 
 
 # ---- bad input ------------------------------------------------------------------------------------

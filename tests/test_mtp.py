@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from vlm import VLM
-from vlm.mtp import add_mtp_layer
 
-from _model_utils import reference_checkpoint
+from _model_utils import reference_checkpoint, reference_checkpoint_with_mtp
 
 
 @pytest.fixture(scope="module", params=["moe", "dense"])
@@ -23,14 +22,7 @@ def kind(request):
 @pytest.fixture(scope="module")
 def mtp_checkpoint(kind, tmp_path_factory):
     """A transformers-written tiny checkpoint given an MTP layer (random, large enough to matter) by us."""
-    base = VLM.from_pretrained(reference_checkpoint(tmp_path_factory, kind))
-    model = add_mtp_layer(base.model, seed=3)
-    with torch.no_grad():
-        for p in model.language_model.mtp_layers.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    path = tmp_path_factory.mktemp(f"mtp_{kind}")
-    VLM(model).save_pretrained(path)
-    return path
+    return reference_checkpoint_with_mtp(tmp_path_factory, kind)
 
 
 def _keys(path):

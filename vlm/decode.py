@@ -12,7 +12,9 @@ What is unusual here:
 - On CPU, `_linear` multiplies as `w @ x.T` and `_moe_few_tokens` runs only the picked experts:
   both are faster than the general modules for a handful of rows.
 - A projection whose weight is kept in e4m3 (`Fp8Linear`, fp8="keep") is not fused: the plan
-  calls the modules, so their block-scaled product runs and no full-precision copy is made.
+  calls the modules, so their block-scaled product runs and no full-precision copy is made. The
+  MTP layer's `eh_proj` and head go through the plan the same way (fp8.py keeps them unquantized,
+  but an older checkpoint may store them in e4m3).
 """
 
 from __future__ import annotations
@@ -49,6 +51,26 @@ class _LayerPlan:
         fused = isinstance(dense, FusedSwiGLU)
         self.gate_up = _Product([dense.gate_up_proj] if fused else [dense.gate_proj, dense.up_proj])
         self.down = _Product([dense.down_proj])
+
+
+class _MTPPlan:
+    """An MTP layer's weights as a draft step reads them: its decoder block, `eh_proj` and head
+    (each called as a module when kept in e4m3) and the draft vocabulary's rows of the head."""
+
+    def __init__(self, layer: nn.Module, dtype: torch.dtype) -> None:
+        self.block = _LayerPlan(layer.mtp_block)
+        self.eh_proj = _Product([layer.eh_proj])
+        head = layer.shared_head.head
+        self.head = _Product([head])
+        self.vocab_size = head.weight.shape[0]
+        # The draft vocabulary's rows (mtp.py), gathered once. Rows of an e4m3 head are dequantized
+        # here instead: a gathered subset no longer lines up with the 128-row scale blocks the
+        # block-scaled product needs, and ~1k rows in `dtype` are a small copy.
+        ids = self.draft_ids = layer.draft_token_ids
+        if ids is None:
+            self.draft_head = None
+        else:
+            self.draft_head = head.weight_rows(ids, dtype) if isinstance(head, Fp8Linear) else head.weight[ids].contiguous()
 
 
 class _Product:
@@ -103,11 +125,7 @@ class _DecodePlan:
         lm = model.language_model
         with torch.no_grad():
             self.layers = [_LayerPlan(layer) for layer in lm.layers]
-            self.mtp = [_LayerPlan(layer.mtp_block) for layer in lm.mtp_layers]
-            # The draft vocabulary's rows of the MTP head, gathered once (mtp.py).
-            ids = lm.mtp_layers[0].draft_token_ids if len(lm.mtp_layers) else None
-            self.draft_ids = ids
-            self.draft_head = None if ids is None else lm.mtp_layers[0].shared_head.head.weight[ids].contiguous()
+            self.mtp = [_MTPPlan(layer, model.lm_head.weight.dtype) for layer in lm.mtp_layers]
 
 
 def _plan_key(model: VisionLanguageModel) -> tuple:
@@ -198,20 +216,19 @@ def mtp_block(
     final-normed hidden state at t (or, chaining drafts, the previous MTP step's g)."""
     plan = plan if plan is not None else decode_plan(model)
     lm = model.language_model
-    layer = lm.mtp_layers[0]
+    layer, mtp = lm.mtp_layers[0], plan.mtp[0]
     B, T = next_tokens_BT.shape
     D = hidden_BTD.shape[-1]
     e_ND = _norm(layer.enorm, F.embedding(next_tokens_BT.reshape(-1), lm.embed_tokens.weight))
     h_ND = _norm(layer.hnorm, hidden_BTD.reshape(-1, D))
-    x_ND = _linear(torch.cat([e_ND, h_ND], dim=-1), layer.eh_proj.weight)
-    g_ND = _layer(plan.mtp[0], x_ND, B, T, cos_B1TR, sin_B1TR, bias_B1TS, cache, 0)
+    x_ND = mtp.eh_proj(torch.cat([e_ND, h_ND], dim=-1))
+    g_ND = _layer(mtp.block, x_ND, B, T, cos_B1TR, sin_B1TR, bias_B1TS, cache, 0)
     cache.advance(T)
-    head = layer.shared_head
-    last = g_ND.view(B, T, D)[:, -1] if logits_last else g_ND
-    drafting = logits_last and plan.draft_head is not None  # only the draft vocabulary's rows
-    logits = _linear(_norm(head.norm, last), plan.draft_head if drafting else head.head.weight)
+    last = _norm(layer.shared_head.norm, g_ND.view(B, T, D)[:, -1] if logits_last else g_ND)
+    drafting = logits_last and mtp.draft_head is not None  # only the draft vocabulary's rows
+    logits = _linear(last, mtp.draft_head) if drafting else mtp.head(last)
     if drafting:  # -inf outside the draft vocabulary
-        logits = logits.new_full((B, head.head.weight.shape[0]), float("-inf")).index_copy_(1, plan.draft_ids, logits)
+        logits = logits.new_full((B, mtp.vocab_size), float("-inf")).index_copy_(1, mtp.draft_ids, logits)
     return (logits if logits_last else logits.view(B, T, -1)), g_ND.view(B, T, D)
 
 

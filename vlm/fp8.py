@@ -4,7 +4,8 @@ A quantized 2-D weight `W` (rows, cols) is stored as float8_e4m3fn `q` beside a 
 `<key>_scale_inv` of shape (ceil(rows / 128), ceil(cols / 128)): W ~= q * scale_inv, one scale
 per 128 x 128 block (edge blocks are partial). `config.json` says so with `quantization_config`
 = QUANTIZATION_CONFIG. Embeddings, lm_head, norms, biases, the router `gate.weight` and
-`e_score_correction_bias` stay in the source dtype (`is_quantizable`).
+`e_score_correction_bias` stay in the source dtype (`is_quantizable`), and so do the MTP layer's
+`eh_proj` and `shared_head.head` (its decoder block is quantized like any other layer).
 
 Reading is driven by the files, not by a list of module names: a weight is dequantized when its
 `_scale_inv` is there. On load (`FP8Checkpoint.read_into`) a weight is read 128 rows at a time,
@@ -34,8 +35,16 @@ SCALE_SUFFIX = "_scale_inv"
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max  # 448.0
 # Never quantized (the released FP8 checkpoints keep these in bf16): lookup tables, the output
-# head and the router, whose float32 logits pick the experts.
-UNQUANTIZED = ("embed_tokens.", "position_embedding.", "lm_head.", ".mlp.gate.")
+# head and the router, whose float32 logits pick the experts. Nor the MTP layer's `eh_proj` and
+# `shared_head.head`, which the servers that load this layout build unquantized: vLLM's
+# models/glm4_moe_mtp.py and deepseek_mtp.py and SGLang's models/glm4_moe_nextn.py and
+# deepseek_nextn.py make `eh_proj` a plain `nn.Linear` (no quant_config) and look every checkpoint
+# tensor up among their parameters, so an `eh_proj.weight_scale_inv` would not load; the head is
+# a `ParallelLMHead`, which vLLM's `Fp8Config.get_quant_method` (layers/quantization/fp8.py)
+# leaves unquantized like `lm_head`, and SGLang's deepseek_nextn.py skips for the target's
+# `lm_head`. (Z.ai's GLM-4.6-FP8 does store a head scale, named `weight_scale`, which vLLM PR
+# #32101 skips: another format than this one.) A checkpoint with them in e4m3 still loads.
+UNQUANTIZED = ("embed_tokens.", "position_embedding.", "lm_head.", ".mlp.gate.", ".eh_proj.", ".shared_head.head.")
 
 
 @dataclass(frozen=True)

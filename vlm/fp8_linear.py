@@ -1,7 +1,8 @@
 """`Fp8Linear`: a linear layer that keeps its block-FP8 weight (e4m3 + float32 block scales).
 
 `VLM.from_pretrained(path, fp8="keep")` puts one in place of each `nn.Linear` whose weight the
-checkpoint stores in e4m3 (`keep_fp8`), so those weights take one byte each in memory. The
+checkpoint stores in e4m3 (`keep_fp8`; the MTP layer's included, under its released key
+`layers.{num_hidden_layers}.`), so those weights take one byte each in memory. The
 routed experts are stacked tensors run by `grouped_mm` (moe.py), which has no block-scaled FP8
 form in torch 2.14: they are dequantized on load in both modes.
 
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fp8 import E4M3, E4M3_MAX, BlockFP8, scaled_weight_keys
-from .weights import checkpoint_files, checkpoint_key
+from .weights import checkpoint_files, mtp_layer_key
 
 ACTIVATION_BLOCK = 128  # 1 x 128 activation blocks: the only block-scaled pairing cuBLAS offers with 128 x 128 weights
 
@@ -55,14 +56,23 @@ class Fp8Linear(nn.Module):
         self.last_path = "dequantize"
         return F.linear(x, self.layout.dequantize(self.weight, self.weight_scale_inv, x.dtype), self.bias)
 
+    def weight_rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows `ids` of the dequantized weight, (len(ids), in_features) in `dtype`; the other rows
+        stay e4m3 (decode.py's draft head: ~1k rows of a 151k-row vocabulary projection)."""
+        cols = self.weight.shape[1]
+        scale_nC = self.weight_scale_inv[ids // self.layout.block_rows]  # each row's block-row of scales
+        scale_nK = scale_nC.repeat_interleave(self.layout.block_cols, 1)[:, :cols]
+        return (self.weight[ids].float() * scale_nK).to(dtype)
+
 
 def keep_fp8(model: nn.Module, directory: str | Path, layout: BlockFP8) -> int:
     """Swap (on the meta device, before loading) each `nn.Linear` whose checkpoint weight has a scale;
     returns how many were swapped."""
     scaled = scaled_weight_keys(checkpoint_files(directory))
+    first_mtp = model.cfg.text.num_hidden_layers
     swapped = 0
     for name, module in list(model.named_modules()):
-        if type(module) is not nn.Linear or checkpoint_key(f"{name}.weight") not in scaled:
+        if type(module) is not nn.Linear or mtp_layer_key(f"{name}.weight", first_mtp) not in scaled:
             continue
         bias_dtype = None if module.bias is None else module.bias.dtype
         with torch.device(module.weight.device):
