@@ -1,7 +1,9 @@
-"""Block-FP8 checkpoints: what `python -m vlm.quantize --fp8` writes loads in transformers' FP8
+"""FP8 checkpoints. Block-FP8: what `python -m vlm.quantize --fp8` writes loads in transformers' FP8
 path and in ours with the same logits; dequantized logits stay close to the unquantized model's;
 an MTP layer keeps the released layout and drafts alike kept or dequantized; bad scales fail
-loudly; the e4m3 matmul's arithmetic is checked on the CPU."""
+loudly; the e4m3 matmul's arithmetic is checked on the CPU. Compressed-tensors float-quantized
+(Z.ai's -FP8 releases): a hand-written checkpoint loads as its weights dequantized by hand, and in
+transformers with our logits; scales or configs we do not read are named."""
 
 from __future__ import annotations
 
@@ -352,6 +354,176 @@ def test_quantize_refuses_a_quantized_source_and_a_non_empty_destination(quantiz
     with pytest.raises(ValueError, match=rf"tensor '{key}' in .* is torch.float64; expected one of"):
         quantize_main(["--fp8", str(odd), str(tmp_path / "out")])
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".*staging"))  # nothing half-written
+
+
+# ---- compressed-tensors float-quantized (Z.ai's GLM-4.5 / 4.5-Air / 4.5V -FP8 releases) --------
+# The layout as the README's evidence documents it: e4m3 `<module>.weight` beside a float32
+# `<module>.weight_scale` of shape (rows, 1) (strategy "channel"; (1,) for "tensor", one per block
+# for "block"), dynamic per-token activations, and an `ignore` list for lm_head, the routers and
+# the vision tower. Written by hand here, quantized by hand, so that no code under test makes it.
+
+CT_BLOCK = [32, 16]  # partial edge blocks on the tiny models' 48- and 24-wide matrices
+
+
+def _ct_config(strategy: str, *, static_inputs: bool = False) -> dict:
+    inputs = ({"num_bits": 8, "type": "float", "strategy": "tensor", "symmetric": True, "dynamic": False} if static_inputs
+              else {"num_bits": 8, "type": "float", "strategy": "token", "symmetric": True, "dynamic": True})
+    weights = {"num_bits": 8, "type": "float", "strategy": strategy, "symmetric": True, "dynamic": False,
+               "group_size": None, "block_structure": CT_BLOCK if strategy == "block" else None,
+               "observer": "minmax", "observer_kwargs": {}, "actorder": None}
+    return {"quant_method": "compressed-tensors", "format": "float-quantized", "quantization_status": "compressed",
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": inputs,
+                                          "output_activations": None}},
+            "ignore": ["lm_head", "re:.*mlp\\.gate$", "re:^model\\.visual\\."],
+            "kv_cache_scheme": None, "global_compression_ratio": None, "sparsity_config": {}}
+
+
+def _ct_quantize(weight: torch.Tensor, strategy: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(e4m3, float32 scale, dequantized by hand): each scale's span has its absolute maximum at 448."""
+    w = weight.float()
+    rows, cols = w.shape
+    if strategy == "block":
+        br, bc = CT_BLOCK
+        spans = [[w[i:i + br, j:j + bc].abs().amax() for j in range(0, cols, bc)] for i in range(0, rows, br)]
+        amax = torch.tensor(spans)  # (ceil(rows/br), ceil(cols/bc))
+        expand = lambda s: s.repeat_interleave(br, 0)[:rows].repeat_interleave(bc, 1)[:, :cols]  # noqa: E731
+    else:
+        amax = w.abs().amax(dim=1, keepdim=True) if strategy == "channel" else w.abs().amax().reshape(1)
+        expand = lambda s: s  # noqa: E731  (rows, 1) and (1,) broadcast
+    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    q = (w / expand(scale)).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+    return q, scale, q.float() * expand(scale)
+
+
+def _is_ct_quantized(key: str, tensor: torch.Tensor) -> bool:
+    """The language model's linears; not lm_head, the embeddings, the routers or the vision tower."""
+    return (tensor.ndim == 2 and key.startswith("model.language_model.layers.") and key.endswith(".weight")
+            and not key.endswith("mlp.gate.weight"))
+
+
+def _write_ct(source, destination, strategy: str = "channel", *, static_inputs: bool = False):
+    """`source` in compressed-tensors' layout at `destination`, and beside it `<destination>_by_hand`:
+    the same weights dequantized by hand into a plain checkpoint. Returns both directories."""
+    tensors, by_hand = {}, {}
+    for key, weight in load_file(str(source / "model.safetensors")).items():
+        if not _is_ct_quantized(key, weight):
+            tensors[key] = by_hand[key] = weight
+            continue
+        module = key.removesuffix(".weight")
+        tensors[key], tensors[module + ".weight_scale"], by_hand[key] = _ct_quantize(weight, strategy)
+        if static_inputs:
+            tensors[module + ".input_scale"] = torch.tensor([0.25])
+    config = json.loads((source / "config.json").read_text())
+    quantized = {**config, "quantization_config": _ct_config(strategy, static_inputs=static_inputs)}
+    plain = destination.with_name(destination.name + "_by_hand")
+    for path, weights, cfg in ((destination, tensors, quantized), (plain, by_hand, config)):
+        path.mkdir(parents=True)
+        (path / "config.json").write_text(json.dumps(cfg))
+        save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return destination, plain
+
+
+@pytest.fixture(scope="module")
+def ct_quantized(kind, tmp_path_factory):
+    """(compressed-tensors channel-FP8 checkpoint, the same dequantized by hand)."""
+    return _write_ct(reference_checkpoint(tmp_path_factory, kind), tmp_path_factory.mktemp(f"ct_{kind}") / "ct")
+
+
+def test_compressed_tensors_channel_fp8_loads_as_dequantized_by_hand(ct_quantized):
+    ct, plain = ct_quantized
+    header = {key: info for key, info in _tensors(ct).items() if key.endswith("q_proj.weight_scale")}
+    assert header and all(t.dtype == torch.float32 and t.shape[1] == 1 for t in header.values())  # (rows, 1)
+    ours = VLM.from_pretrained(ct)
+    assert torch.equal(_logits(ours), _logits(VLM.from_pretrained(plain)))  # same weights, bit for bit
+    assert "quantization_config" not in ours.config.extra  # it saves as a plain checkpoint
+
+
+def test_hand_dequantized_weights_are_within_e4m3_rounding(ct_quantized, kind, tmp_path_factory):
+    """What the loader must reproduce is the source up to e4m3's round to nearest: half a step,
+    2^-4 of the value's power of two, or 2^-10 of the scale among the subnormals."""
+    source = load_file(str(reference_checkpoint(tmp_path_factory, kind) / "model.safetensors"))
+    stored, plain = _tensors(ct_quantized[0]), _tensors(ct_quantized[1])
+    quantized = [key for key in source if key + "_scale" in stored]
+    assert "model.language_model.layers.0.self_attn.q_proj.weight" in quantized
+    assert any(".experts.0.down_proj." in key for key in quantized) == (kind == "moe")
+    for key in quantized:
+        scale = stored[key + "_scale"]
+        bound = source[key].abs() * 2**-4 + scale * 2**-10
+        assert ((plain[key] - source[key]).abs() <= bound * (1 + 1e-6)).all(), key
+
+
+def test_transformers_loads_the_compressed_tensors_checkpoint_with_our_logits(kind, ct_quantized):
+    pytest.importorskip("compressed_tensors")  # a dev dependency (pyproject.toml)
+    from transformers import CompressedTensorsConfig, Glm4vForConditionalGeneration, Glm4vMoeForConditionalGeneration
+
+    ct, _ = ct_quantized
+    cls = Glm4vMoeForConditionalGeneration if kind == "moe" else Glm4vForConditionalGeneration
+    theirs = cls.from_pretrained(ct, dtype=torch.float32, quantization_config=CompressedTensorsConfig(dequantize=True)).eval()
+    inputs = _inputs()
+    with torch.no_grad():
+        got = theirs(**inputs, mm_token_type_ids=mm_token_type_ids(inputs["input_ids"])).logits
+    assert (got - _logits(VLM.from_pretrained(ct), inputs)).abs().max().item() < 2e-4  # 1.1e-5 / 2.1e-5 measured (dense / MoE)
+
+
+@pytest.mark.parametrize("strategy, static_inputs", [("tensor", True), ("block", False)])
+def test_compressed_tensors_tensor_and_block_scales_load_as_dequantized_by_hand(tmp_path_factory, strategy, static_inputs):
+    """Per-tensor scales with static activation scales (read past: the dequantized model computes
+    in full precision), and per-block scales with partial edge blocks."""
+    source = reference_checkpoint(tmp_path_factory, "dense")
+    ct, plain = _write_ct(source, tmp_path_factory.mktemp(f"ct_{strategy}") / "ct", strategy, static_inputs=static_inputs)
+    assert any(key.endswith(".input_scale") for key in _tensors(ct)) == static_inputs
+    assert torch.equal(_logits(VLM.from_pretrained(ct)), _logits(VLM.from_pretrained(plain)))
+
+
+@pytest.fixture(scope="module")
+def ct_dense(tmp_path_factory):
+    return _write_ct(reference_checkpoint(tmp_path_factory, "dense"), tmp_path_factory.mktemp("ct_dense") / "ct")[0]
+
+
+def test_a_malformed_channel_scale_names_the_key_the_shapes_and_the_layout(ct_dense, tmp_path):
+    key = "model.language_model.layers.0.self_attn.q_proj.weight_scale"
+    rows = _tensors(ct_dense)[key].shape[0]
+    path = _copy_with(ct_dense, tmp_path, lambda t: t.update({key: t[key].view(-1)}))  # (rows,) not (rows, 1)
+    with pytest.raises(ValueError, match=rf"'{key}' is F32 \[{rows}\], expected F32 or BF16 or F16 \[{rows}, 1\] for weight "
+                                         rf"'{key.removesuffix('_scale')}' of shape \[{rows}, \d+\] one per output row"):
+        VLM.from_pretrained(path)
+
+
+def test_compressed_tensors_scales_that_contradict_the_config_are_named(ct_dense, tmp_path):
+    def quantize_lm_head(t):
+        t["lm_head.weight"], t["lm_head.weight_scale"], _ = _ct_quantize(t["lm_head.weight"], "channel")
+
+    with pytest.raises(ValueError, match=r"ignores 'lm_head' \(leaves it unquantized\), but .* scale 'lm_head.weight_scale'"):
+        VLM.from_pretrained(_copy_with(ct_dense, tmp_path / "a", quantize_lm_head))
+    key = "model.language_model.layers.0.mlp.down_proj.weight"
+    with pytest.raises(ValueError, match=rf"'{key}' in .* is F8_E4M3 but the checkpoint has no '{key}_scale'"):
+        VLM.from_pretrained(_copy_with(ct_dense, tmp_path / "b", lambda t: t.pop(key + "_scale")))
+    key = "model.language_model.layers.0.mlp.down_proj.input_scale"  # static scales the config does not declare
+    with pytest.raises(ValueError, match=rf"unexpected tensor '{key}'"):
+        VLM.from_pretrained(_copy_with(ct_dense, tmp_path / "c", lambda t: t.update({key: torch.tensor([1.0])})))
+
+
+def test_unsupported_compressed_tensors_configs_and_keep_mode_are_named(ct_dense, tmp_path):
+    def with_weights(**changes):
+        return lambda c: {**c, "quantization_config": {**c["quantization_config"], "config_groups": {"group_0": {
+            **c["quantization_config"]["config_groups"]["group_0"],
+            "weights": {**c["quantization_config"]["config_groups"]["group_0"]["weights"], **changes}}}}}
+
+    cases = [
+        (with_weights(strategy="group", group_size=128), r"config_groups.group_0.weights.strategy 'group' is not supported; "
+                                                          r"expected 'tensor', 'channel' or 'block'"),
+        (with_weights(type="int"), r"config_groups.group_0.weights.type 'int' is not supported; expected 'float'"),
+        (lambda c: {**c, "quantization_config": {**c["quantization_config"], "format": "pack-quantized"}},
+         r"format 'pack-quantized' is not supported; expected 'float-quantized'"),
+        (lambda c: {**c, "quantization_config": {"quant_method": "gptq", "bits": 4}},
+         r"quant_method 'gptq' is not supported; this loader reads 'fp8' .* and 'compressed-tensors'"),
+    ]
+    for i, (config_edit, message) in enumerate(cases):
+        with pytest.raises(ValueError, match=message):
+            VLM.from_pretrained(_copy_with(ct_dense, tmp_path / str(i), lambda t: None, config_edit))
+    with pytest.raises(ValueError, match=r"fp8='keep' keeps block-FP8 checkpoints .* this one is compressed-tensors "
+                                         r"'float-quantized' with scales one per output row .* fp8='dequantize'"):
+        VLM.from_pretrained(ct_dense, fp8="keep")
 
 
 # ---- the e4m3 matmul, checked on the CPU ----------------------------------------------------------

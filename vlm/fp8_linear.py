@@ -10,7 +10,7 @@ Compute: on a CUDA device of compute capability 9.x with CUDA >= 12.9 (cuBLAS bl
 and K a multiple of 512 and N of 128, the product runs as
 `torch.nn.functional.scaled_mm` with BlockWise1x128 activations x BlockWise128x128 weights:
 activations are quantized on the fly per token and per 128 columns (the "dynamic" activation
-scheme of the released configs). The K % 512 rule follows the one layout torch's own tests
+scheme of the block-FP8 config). The K % 512 rule follows the one layout torch's own tests
 exercise (scale rows padded to a multiple of 4); other shapes take the fallback. Elsewhere
 (CPU, other GPUs) the weight is dequantized for each call: half the memory, more time.
 `reference_mm` is the kernel's arithmetic in float32, so the quantization and the scale layout

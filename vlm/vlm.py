@@ -19,7 +19,7 @@ import torch
 from . import engine
 from .config import VLMConfig
 from .engine import Generation, GenerationStream
-from .fp8 import BlockFP8, dequantized
+from .fp8 import dequantized, fp8_format
 from .fp8_linear import keep_fp8
 from .generation import GenerationOptions, generate_ids
 from .model import VisionLanguageModel
@@ -58,8 +58,9 @@ class VLM:
         """Load a checkpoint directory; without `path`, the project's embedded model in `assets/model/`.
 
         `adapter`: a LoRA adapter directory (peft format, `python -m train lora`) merged in at load.
-        `fp8`: for a block-FP8 checkpoint (fp8.py), "dequantize" its weights into `dtype` on load, or
-        "keep" the e4m3 linear weights in memory (fp8_linear.py; block-scaled matmuls on CUDA 9.x).
+        `fp8`: for an FP8 checkpoint (fp8.py: block-FP8 or compressed-tensors), "dequantize" its weights
+        into `dtype` on load, or "keep" the e4m3 linear weights in memory (fp8_linear.py; block-FP8
+        only, block-scaled matmuls on CUDA 9.x).
         `mtp`: load the multi-token-prediction layer (mtp.py; used for speculative decoding) when the
         checkpoint stores the ones config.json declares (None), always (True: an error if it does
         not), or never (False: skipped, as transformers does).
@@ -75,8 +76,9 @@ class VLM:
                 )
             raise FileNotFoundError(f"{str(path)!r} is not a checkpoint directory: it has no config.json")
         config = VLMConfig.load(path)
-        layout = BlockFP8.of(config.extra)
-        if layout is not None and fp8 == "dequantize":
+        quantized = fp8_format(config.extra)
+        keep_layout = quantized.keep_layout() if quantized is not None and fp8 == "keep" else None
+        if quantized is not None and fp8 == "dequantize":
             config = dequantized(config)  # what it saves is then a plain checkpoint
         dtype = dtype or checkpoint_dtype(path)
         stored = has_mtp_layers(path, config)
@@ -85,8 +87,8 @@ class VLM:
                              f"num_nextn_predict_layers={config.text.num_nextn_predict_layers})")
         with torch.device("meta"):
             model = VisionLanguageModel(config, mtp=stored and mtp is not False).cast(dtype)  # routing bias stays float32
-        if layout is not None and fp8 == "keep":
-            keep_fp8(model, path, layout)
+        if keep_layout is not None:
+            keep_fp8(model, path, keep_layout)
         load_weights(model, path, device=device, cfg=config)
         load_draft_vocab(model, path)
         if adapter is not None:

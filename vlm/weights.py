@@ -16,7 +16,8 @@ from index `num_hidden_layers` on, mtp.py) load into `language_model.mtp_layers`
 `mtp_layer_key`), or are skipped when the model is built without them; any other layer past the
 network is an error, so a config that says fewer layers than the checkpoint stores cannot run a
 cut network.
-A block-FP8 checkpoint (fp8.py) has its e4m3 weights dequantized into place, 128 rows at a time.
+An FP8 checkpoint (fp8.py: block-FP8 or compressed-tensors) has its e4m3 weights dequantized into
+place, 128 rows at a time.
 Saving: one `model.safetensors`, or shards plus `model.safetensors.index.json` when larger than
 `max_shard_bytes`. A save over an existing checkpoint switches from the old weights to the new at
 one rename (see `save_weights`), so an interrupted save leaves the old checkpoint or the new one.
@@ -38,7 +39,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import VLMConfig
-from .fp8 import SCALE_SUFFIX, FP8Checkpoint
+from .fp8 import FP8Checkpoint, is_scale_key
 from .files import atomic_write, fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def checkpoint_dtype(directory: str | os.PathLike) -> torch.dtype:
         with _open(file) as f:
             for key in f.keys():
                 dtype = DTYPES.get(f.get_slice(key).get_dtype())
-                if dtype is not None and "e_score_correction_bias" not in key and not key.endswith(SCALE_SUFFIX):
+                if dtype is not None and "e_score_correction_bias" not in key and not is_scale_key(key):
                     return dtype
     return torch.float32
 
@@ -150,7 +151,7 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
     expected = bindings(model)
     tensors = model_tensors(model)
     seen: set[str] = set()
-    fp8 = FP8Checkpoint.open(directory, checkpoint_files(directory))  # None unless block-FP8 (fp8.py)
+    fp8 = FP8Checkpoint.open(directory, checkpoint_files(directory))  # None unless quantized (fp8.py)
     skipped: list[str] = []
     embed_copies: dict[str, torch.Tensor] = {}
     has_mtp = len(model.language_model.mtp_layers) > 0
