@@ -16,6 +16,7 @@ from PIL import Image
 
 from _model_utils import MOE_TEXT, VISION
 from _scripted_checkpoint import build_scripted_checkpoint
+from benchmarks.gpu_parity import redraw_weights
 from vlm import VLM, Generation
 from vlm.generation import GenerationOptions, TokenStream, generate_ids
 from vlm.sampling import Sampler, SamplingParams
@@ -28,7 +29,7 @@ STOPS = [0, 7, 9]  # <|endoftext|>, <|user|>, <|observation|> in the project's t
 
 def _random_reference(vocab_size: int):
     """transformers' GLM-4.5V with the tokenizer's special ids, weights drawn large enough that
-    greedy choices are not near-ties (std 0.02 would make every logit ~0)."""
+    greedy choices are not near-ties (std 0.02 would make every logit ~0; `redraw_weights`)."""
     from transformers import Glm4vMoeConfig, Glm4vMoeForConditionalGeneration
 
     torch.manual_seed(0)
@@ -38,15 +39,7 @@ def _random_reference(vocab_size: int):
         image_end_token_id=11, video_start_token_id=12, video_end_token_id=13,
     )
     model = Glm4vMoeForConditionalGeneration(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) * (0.3 if p.ndim == 1 else 1.0) / max(1, p.shape[-1]) ** 0.5)
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.1 * torch.randn_like(b))
+    redraw_weights(model)
     return model.eval()
 
 
