@@ -24,9 +24,10 @@ is recorded as failed with its error, and the others still run:
    ZeRO-3 when installed) on one device: loss falls, checkpoint saved, resumed at its step
    (benchmarks/gpu_launch.py).
 6. fp8: a random checkpoint at GLM-4.5V's widths (2 layers) quantized to block-FP8 by
-   vlm.quantize, loaded unquantized, `fp8="dequantize"` and `fp8="keep"`: logits against the
-   unquantized model, weight memory, prefill s and batch-1 decode tok/s, and how many Fp8Linears
-   ran `scaled_mm` or the dequantizing fallback (benchmarks/gpu_fp8.py). --quick: tiny, float32.
+   vlm.quantize and to compressed-tensors channel-FP8 (the -FP8 releases' layout), loaded
+   unquantized, `fp8="dequantize"` and `fp8="keep"`: logits against the unquantized model, weight
+   memory, prefill s and batch-1 decode tok/s, and how many Fp8Linears ran `scaled_mm` (block or
+   row-wise) or the dequantizing fallback (benchmarks/gpu_fp8.py). --quick: tiny, float32.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """FP8 checkpoints. Block-FP8: what `python -m vlm.quantize --fp8` writes loads in transformers' FP8
 path and in ours with the same logits; dequantized logits stay close to the unquantized model's;
 an MTP layer keeps the released layout and drafts alike kept or dequantized; bad scales fail
-loudly; the e4m3 matmul's arithmetic is checked on the CPU. Compressed-tensors float-quantized
-(Z.ai's -FP8 releases): a hand-written checkpoint loads as its weights dequantized by hand, and in
-transformers with our logits; scales or configs we do not read are named."""
+loudly; the e4m3 matmuls' arithmetic (block and row-wise) is checked on the CPU. Compressed-tensors
+float-quantized (Z.ai's -FP8 releases): a hand-written checkpoint loads as its weights dequantized
+by hand, and in transformers with our logits; kept in e4m3 (row, tensor or block scales; language
+model, vision tower and MTP layer) it gives the dequantized logits and tokens; scales or configs we
+do not read are named."""
 
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ from _model_utils import image_tokens, mm_token_type_ids, patches, reference_che
 from vlm import VLM
 from vlm.cache import KVCache
 from vlm.decode import mtp_block
-from vlm.fp8 import E4M3, E4M3_MAX, QUANTIZATION_CONFIG, BlockFP8, FP8Checkpoint, is_quantizable
-from vlm.fp8_linear import Fp8Linear, block_scaled_linear, cuda_scaled_mm, reference_mm, uses_scaled_mm
+from vlm.fp8 import E4M3, E4M3_MAX, QUANTIZATION_CONFIG, BlockFP8, ChannelFP8, FP8Checkpoint, TensorFP8, is_quantizable
+from vlm.fp8_linear import (Fp8Linear, block_scaled_linear, cuda_rowwise_mm, cuda_scaled_mm, reference_mm,
+                            reference_rowwise_mm, rowwise_scaled_linear, uses_scaled_mm)
 from vlm.mtp import set_draft_vocab
 from vlm.quantize import main as quantize_main
 from vlm.rotary import mrope_cos_sin
@@ -360,12 +363,16 @@ def test_quantize_refuses_a_quantized_source_and_a_non_empty_destination(quantiz
 # The layout as the README's evidence documents it: e4m3 `<module>.weight` beside a float32
 # `<module>.weight_scale` of shape (rows, 1) (strategy "channel"; (1,) for "tensor", one per block
 # for "block"), dynamic per-token activations, and an `ignore` list for lm_head, the routers and
-# the vision tower. Written by hand here, quantized by hand, so that no code under test makes it.
+# the vision tower (or, with `vision`, one vision module, as GLM-4.5V-FP8's config ignores
+# `visual.blocks.1.attn.qkv_proj`, `qkv` in the checkpoint's names). Written by hand here,
+# quantized by hand, so that no code under test makes it.
 
 CT_BLOCK = [32, 16]  # partial edge blocks on the tiny models' 48- and 24-wide matrices
+CT_IGNORE = ["lm_head", "re:.*mlp\\.gate$", "re:^model\\.visual\\."]
+CT_IGNORE_VISION = ["lm_head", "re:.*mlp\\.gate$", "visual.blocks.1.attn.qkv"]
 
 
-def _ct_config(strategy: str, *, static_inputs: bool = False) -> dict:
+def _ct_config(strategy: str, *, static_inputs: bool = False, ignore: list[str] = CT_IGNORE) -> dict:
     inputs = ({"num_bits": 8, "type": "float", "strategy": "tensor", "symmetric": True, "dynamic": False} if static_inputs
               else {"num_bits": 8, "type": "float", "strategy": "token", "symmetric": True, "dynamic": True})
     weights = {"num_bits": 8, "type": "float", "strategy": strategy, "symmetric": True, "dynamic": False,
@@ -374,7 +381,7 @@ def _ct_config(strategy: str, *, static_inputs: bool = False) -> dict:
     return {"quant_method": "compressed-tensors", "format": "float-quantized", "quantization_status": "compressed",
             "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": inputs,
                                           "output_activations": None}},
-            "ignore": ["lm_head", "re:.*mlp\\.gate$", "re:^model\\.visual\\."],
+            "ignore": ignore,
             "kv_cache_scheme": None, "global_compression_ratio": None, "sparsity_config": {}}
 
 
@@ -395,18 +402,23 @@ def _ct_quantize(weight: torch.Tensor, strategy: str) -> tuple[torch.Tensor, tor
     return q, scale, q.float() * expand(scale)
 
 
-def _is_ct_quantized(key: str, tensor: torch.Tensor) -> bool:
-    """The language model's linears; not lm_head, the embeddings, the routers or the vision tower."""
-    return (tensor.ndim == 2 and key.startswith("model.language_model.layers.") and key.endswith(".weight")
-            and not key.endswith("mlp.gate.weight"))
+def _is_ct_quantized(key: str, tensor: torch.Tensor, *, vision: bool = False) -> bool:
+    """The language model's linears (the MTP layer's included), and with `vision` the vision tower's
+    but `blocks.1.attn.qkv`; never lm_head, the embeddings or the routers."""
+    if tensor.ndim != 2 or not key.endswith(".weight") or key.endswith("mlp.gate.weight"):
+        return False
+    if key.startswith("model.language_model.layers."):
+        return True
+    return (vision and key.startswith("model.visual.") and "position_embedding" not in key
+            and not key.startswith("model.visual.blocks.1.attn.qkv."))
 
 
-def _write_ct(source, destination, strategy: str = "channel", *, static_inputs: bool = False):
+def _write_ct(source, destination, strategy: str = "channel", *, static_inputs: bool = False, vision: bool = False):
     """`source` in compressed-tensors' layout at `destination`, and beside it `<destination>_by_hand`:
     the same weights dequantized by hand into a plain checkpoint. Returns both directories."""
     tensors, by_hand = {}, {}
     for key, weight in load_file(str(source / "model.safetensors")).items():
-        if not _is_ct_quantized(key, weight):
+        if not _is_ct_quantized(key, weight, vision=vision):
             tensors[key] = by_hand[key] = weight
             continue
         module = key.removesuffix(".weight")
@@ -414,7 +426,8 @@ def _write_ct(source, destination, strategy: str = "channel", *, static_inputs: 
         if static_inputs:
             tensors[module + ".input_scale"] = torch.tensor([0.25])
     config = json.loads((source / "config.json").read_text())
-    quantized = {**config, "quantization_config": _ct_config(strategy, static_inputs=static_inputs)}
+    ignore = CT_IGNORE_VISION if vision else CT_IGNORE
+    quantized = {**config, "quantization_config": _ct_config(strategy, static_inputs=static_inputs, ignore=ignore)}
     plain = destination.with_name(destination.name + "_by_hand")
     for path, weights, cfg in ((destination, tensors, quantized), (plain, by_hand, config)):
         path.mkdir(parents=True)
@@ -503,7 +516,7 @@ def test_compressed_tensors_scales_that_contradict_the_config_are_named(ct_dense
         VLM.from_pretrained(_copy_with(ct_dense, tmp_path / "c", lambda t: t.update({key: torch.tensor([1.0])})))
 
 
-def test_unsupported_compressed_tensors_configs_and_keep_mode_are_named(ct_dense, tmp_path):
+def test_unsupported_compressed_tensors_configs_and_weight_only_keep_are_named(ct_dense, tmp_path):
     def with_weights(**changes):
         return lambda c: {**c, "quantization_config": {**c["quantization_config"], "config_groups": {"group_0": {
             **c["quantization_config"]["config_groups"]["group_0"],
@@ -521,9 +534,77 @@ def test_unsupported_compressed_tensors_configs_and_keep_mode_are_named(ct_dense
     for i, (config_edit, message) in enumerate(cases):
         with pytest.raises(ValueError, match=message):
             VLM.from_pretrained(_copy_with(ct_dense, tmp_path / str(i), lambda t: None, config_edit))
-    with pytest.raises(ValueError, match=r"fp8='keep' keeps block-FP8 checkpoints .* this one is compressed-tensors "
-                                         r"'float-quantized' with scales one per output row .* fp8='dequantize'"):
-        VLM.from_pretrained(ct_dense, fp8="keep")
+    # weights only (W8A16): keep's CUDA products would quantize activations the config keeps in full precision
+    group = json.loads((ct_dense / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]
+    weight_only = _copy_with(ct_dense, tmp_path / "weight_only", lambda t: None, lambda c: {**c, "quantization_config": {
+        **c["quantization_config"], "config_groups": {"group_0": {**group, "input_activations": None}}}})
+    with pytest.raises(ValueError, match=r"fp8='keep' multiplies FP8 weights by activations quantized to FP8 on the fly "
+                                         r"\(W8A8, on CUDA\); this checkpoint is compressed-tensors 'float-quantized' with "
+                                         r"scales one per output row .* weight-only .* fp8='dequantize'"):
+        VLM.from_pretrained(weight_only, fp8="keep")
+    assert torch.equal(_logits(VLM.from_pretrained(weight_only)), _logits(VLM.from_pretrained(ct_dense)))
+
+
+# ---- fp8="keep" on compressed-tensors: e4m3 weights with row, tensor or block scales ---------------
+
+
+def _weight_bytes(vlm) -> int:
+    return sum(t.numel() * t.element_size() for t in [*vlm.model.parameters(), *vlm.model.buffers()])
+
+
+def test_keep_mode_holds_channel_fp8_and_gives_the_dequantized_logits_and_tokens(ct_quantized, tmp_path):
+    ct, _ = ct_quantized
+    dequantized, kept = VLM.from_pretrained(ct), VLM.from_pretrained(ct, fp8="keep")
+    linears = [m for m in kept.model.modules() if isinstance(m, Fp8Linear)]
+    assert linears and all(m.weight.dtype == E4M3 and m.layout == ChannelFP8() for m in linears)
+    q_proj = kept.model.language_model.layers[0].self_attn.q_proj
+    assert q_proj in linears and q_proj.weight_scale.shape == (q_proj.weight.shape[0], 1)  # the stored (rows, 1)
+    assert _weight_bytes(kept) < _weight_bytes(dequantized)
+    assert torch.equal(_logits(kept), _logits(dequantized))  # on a CPU both multiply the same dequantized weights
+    assert all(m.last_path == "dequantize" for m in linears)
+    inputs = _inputs()
+    assert torch.equal(kept.generate_ids(inputs, max_new_tokens=8), dequantized.generate_ids(inputs, max_new_tokens=8))
+    kept.save_pretrained(tmp_path / "kept")  # still compressed-tensors: e4m3 weights and their weight_scale
+    assert json.loads((tmp_path / "kept" / "config.json").read_text())["quantization_config"] == _ct_config("channel")
+    assert torch.equal(_logits(VLM.from_pretrained(tmp_path / "kept")), _logits(dequantized))
+
+
+@pytest.mark.parametrize("strategy", ["tensor", "block"])
+def test_keep_mode_runs_tensor_and_block_scales_as_dequantize_does(tmp_path_factory, strategy):
+    """A per-tensor scale is a row scale repeated; compressed-tensors' block scales lie as
+    block-FP8's ((rows / block_structure[0], cols / block_structure[1]), compressed-tensors'
+    initialize.py), so the block product takes them, under their own name."""
+    source = reference_checkpoint(tmp_path_factory, "dense")
+    ct, _ = _write_ct(source, tmp_path_factory.mktemp(f"ct_keep_{strategy}") / "ct", strategy,
+                      static_inputs=strategy == "tensor")
+    dequantized, kept = VLM.from_pretrained(ct), VLM.from_pretrained(ct, fp8="keep")
+    q_proj = kept.model.language_model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, Fp8Linear) and q_proj.layout == (TensorFP8() if strategy == "tensor" else BlockFP8(*CT_BLOCK))
+    assert q_proj.scale_name == "weight_scale" and q_proj.weight.dtype == E4M3
+    assert torch.equal(_logits(kept), _logits(dequantized))
+
+
+@pytest.fixture(scope="module")
+def ct_mtp_vision(tmp_path_factory):
+    """A compressed-tensors channel-FP8 MoE checkpoint with an MTP layer (its `eh_proj` and head
+    quantized too, as Z.ai's releases store them) and the vision tower quantized but one module."""
+    source = reference_checkpoint_with_mtp(tmp_path_factory, "moe")
+    return _write_ct(source, tmp_path_factory.mktemp("ct_mtp_vision") / "ct", vision=True)[0]
+
+
+def test_keep_mode_keeps_the_vision_tower_and_mtp_layer_and_drafts_as_dequantize_does(ct_mtp_vision):
+    dequantized, kept = VLM.from_pretrained(ct_mtp_vision), VLM.from_pretrained(ct_mtp_vision, fp8="keep")
+    layer, visual = kept.model.language_model.mtp_layers[0], kept.model.visual
+    for module in (layer.mtp_block.self_attn.q_proj, layer.eh_proj, layer.shared_head.head, visual.blocks[0].attn.qkv,
+                   visual.blocks[1].mlp.down_proj, visual.merger.proj):
+        assert isinstance(module, Fp8Linear) and module.layout == ChannelFP8()
+    assert type(visual.blocks[1].attn.qkv) is nn.Linear  # the one the config ignores stays as stored
+    assert torch.equal(_logits(kept), _logits(dequantized))
+    _drafts_like_dequantize(kept, dequantized)
+    for vlm in (kept, dequantized):  # the draft vocabulary's rows of the e4m3 head, with their row scales
+        set_draft_vocab(vlm.model, range(0, vlm.config.text.vocab_size, 3))
+    torch.testing.assert_close(_draft_logits(kept, logits_last=True), _draft_logits(dequantized, logits_last=True),
+                               rtol=1e-4, atol=1e-4)
 
 
 # ---- the e4m3 matmul, checked on the CPU ----------------------------------------------------------
@@ -552,6 +633,47 @@ def test_the_cuda_call_is_well_formed_on_meta_tensors():
     y = block_scaled_linear(x, q, scale_inv, None, mm=cuda_scaled_mm)
     assert y.shape == (3, 7, 512) and y.dtype == torch.bfloat16
     assert not uses_scaled_mm(torch.empty(1, 1024), q, LAYOUT)  # on a CPU the dequantizing fallback runs
+
+
+@pytest.mark.parametrize("strategy", ["channel", "tensor"])
+def test_rowwise_scaled_matmul_is_the_dequantized_matmul_within_activation_rounding(strategy):
+    """The row-wise kernel sums e4m3 products unscaled and scales each output once. That is the
+    dequantized product of the e4m3-rounded activations up to float32 rounding, and it stays off the
+    plain dequantized product by no more than the activations' rounding (half an e4m3 step, 2^-4 of
+    the value or 2^-10 of the token's scale among the subnormals) carried through |W|."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 1024, generator=generator) * torch.logspace(-2, 1, 5)[:, None]  # tokens 0.01 to 10 wide
+    weight, bias = torch.randn(256, 1024, generator=generator) / 32, torch.randn(256, generator=generator)
+    q, scale, weight_dq = _ct_quantize(weight, strategy)
+    y = rowwise_scaled_linear(x, q, scale, bias, mm=reference_rowwise_mm)
+    token_scale = x.abs().amax(-1, keepdim=True) / E4M3_MAX  # by hand: one scale per token, its maximum at 448
+    x_rounded = (x / token_scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3).float() * token_scale
+    torch.testing.assert_close(y, F.linear(x_rounded, weight_dq, bias), rtol=1e-5, atol=5e-5)  # 1.1e-5 measured
+    exact = F.linear(x, weight_dq, bias)
+    bound = (x.abs() * 2**-4 + token_scale * 2**-10) @ weight_dq.abs().t()
+    assert ((y - exact).abs() <= bound * (1 + 1e-4) + 1e-5).all()
+    assert (y - exact).abs().max() > 0  # the activations were rounded
+
+
+def test_the_rowwise_cuda_call_is_well_formed_on_meta_tensors(monkeypatch):
+    """torch 2.14's meta kernel for F.scaled_mm only infers the output; the legacy torch._scaled_mm's
+    checks row-wise operands (float32 scales (M, 1) and (1, N), contiguous; b column-major; K and N
+    multiples of 16), so the operands our call passes are run through it."""
+    calls, scaled_mm = [], F.scaled_mm
+    monkeypatch.setattr(F, "scaled_mm", lambda *args, **kwargs: calls.append((args, kwargs)) or scaled_mm(*args, **kwargs))
+    q = torch.empty(512, 1024, dtype=E4M3, device="meta")
+    x = torch.empty(3, 7, 1024, dtype=torch.bfloat16, device="meta")
+    for scale in (torch.empty(512, 1, device="meta"), torch.empty(1, device="meta")):  # channel, tensor
+        y = rowwise_scaled_linear(x, q, scale, None, mm=cuda_rowwise_mm)
+        assert y.shape == (3, 7, 512) and y.dtype == torch.bfloat16
+    assert len(calls) == 2
+    for (a, b, scale_a, recipe_a, scale_b, recipe_b), kwargs in calls:
+        assert recipe_a == recipe_b == F.ScalingType.RowWise
+        assert torch._scaled_mm(a, b, scale_a, scale_b, out_dtype=kwargs["output_dtype"]).shape == (21, 512)
+    a, b, scale_a, _, scale_b, _ = calls[0][0]
+    with pytest.raises(RuntimeError, match="mat2 must be col_major"):  # the check bites: W^T copied row-major
+        torch._scaled_mm(a, b.contiguous(), scale_a, scale_b, out_dtype=torch.bfloat16)
+    assert not uses_scaled_mm(torch.empty(1, 1024), q, ChannelFP8())  # on a CPU the dequantizing fallback runs
 
 
 @pytest.mark.slow

@@ -2,9 +2,9 @@
 and greedy tokens equal transformers' for an image and a video prompt; the training step is the
 same step as transformers' (equal losses from equal weights); the trainer launched by accelerate
 learns, saves and resumes at its step; both FP8 modes dequantize on CPU and give the same logits,
-off the unquantized model's by a measured amount; the Markdown table has each row. The full-size
-configs, which --quick does not run, are built on the meta device and checked against GLM-4.5V's
-widths."""
+off the unquantized model's by a measured amount, for block-FP8 and channel-FP8 (compressed-tensors)
+alike; the Markdown table has each row. The full-size configs, which --quick does not run, are
+built on the meta device and checked against GLM-4.5V's widths."""
 
 import json
 import math
@@ -64,7 +64,7 @@ def test_quick_run_reports_every_part(tmp_path):
     fp8 = record["fp8"]
     assert fp8["pass"] and all(fp8["checks"].values()), fp8["checks"]
     keep, dequantize, unquantized = fp8["keep"], fp8["dequantize"], fp8["unquantized"]
-    for mode in (keep, dequantize, unquantized):
+    for mode in (keep, dequantize, unquantized, fp8["channel_keep"], fp8["channel_dequantize"]):
         assert not mode["errors"] and mode["load_peak_gib"] is None  # CPU: no allocator peak to read
         assert math.isfinite(mode["decode_b1_tok_s"]) and mode["decode_b1_tok_s"] > 0
         assert math.isfinite(mode["prefill_s"]) and mode["prefill_s"] > 0
@@ -72,6 +72,10 @@ def test_quick_run_reports_every_part(tmp_path):
     assert fp8["keep_vs_dequantize"]["max_abs_diff"] == 0 and keep["ran_scaled_mm"] == 0
     assert 0 < keep["fp8_linears"] == keep["ran_dequantize"] and keep["not_run"] == 0
     assert keep["weight_gib"] < dequantize["weight_gib"] == unquantized["weight_gib"]
+    channel = fp8["channel_keep"]  # the compressed-tensors copy: every kept linear has row scales
+    assert fp8["channel_keep_vs_channel_dequantize"]["max_abs_diff"] == 0 and channel["ran_scaled_mm"] == 0
+    assert 0 < channel["fp8_linears"] == channel["ran_dequantize"] and channel["not_run"] == 0
+    assert channel["weight_gib"] < fp8["channel_dequantize"]["weight_gib"]
     # Random tiny MoE weights, measured: 37% relative L2, 57% top-1 over 76 positions (chance is
     # 1/512). Above 1%: the weights were quantized (e4m3 alone is ~2.6% a weight); below 60% and
     # well above chance: the FP8 logits still track the unquantized ones. A trained model's bounds
@@ -84,7 +88,8 @@ def test_quick_run_reports_every_part(tmp_path):
                 "parity tiny/video | greedy tokens, 32 steps", "decode tok/s, batch 1", "decode tok/s, batch 8",
                 "prefill s", "plain vs 2 drafts", "train full | fwd+bwd+AdamW tokens/s", "train lora",
                 "launch ddp", "launch fsdp2 | skipped", "fp8 tiny | logits vs unquantized",
-                "fp8 tiny | decode tok/s", "Fp8Linear products: scaled_mm / dequantize fallback"):
+                "fp8 tiny | decode tok/s", "Fp8Linear products: scaled_mm / dequantize fallback",
+                "fp8 tiny channel | Fp8Linear products"):
         assert row in table, row
     assert "FAIL" not in table and "failed" not in table and "DIFFERENT" not in table
 

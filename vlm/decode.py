@@ -12,7 +12,7 @@ What is unusual here:
 - On CPU, `_linear` multiplies as `w @ x.T` and `_moe_few_tokens` runs only the picked experts:
   both are faster than the general modules for a handful of rows.
 - A projection whose weight is kept in e4m3 (`Fp8Linear`, fp8="keep") is not fused: the plan
-  calls the modules, so their block-scaled product runs and no full-precision copy is made. The
+  calls the modules, so their scaled product runs and no full-precision copy is made. The
   MTP layer's `eh_proj` and head go through the plan the same way (fp8.py keeps them unquantized,
   but an older checkpoint may store them in e4m3).
 """
@@ -65,7 +65,8 @@ class _MTPPlan:
         self.vocab_size = head.weight.shape[0]
         # The draft vocabulary's rows (mtp.py), gathered once. Rows of an e4m3 head are dequantized
         # here instead: a gathered subset no longer lines up with the 128-row scale blocks the
-        # block-scaled product needs, and ~1k rows in `dtype` are a small copy.
+        # block-scaled product needs (row scales would gather along), and ~1k rows in `dtype` are
+        # a small copy in every layout.
         ids = self.draft_ids = layer.draft_token_ids
         if ids is None:
             self.draft_head = None

@@ -27,7 +27,7 @@ model twice. The arithmetic is `(q.float() * scale).to(dtype)`, the same as tran
 `Fp8Dequantize` and compressed-tensors' float32-scale dequantization, so the loaders give
 bit-identical weights. Writing (`BlockFP8.quantize`) takes the absolute maximum of each block to
 448, the largest finite e4m3 value. The module that keeps e4m3 weights for compute is
-`fp8_linear.py` (block-FP8 only).
+`fp8_linear.py` (any of the three layouts; `FP8Format.check_keep` says which configs it runs).
 """
 
 from __future__ import annotations
@@ -115,6 +115,10 @@ class BlockFP8:
         scale = scale_inv.repeat_interleave(self.block_rows, 0)[:rows].repeat_interleave(self.block_cols, 1)[:, :cols]
         return (q.float() * scale.float()).to(dtype)
 
+    def rows_scale(self, scale: torch.Tensor, ids: torch.Tensor, cols: int) -> torch.Tensor:
+        """The scales of rows `ids` (any rows, in any order), broadcastable to (len(ids), cols)."""
+        return scale[ids // self.block_rows].repeat_interleave(self.block_cols, 1)[:, :cols]
+
 
 @dataclass(frozen=True)
 class ChannelFP8:
@@ -130,6 +134,12 @@ class ChannelFP8:
 
     def strip_scale(self, scale: torch.Tensor, r0: int, r1: int, cols: int) -> torch.Tensor:
         return scale.view(-1)[r0:r1, None]
+
+    def dequantize(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (q.float() * scale.view(-1, 1)).to(dtype)
+
+    def rows_scale(self, scale: torch.Tensor, ids: torch.Tensor, cols: int) -> torch.Tensor:
+        return scale.view(-1)[ids, None]
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,12 @@ class TensorFP8:
     def strip_scale(self, scale: torch.Tensor, r0: int, r1: int, cols: int) -> torch.Tensor:
         return scale.view(())
 
+    def dequantize(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (q.float() * scale.view(())).to(dtype)
+
+    def rows_scale(self, scale: torch.Tensor, ids: torch.Tensor, cols: int) -> torch.Tensor:
+        return scale.view(())
+
 
 Layout = BlockFP8 | ChannelFP8 | TensorFP8
 
@@ -158,8 +174,9 @@ Layout = BlockFP8 | ChannelFP8 | TensorFP8
 class FP8Format:
     """A validated `quantization_config`: how the scales lie (`layout`), the scale keys' suffix
     after the weight key, the dtypes they may be stored in, the modules the config leaves
-    unquantized (compressed-tensors' `ignore`: module names or `re:` regexes) and whether static
-    activation scales (`<module>.input_scale`) come along."""
+    unquantized (compressed-tensors' `ignore`: module names or `re:` regexes), whether static
+    activation scales (`<module>.input_scale`) come along and whether a config group quantizes
+    weights only (compressed-tensors' `input_activations: null`, W8A16)."""
 
     name: str  # for messages: which convention, which scales
     layout: Layout
@@ -167,6 +184,7 @@ class FP8Format:
     scale_dtypes: tuple[str, ...]
     ignore: tuple[str, ...] = ()
     input_scales: bool = False
+    weight_only: bool = False
 
     def ignores(self, module: str) -> bool:
         """compressed-tensors' rule (an entry is a module name, or `re:` and a regex matched from the
@@ -180,13 +198,16 @@ class FP8Format:
                 return True
         return False
 
-    def keep_layout(self) -> BlockFP8:
-        """The layout `fp8="keep"` runs (fp8_linear.py): block-FP8 only."""
-        if self.scale_suffix != SCALE_SUFFIX or not isinstance(self.layout, BlockFP8):
-            raise ValueError(f"fp8='keep' keeps block-FP8 checkpoints (quantization_config {QUANTIZATION_CONFIG}); this "
-                             f"one is {self.name}, which Fp8Linear's block-scaled product does not run: load it with "
-                             "fp8='dequantize'")
-        return self.layout
+    def check_keep(self) -> None:
+        """Can `fp8="keep"` run this config (fp8_linear.py)? Every layout, W8A8 only: its CUDA products
+        quantize the activations on the fly (per token, or per token and 128 columns for blocks),
+        which a weight-only config does not declare. Static activation scales are read past as on
+        load: the dynamic per-token scales are at least as fine."""
+        if self.weight_only:
+            raise ValueError(f"fp8='keep' multiplies FP8 weights by activations quantized to FP8 on the fly (W8A8, on "
+                             f"CUDA); this checkpoint is {self.name} with weight-only config groups (input_activations "
+                             "null: activations in full precision, W8A16), which Fp8Linear does not compute: load it "
+                             "with fp8='dequantize'")
 
 
 def fp8_format(config: Mapping | None) -> FP8Format | None:
@@ -234,8 +255,10 @@ def _compressed_tensors_format(raw: Mapping) -> FP8Format:
         raise _refused("config_groups", found, "one weight strategy for every group")
     layout = next(iter(layouts.values()))
     static_inputs = any((group.get("input_activations") or {}).get("dynamic") is False for group in groups.values())
+    weight_only = any(group.get("input_activations") is None for group in groups.values())
     name = f"compressed-tensors {CT_FORMAT!r} with scales {layout.describe()}"
-    return FP8Format(name, layout, CT_SCALE_SUFFIX, tuple(SCALE_DTYPES), tuple(raw.get("ignore") or ()), static_inputs)
+    return FP8Format(name, layout, CT_SCALE_SUFFIX, tuple(SCALE_DTYPES), tuple(raw.get("ignore") or ()), static_inputs,
+                     weight_only)
 
 
 def _ct_layout(where: str, group: Mapping) -> Layout:
@@ -281,9 +304,10 @@ def is_scale_key(key: str) -> bool:
     return key.endswith((SCALE_SUFFIX, CT_SCALE_SUFFIX))
 
 
-def scaled_weight_keys(files: list[Path]) -> set[str]:
-    """Keys of the weights that have a block-FP8 `_scale_inv` in the checkpoint (from the headers alone)."""
-    return {key.removesuffix(SCALE_SUFFIX) for file in files for key in _header(file) if key.endswith(SCALE_SUFFIX)}
+def scaled_weight_keys(files: list[Path], scale_suffix: str = SCALE_SUFFIX) -> set[str]:
+    """Keys of the weights that have a scale (`<weight key><scale_suffix>`) in the checkpoint (from the headers alone)."""
+    ending = ".weight" + scale_suffix
+    return {key.removesuffix(scale_suffix) for file in files for key in _header(file) if key.endswith(ending)}
 
 
 def is_quantizable(key: str, shape: tuple[int, ...]) -> bool:

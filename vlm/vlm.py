@@ -59,8 +59,8 @@ class VLM:
 
         `adapter`: a LoRA adapter directory (peft format, `python -m train lora`) merged in at load.
         `fp8`: for an FP8 checkpoint (fp8.py: block-FP8 or compressed-tensors), "dequantize" its weights
-        into `dtype` on load, or "keep" the e4m3 linear weights in memory (fp8_linear.py; block-FP8
-        only, block-scaled matmuls on CUDA 9.x).
+        into `dtype` on load, or "keep" the e4m3 linear weights in memory (fp8_linear.py; any scale
+        layout, scaled matmuls on CUDA 9.x; weight-only compressed-tensors configs are refused).
         `mtp`: load the multi-token-prediction layer (mtp.py; used for speculative decoding) when the
         checkpoint stores the ones config.json declares (None), always (True: an error if it does
         not), or never (False: skipped, as transformers does).
@@ -77,7 +77,9 @@ class VLM:
             raise FileNotFoundError(f"{str(path)!r} is not a checkpoint directory: it has no config.json")
         config = VLMConfig.load(path)
         quantized = fp8_format(config.extra)
-        keep_layout = quantized.keep_layout() if quantized is not None and fp8 == "keep" else None
+        kept = quantized if fp8 == "keep" else None
+        if kept is not None:
+            kept.check_keep()
         if quantized is not None and fp8 == "dequantize":
             config = dequantized(config)  # what it saves is then a plain checkpoint
         dtype = dtype or checkpoint_dtype(path)
@@ -87,8 +89,8 @@ class VLM:
                              f"num_nextn_predict_layers={config.text.num_nextn_predict_layers})")
         with torch.device("meta"):
             model = VisionLanguageModel(config, mtp=stored and mtp is not False).cast(dtype)  # routing bias stays float32
-        if keep_layout is not None:
-            keep_fp8(model, path, keep_layout)
+        if kept is not None:
+            keep_fp8(model, path, kept)
         load_weights(model, path, device=device, cfg=config)
         load_draft_vocab(model, path)
         if adapter is not None:
