@@ -1,8 +1,9 @@
 """Part 6 of benchmarks.gpu: FP8 checkpoints on the device, e4m3 kept or dequantized, beside bf16.
 
 A random checkpoint (gpu_parity's `write_random`, saved in the run's dtype) is written in both FP8
-layouts (vlm/fp8.py): block-FP8 by `vlm.quantize.quantize_checkpoint`, and compressed-tensors
-channel-wise (`write_channel_fp8`, the layout of Z.ai's -FP8 releases: one scale per output row).
+layouts (vlm/fp8_format.py): block-FP8 by `vlm.quantize.quantize_checkpoint`, and
+compressed-tensors channel-wise (`write_channel_fp8`, the layout of Z.ai's -FP8 releases: one
+scale per output row).
 Each is loaded as below, one model in memory at a time:
 - unquantized: the source checkpoint, the reference;
 - dequantize / channel_dequantize: `fp8="dequantize"` (e4m3 weights turned into the run's dtype on load);
@@ -77,7 +78,7 @@ def configs(quick: bool) -> tuple[str, dict, dict]:
 
 def scaled_mm_shape(weight: torch.Tensor, layout) -> bool:
     """fp8_linear.uses_scaled_mm's shape rule, counted apart from the forward it predicts."""
-    from vlm.fp8 import BlockFP8
+    from vlm.fp8_format import BlockFP8
 
     N, K = weight.shape
     return K % 512 == 0 and N % 128 == 0 if isinstance(layout, BlockFP8) else K % 16 == 0 and N % 16 == 0
@@ -86,7 +87,7 @@ def scaled_mm_shape(weight: torch.Tensor, layout) -> bool:
 def device_has_scaled_mm(device: str, dtype: torch.dtype, layout) -> bool:
     """Does fp8_linear take scaled_mm on `device` for `dtype` activations and a shape that qualifies
     (compute capability, CUDA; the row-wise product wants bfloat16)?"""
-    from vlm.fp8 import E4M3
+    from vlm.fp8_format import E4M3
     from vlm.fp8_linear import uses_scaled_mm
 
     x, weight = torch.empty(1, 512, device=device, dtype=dtype), torch.empty(128, 512, dtype=E4M3, device=device)
@@ -98,7 +99,8 @@ def write_channel_fp8(source: Path, destination: Path, device: str) -> Path:
     weight vlm.quantize quantizes (`is_quantizable`: the vision tower's too) becomes e4m3 beside a
     float32 `weight_scale` (rows, 1), each row's absolute maximum mapped to 448 (computed on
     `device`); config.json gets CHANNEL_CONFIG; the other files are copied."""
-    from vlm.fp8 import CT_SCALE_SUFFIX, E4M3, E4M3_MAX, is_quantizable
+    from vlm.fp8 import is_quantizable
+    from vlm.fp8_format import CT_SCALE_SUFFIX, E4M3, E4M3_MAX
     from vlm.weights import INDEX_FILE, checkpoint_files
 
     files = checkpoint_files(source)
@@ -211,7 +213,7 @@ def checks(record: dict, logits: dict[str, torch.Tensor | None], cuda: bool) -> 
 
 def fp8(device: str, dtype: torch.dtype, *, quick: bool) -> dict:
     """Per mode: accuracy against the unquantized model, memory, prefill s, decode tok/s, paths; the checks."""
-    from vlm.fp8 import BlockFP8, ChannelFP8
+    from vlm.fp8_format import BlockFP8, ChannelFP8
     from vlm.quantize import quantize_checkpoint
 
     name, text, vision = configs(quick)

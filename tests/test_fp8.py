@@ -24,7 +24,8 @@ from _model_utils import image_tokens, mm_token_type_ids, patches, reference_che
 from vlm import VLM
 from vlm.cache import KVCache
 from vlm.decode import mtp_block
-from vlm.fp8 import E4M3, E4M3_MAX, QUANTIZATION_CONFIG, BlockFP8, ChannelFP8, FP8Checkpoint, TensorFP8, is_quantizable
+from vlm.fp8 import FP8Checkpoint, is_quantizable
+from vlm.fp8_format import E4M3, E4M3_MAX, QUANTIZATION_CONFIG, BlockFP8, ChannelFP8, TensorFP8
 from vlm.fp8_linear import (Fp8Linear, block_scaled_linear, cuda_rowwise_mm, cuda_scaled_mm, reference_mm,
                             reference_rowwise_mm, rowwise_scaled_linear, uses_scaled_mm)
 from vlm.mtp import set_draft_vocab
@@ -582,6 +583,20 @@ def test_keep_mode_runs_tensor_and_block_scales_as_dequantize_does(tmp_path_fact
     assert isinstance(q_proj, Fp8Linear) and q_proj.layout == (TensorFP8() if strategy == "tensor" else BlockFP8(*CT_BLOCK))
     assert q_proj.scale_name == "weight_scale" and q_proj.weight.dtype == E4M3
     assert torch.equal(_logits(kept), _logits(dequantized))
+
+
+def test_keep_mode_reads_a_per_tensor_scale_stored_zero_dimensional(tmp_path_factory, tmp_path):
+    """A per-tensor `weight_scale` of shape () is the same one number as (1,): both modes read it,
+    and keep holds it as (1,)."""
+    source = reference_checkpoint(tmp_path_factory, "dense")
+    ct, _ = _write_ct(source, tmp_path_factory.mktemp("ct_keep_0d") / "ct", "tensor")
+    scalars = _copy_with(ct, tmp_path, lambda t: t.update({key: scale.reshape(()) for key, scale in t.items()
+                                                           if key.endswith(".weight_scale")}))
+    assert _tensors(scalars)["model.language_model.layers.0.self_attn.q_proj.weight_scale"].shape == ()
+    kept = VLM.from_pretrained(scalars, fp8="keep")
+    assert kept.model.language_model.layers[0].self_attn.q_proj.weight_scale.shape == (1,)
+    assert torch.equal(_logits(kept), _logits(VLM.from_pretrained(scalars)))
+    assert torch.equal(_logits(kept), _logits(VLM.from_pretrained(ct, fp8="keep")))
 
 
 @pytest.fixture(scope="module")

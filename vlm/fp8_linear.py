@@ -1,6 +1,6 @@
 """`Fp8Linear`: a linear layer that keeps its FP8 weight, e4m3 beside float32 scales in any of
-fp8.py's layouts: 128x128 blocks (block-FP8; compressed-tensors "block"), one scale per output row
-(compressed-tensors "channel", Z.ai's -FP8 releases) or one per tensor ("tensor").
+fp8_format.py's layouts: 128x128 blocks (block-FP8; compressed-tensors "block"), one scale per
+output row (compressed-tensors "channel", Z.ai's -FP8 releases) or one per tensor ("tensor").
 
 `VLM.from_pretrained(path, fp8="keep")` puts one in place of each `nn.Linear` whose weight the
 checkpoint stores in e4m3 (`keep_fp8`: the language model's, the vision tower's and the MTP
@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fp8 import E4M3, E4M3_MAX, BlockFP8, FP8Format, Layout, scaled_weight_keys
+from .fp8 import scaled_weight_keys
+from .fp8_format import E4M3, E4M3_MAX, BlockFP8, FP8Format, Layout
 from .weights import checkpoint_files, mtp_layer_key
 
 ACTIVATION_BLOCK = 128  # 1 x 128 activation blocks: the only block-scaled pairing cuBLAS offers with 128 x 128 weights

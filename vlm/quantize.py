@@ -1,4 +1,4 @@
-"""Write a checkpoint in the block-FP8 layout (fp8.py) from a bf16 / fp16 / fp32 one.
+"""Write a checkpoint in the block-FP8 layout (fp8_format.py) from a bf16 / fp16 / fp32 one.
 
     python -m vlm.quantize --fp8 SRC DST [--max-shard-bytes N]
 
@@ -23,7 +23,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .fp8 import QUANTIZATION_CONFIG, SCALE_SUFFIX, BlockFP8, is_quantizable
+from .fp8 import is_quantizable
+from .fp8_format import QUANTIZATION_CONFIG, SCALE_SUFFIX, BlockFP8
 from .weights import INDEX_FILE, SINGLE_FILE, _shard, checkpoint_files
 
 logger = logging.getLogger(__name__)

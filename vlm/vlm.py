@@ -19,7 +19,8 @@ import torch
 from . import engine
 from .config import VLMConfig
 from .engine import Generation, GenerationStream
-from .fp8 import dequantized, fp8_format
+from .fp8 import dequantized
+from .fp8_format import fp8_format
 from .fp8_linear import keep_fp8
 from .generation import GenerationOptions, generate_ids
 from .model import VisionLanguageModel
@@ -58,7 +59,7 @@ class VLM:
         """Load a checkpoint directory; without `path`, the project's embedded model in `assets/model/`.
 
         `adapter`: a LoRA adapter directory (peft format, `python -m train lora`) merged in at load.
-        `fp8`: for an FP8 checkpoint (fp8.py: block-FP8 or compressed-tensors), "dequantize" its weights
+        `fp8`: for an FP8 checkpoint (fp8_format.py: block-FP8 or compressed-tensors), "dequantize" its weights
         into `dtype` on load, or "keep" the e4m3 linear weights in memory (fp8_linear.py; any scale
         layout, scaled matmuls on CUDA 9.x; weight-only compressed-tensors configs are refused).
         `mtp`: load the multi-token-prediction layer (mtp.py; used for speculative decoding) when the

@@ -172,6 +172,8 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, device: torc
                             continue
                         raise ValueError(f"unexpected tensor {key!r} in {file} (not part of a {cfg.model_type} model)")
                     shape = tuple(f.get_slice(key).get_shape())
+                    if fp8 is not None:
+                        shape = fp8.held_shape(key, shape)  # a 0-d per-tensor scale is held as (1,)
                     if shape != binding.shape:
                         raise ValueError(f"tensor {key!r} in {file} has shape {list(shape)}, expected {list(binding.shape)}")
                     target = tensors[binding.name]
