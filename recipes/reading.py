@@ -357,8 +357,7 @@ def train(vision: VisionConfig, cfg: ReadingConfig, *, steps: int | None = None,
 
 
 def save_module(module: nn.Module, path: Path, metadata: dict[str, object]) -> None:
-    """A module's state dict (a stage's encoder or language model) as safetensors, written
-    atomically, with the stage's record."""
+    """A stage's module (encoder, language model) as safetensors, atomically, with its record."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}

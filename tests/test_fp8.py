@@ -467,7 +467,6 @@ def test_hand_dequantized_weights_are_within_e4m3_rounding(ct_quantized, kind, t
 
 
 def test_transformers_loads_the_compressed_tensors_checkpoint_with_our_logits(kind, ct_quantized):
-    pytest.importorskip("compressed_tensors")  # a dev dependency (pyproject.toml)
     from transformers import CompressedTensorsConfig, Glm4vForConditionalGeneration, Glm4vMoeForConditionalGeneration
 
     ct, _ = ct_quantized
